@@ -1,0 +1,56 @@
+# bert-pipeline: every target sets up .venv itself (torch first, from TORCH_SPEC), then runs the CLI.
+PYTHON     ?= python3
+VENV       ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed
+CLI        := $(BIN)/bert-pipeline
+
+# Options passed through to the CLI only when set, so the CLI's defaults stay the single source of truth.
+DATA       ?= rotten_tomatoes
+opt = $(if $($(1)),$(2) '$($(1))')
+DATA_OPTS  = --data '$(DATA)' $(call opt,MODEL,--model) $(call opt,TEXT_COL,--text-col) \
+             $(call opt,LABEL_COL,--label-col) $(call opt,ID_COL,--id-col) $(call opt,SPLIT_COL,--split-col)
+EMBED_OPTS = $(call opt,POOLING,--pooling) $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) \
+             $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine)
+TRAIN_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head)
+
+.PHONY: setup embed train demo predict test bench bench-speed eval clean
+
+setup: $(STAMP)
+
+# Rebuilt when missing, when pyproject.toml or this Makefile changes, or when the venv's python is broken.
+$(STAMP): pyproject.toml Makefile
+	@if ! $(BIN)/python -c 'import sys' >/dev/null 2>&1; then rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install -q -e '.[test]' $(if $(filter ray,$(ENGINE)),'.[distributed]')
+	@touch $@
+
+embed: $(STAMP)
+	$(CLI) embed $(DATA_OPTS) $(EMBED_OPTS)
+
+train: $(STAMP)
+	$(CLI) train $(DATA_OPTS) $(TRAIN_OPTS)
+
+demo: $(STAMP)
+	$(CLI) embed $(DATA_OPTS) $(EMBED_OPTS)
+	$(CLI) train $(DATA_OPTS) $(TRAIN_OPTS)
+
+predict: $(STAMP)
+	$(CLI) predict $(if $(RUN),--run '$(RUN)') --text "$(TEXT)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(CLI) bench heads $(DATA_OPTS)
+
+bench-speed: $(STAMP)
+	$(CLI) bench speed $(call opt,MODEL,--model) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
+
+eval: $(STAMP)
+	$(CLI) eval --data-dir ../shared/data $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)
+
+clean:
+	rm -rf artifacts/embeddings artifacts/runs artifacts/bench artifacts/eval

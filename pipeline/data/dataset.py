@@ -1,0 +1,184 @@
+"""A labelled text data set as the pipeline sees it: ids, texts, integer labels with names, and a split per row."""
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.data.tables import Columns, is_missing, read_table
+from pipeline.errors import PipelineError
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
+                 "validation": "dev", "test": "test", "testing": "test"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Rows in input order. `labels[i]` indexes `label_names`; `splits[i]` is 'train', 'dev' or 'test'."""
+
+    name: str
+    ids: list[str]
+    texts: list[str]
+    labels: np.ndarray
+    label_names: list[str]
+    splits: np.ndarray
+    split_origin: str
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fingerprint", _fingerprint(self))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def split_counts(self) -> dict[str, int]:
+        names, counts = np.unique(self.splits, return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """Which columns of the file hold what (text and label are required; id and split are optional)."""
+
+    text: str = "text"
+    label: str = "label"
+    id: str | None = None
+    split: str | None = None
+
+
+def _fingerprint(ds: Dataset) -> str:
+    """A hash of everything about the rows that changes the cached vectors or their meaning."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(ds.label_names).encode())
+    for row in zip(ds.ids, ds.texts, ds.labels.tolist(), ds.splits.tolist()):
+        digest.update(json.dumps(row, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def load_dataset(path: Path, cols: ColumnSpec = ColumnSpec(), test_size: float = 0.2, seed: int = 0,
+                 name: str | None = None) -> Dataset:
+    """Read and validate a labelled table. Every problem found becomes a PipelineError naming the fix."""
+    table = read_table(path)
+    texts = _texts(table, cols.text, path)
+    labels, label_names = encode_labels(_column(table, cols.label, path, "label"), cols.label)
+    ids = _ids(table, cols.id, path, len(texts))
+    if cols.split:
+        splits, origin = _splits_from_column(_column(table, cols.split, path, "split"), cols.split), f"column '{cols.split}'"
+    else:
+        splits, origin = auto_split(texts, labels, test_size, seed), f"auto (test_size={test_size}, seed={seed})"
+    return Dataset(name or dataset_name(path), ids, texts, labels, label_names, splits, origin)
+
+
+def dataset_name(path: Path) -> str:
+    """A readable name for a file: its stem, with the parent folder's name when the stem alone says little."""
+    generic = {"train", "test", "dev", "data", "validation", "valid", "all", "dataset"}
+    return f"{path.parent.name}-{path.stem}" if path.stem.lower() in generic and path.parent.name else path.stem
+
+
+def _column(table: Columns, name: str, path: Path, role: str) -> list:
+    if name in table:
+        return table[name]
+    present = ", ".join(repr(c) for c in table)
+    hint = f"pick the {role} column with --{role}-col (columns there: {present})"
+    if len(table) == 1 and "\t" in next(iter(table)):
+        hint = "the file looks tab-separated: name it .tsv"
+    elif all(_looks_like_data(c) for c in table):
+        hint = f"the file seems to have no header row: add one (e.g. 'text,label') as its first line ({present})"
+    raise PipelineError(f"no {role} column '{name}' in {path}: {hint}")
+
+
+def _looks_like_data(column_name: str) -> bool:
+    return " " in column_name.strip() or column_name.strip().lstrip("-").isdigit()
+
+
+def _texts(table: Columns, column: str, path: Path) -> list[str]:
+    values = _column(table, column, path, "text")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
+    if bad:
+        rows = ", ".join(str(i + 1) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise PipelineError(f"{len(bad)} empty or whitespace-only text(s) in column '{column}' of {path} "
+                            f"(data rows {rows}): remove or fill them")
+    return list(values)
+
+
+def encode_labels(values: list, column: str = "label") -> tuple[np.ndarray, list[str]]:
+    """Map raw labels (ints, int-like strings, or words) to 0..K-1 with their names in a stable order.
+
+    Numbers sort numerically and words alphabetically; a column that mixes the two is refused, since its meaning
+    ('1' vs 'positive') is ambiguous.
+    """
+    missing = [i for i, v in enumerate(values) if is_missing(v)]
+    if missing:
+        rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise PipelineError(f"{len(missing)} missing label(s) in column '{column}' (data rows {rows}): "
+                            "label every row or drop the unlabelled ones")
+    numeric = [_as_int(v) for v in values]
+    if all(n is not None for n in numeric):
+        names = [str(n) for n in sorted(set(numeric))]
+        keys = [str(n) for n in numeric]
+    elif any(n is not None for n in numeric):
+        example = next(v for v, n in zip(values, numeric) if n is not None)
+        word = next(v for v, n in zip(values, numeric) if n is None)
+        raise PipelineError(f"label column '{column}' mixes numbers and words (e.g. {example!r} and {word!r}): "
+                            "use one kind of label throughout")
+    else:
+        keys = [str(v).strip() for v in values]
+        names = sorted(set(keys))
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[k] for k in keys], dtype=np.int64), names
+
+
+def _as_int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _ids(table: Columns, column: str | None, path: Path, n: int) -> list[str]:
+    if not column:
+        return [str(i) for i in range(n)]
+    ids = [str(v) for v in _column(table, column, path, "id")]
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise PipelineError(f"duplicate id {dup!r} in column '{column}' of {path}: ids must be unique "
+                            "(or leave out --id-col to number the rows)")
+    return ids
+
+
+def _splits_from_column(values: list, column: str) -> np.ndarray:
+    mapped = [SPLIT_ALIASES.get(str(v).strip().lower()) for v in values]
+    unknown = sorted({str(v) for v, m in zip(values, mapped) if m is None})
+    if unknown:
+        raise PipelineError(f"unknown value(s) {', '.join(map(repr, unknown[:5]))} in split column '{column}': "
+                            "use train, dev (or validation) and test")
+    return np.array(mapped, dtype=object)
+
+
+def auto_split(texts: list[str], labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+    """A seeded, stratified train/test split in which identical texts always share a split (no leakage)."""
+    if not 0 < test_size < 1:
+        raise PipelineError(f"--test-size must be between 0 and 1, got {test_size}")
+    first_label = {}
+    for text, label in zip(texts, labels.tolist()):
+        first_label.setdefault(text, label)
+    unique_texts, unique_labels = list(first_label), list(first_label.values())
+    n_test = int(np.ceil(test_size * len(unique_texts)))
+    if len(unique_texts) < 2 or n_test >= len(unique_texts):
+        raise PipelineError(f"too few distinct texts ({len(unique_texts)}) to hold out a test split: "
+                            "add rows, or give a split column with --split-col")
+    counts = np.bincount(unique_labels)
+    stratify = unique_labels if counts[counts > 0].min() >= 2 and n_test >= len(set(unique_labels)) else None
+    _, test_texts = train_test_split(unique_texts, test_size=test_size, random_state=seed, stratify=stratify)
+    test_set = set(test_texts)
+    return np.array(["test" if t in test_set else "train" for t in texts], dtype=object)

@@ -1,0 +1,155 @@
+"""Run a BERT-family encoder over texts: batched fast tokenisation, token-budget batches, one forward pass each.
+
+The encoder knows nothing of poolings or caches: it yields, per batch, the row indices and the raw outputs that a
+pooling needs (hidden states of every layer only when asked for).
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.device import dtype_name, pick_device, pick_dtype
+from pipeline.errors import PipelineError
+from pipeline.models import ModelRef
+
+DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536, "mps": 16384}
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """One batch's outputs; hidden_states is None unless asked for, pooler_output None if the model has none."""
+
+    last_hidden: torch.Tensor
+    mask: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    pooler_output: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[list[int]]
+    truncated: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
+
+
+class Encoder:
+    """A loaded model and tokenizer on one device, with the settings that change its vectors."""
+
+    def __init__(self, ref: ModelRef, device: str = "auto", dtype: str = "auto", max_length: int = 128,
+                 batch_tokens: int = 0) -> None:
+        self.ref = ref
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        self.tokenizer = _load_tokenizer(ref)
+        self.model, self.has_pooler = _load_model(ref, self.device)
+        self.max_length = _check_max_length(max_length, self.model.config)
+        self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[self.device.type], self.max_length)
+        self.num_layers = int(self.model.config.num_hidden_layers)
+        self.hidden_size = int(self.model.config.hidden_size)
+        self._token_types = "token_type_ids" in self.tokenizer.model_input_names
+
+    def settings(self) -> dict:
+        """Everything about the encoder that changes the vectors: the model, tokenizer, max length and dtype."""
+        return {"model": self.ref.identity, "max_length": self.max_length, "dtype": dtype_name(self.dtype)}
+
+    def tokenize(self, texts: list[str]) -> Tokenized:
+        """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)
+        truncated = np.array([len(e.overflowing) > 0 for e in encoded.encodings], dtype=bool)
+        return Tokenized(encoded["input_ids"], truncated)
+
+    def batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Row indices grouped longest-first so that rows x longest length stays within the token budget."""
+        order = np.argsort(-lengths, kind="stable")
+        groups, start = [], 0
+        while start < len(order):
+            rows = max(1, self.batch_tokens // int(lengths[order[start]]))
+            groups.append(order[start:start + rows])
+            start += rows
+        return groups
+
+    def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
+        """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""
+        inputs = self._to_device(self._pad(input_ids))
+        use_autocast = self.dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=use_autocast):
+            out = self.model(**inputs, output_hidden_states=hidden_states, return_dict=True)
+        pooler = getattr(out, "pooler_output", None) if self.has_pooler else None
+        return EncoderOutput(out.last_hidden_state, inputs["attention_mask"],
+                             out.hidden_states if hidden_states else None, pooler)
+
+    def _pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
+        width = max(len(ids) for ids in input_ids)
+        ids = np.full((len(input_ids), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(input_ids), width), dtype=np.int64)
+        for row, seq in enumerate(input_ids):
+            ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        arrays = {"input_ids": ids, "attention_mask": mask}
+        if self._token_types:
+            arrays["token_type_ids"] = np.zeros_like(ids)
+        return arrays
+
+    def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """On CUDA, copy from pinned memory without blocking so the copy overlaps the previous batch's compute."""
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        if self.device.type == "cuda":
+            return {k: t.pin_memory().to(self.device, non_blocking=True) for k, t in tensors.items()}
+        return {k: t.to(self.device) for k, t in tensors.items()}
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _load_tokenizer(ref: ModelRef):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref.folder, use_fast=True, trust_remote_code=False)
+    except Exception as exc:
+        raise PipelineError(f"cannot load the tokenizer of {ref.name} from {ref.folder} ({exc})") from None
+    if not tokenizer.is_fast:
+        raise PipelineError(f"{ref.name} has no fast tokenizer (tokenizer.json): add one to the model folder")
+    return tokenizer
+
+
+def _load_model(ref: ModelRef, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """Load safetensors weights only, never remote code; refuse a checkpoint whose encoder weights are missing."""
+    from transformers import AutoModel
+
+    _quiet_transformers()
+    try:
+        model, info = AutoModel.from_pretrained(ref.folder, use_safetensors=True, trust_remote_code=False,
+                                                output_loading_info=True)
+    except Exception as exc:
+        raise PipelineError(f"cannot load model {ref.name} from {ref.folder} ({type(exc).__name__}: {exc})") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler")]
+    if missing:
+        raise PipelineError(f"{ref.name} lacks trained weights for {len(missing)} tensors (e.g. {missing[0]}): "
+                            "it would run with random weights; use a complete checkpoint")
+    has_pooler = getattr(model, "pooler", None) is not None and not any(
+        k.startswith("pooler") for k in info.get("missing_keys", []))
+    return model.eval().to(device), has_pooler
+
+
+def _check_max_length(max_length: int, config) -> int:
+    limit = int(getattr(config, "max_position_embeddings", 512))
+    if not 2 <= max_length <= limit:
+        raise PipelineError(f"--max-length {max_length} is out of range: use 2..{limit} for this model")
+    return max_length
+
+
+def iter_outputs(encoder: Encoder, tokens: Tokenized, hidden_states: bool) -> Iterator[tuple[np.ndarray, EncoderOutput]]:
+    """(row indices, outputs) for every batch of an already tokenised chunk of texts."""
+    for rows in encoder.batches(tokens.lengths):
+        yield rows, encoder.forward([tokens.input_ids[i] for i in rows], hidden_states)

@@ -1,0 +1,81 @@
+"""Named pooling strategies: each turns one forward pass's outputs into one vector per text.
+
+As in sentence-transformers, the pooling that made a vector is recorded as data (its name is the cache column
+`emb_<name>` and the manifest describes it), so a vector never loses its meaning. All pooling is done in fp32 and is
+mask-aware: padding never reaches a text's vector.
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.encoder import EncoderOutput
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Pooling:
+    name: str
+    description: str
+    fn: Callable[[EncoderOutput], torch.Tensor]
+    needs_hidden_states: bool = False
+    needs_pooler: bool = False
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token mean over real tokens only (the sentence-transformers formula, clamp included)."""
+    weights = mask.unsqueeze(-1).to(torch.float32)
+    return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+
+
+def _max(x: EncoderOutput) -> torch.Tensor:
+    hidden = x.last_hidden.float().masked_fill(~x.mask.bool().unsqueeze(-1), float("-inf"))
+    return hidden.max(dim=1).values
+
+
+def _pooler(x: EncoderOutput) -> torch.Tensor:
+    if x.pooler_output is None:
+        raise PipelineError("this model has no trained pooler: drop 'pooler' from --pooling")
+    return x.pooler_output.float()
+
+
+def _layers(x: EncoderOutput) -> torch.Tensor:
+    return torch.stack([masked_mean(h, x.mask) for h in x.hidden_states], dim=1)
+
+
+POOLINGS: dict[str, Pooling] = {p.name: p for p in [
+    Pooling("cls", "hidden state of the first ([CLS]) token, last layer", lambda x: x.last_hidden[:, 0].float()),
+    Pooling("mean", "mask-aware mean of last-layer token states", lambda x: masked_mean(x.last_hidden, x.mask)),
+    Pooling("max", "mask-aware max of last-layer token states", _max),
+    Pooling("pooler", "the model's pooler output (tanh dense over [CLS])", _pooler, needs_pooler=True),
+    Pooling("last4_mean", "token mean of the average of the last four layers",
+            lambda x: masked_mean(torch.stack([h.float() for h in x.hidden_states[-4:]]).mean(0), x.mask),
+            needs_hidden_states=True),
+    Pooling("first_last_mean", "average of the token means of the first Transformer layer and the last one",
+            lambda x: (masked_mean(x.hidden_states[1], x.mask) + masked_mean(x.hidden_states[-1], x.mask)) / 2,
+            needs_hidden_states=True),
+    Pooling("layers", "token mean of every layer (embeddings first), shape (layers + 1, hidden)", _layers,
+            needs_hidden_states=True),
+]}
+
+DEFAULT_POOLINGS = ("cls", "mean", "max", "pooler", "last4_mean", "first_last_mean")
+
+
+def parse_poolings(spec: str | Iterable[str], known: Iterable[str] = POOLINGS) -> list[str]:
+    """'mean,cls' or 'all' -> validated names in registry order; unknown names are refused with the known list."""
+    known = list(known)
+    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
+    if not names:
+        raise PipelineError(f"no pooling given: choose from {', '.join(known)} or 'all'")
+    if names == ["all"]:
+        return known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise PipelineError(f"unknown pooling {', '.join(map(repr, unknown))}: choose from {', '.join(known)} or 'all'")
+    return [n for n in known if n in names]
+
+
+def pool(names: Iterable[str], inputs: EncoderOutput) -> dict[str, torch.Tensor]:
+    """Apply each named pooling to the same forward-pass outputs."""
+    return {name: POOLINGS[name].fn(inputs) for name in names}
