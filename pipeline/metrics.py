@@ -1,0 +1,102 @@
+"""Metrics of a head's predictions on the held-out split, with seeded bootstrap intervals and a baseline."""
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score, log_loss,
+                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.preprocessing import label_binarize
+
+N_BOOTSTRAP = 1000
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: list[str], y_train: np.ndarray,
+                           seed: int = 0) -> dict:
+    """Everything a report shows. `proba` has one column per label in `label_names` order."""
+    labels = np.arange(len(label_names))
+    y_pred = proba.argmax(axis=1)
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    majority = int(np.bincount(y_train, minlength=len(labels)).argmax())
+    baseline = np.full_like(y_true, majority)
+    return {
+        "n_test": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "accuracy_ci95": bootstrap_ci(y_true, y_pred, _accuracy, seed),
+        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: _macro_f1(t, q, len(labels)), seed),
+        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                      for i, name in enumerate(label_names)},
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        **ranking_metrics(y_true, proba, labels),
+        "log_loss": float(log_loss(y_true, _normalised(proba), labels=labels)),
+        "ece": expected_calibration_error(y_true, proba),
+        "majority_baseline": {"label": label_names[majority], "accuracy": float(accuracy_score(y_true, baseline)),
+                              "macro_f1": float(f1_score(y_true, baseline, labels=labels, average="macro",
+                                                         zero_division=0))},
+    }
+
+
+def ranking_metrics(y_true: np.ndarray, proba: np.ndarray, labels: np.ndarray) -> dict:
+    """ROC-AUC and average precision: binary on the second class, one-vs-rest macro for more classes."""
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return {"roc_auc": None, "average_precision": None}
+    if len(labels) == 2:
+        return {"roc_auc": float(roc_auc_score(y_true, proba[:, 1])),
+                "average_precision": float(average_precision_score(y_true, proba[:, 1]))}
+    onehot = label_binarize(y_true, classes=labels)[:, present]
+    return {"roc_auc": float(roc_auc_score(onehot, proba[:, present], average="macro")),
+            "average_precision": float(average_precision_score(onehot, proba[:, present], average="macro"))}
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 15) -> float:
+    """Mean |confidence - accuracy| over equal-width confidence bins, weighted by bin size (Guo et al. 2017)."""
+    confidence = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == y_true
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            total += in_bin.mean() * abs(confidence[in_bin].mean() - correct[in_bin].mean())
+    return float(total)
+
+
+def _accuracy(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    return (t == p).mean(axis=-1)
+
+
+def _macro_f1(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """Macro-F1 for a stack of resamples (rows), vectorised: F1 = 2TP / (2TP + FP + FN) per class."""
+    scores = []
+    for c in range(k):
+        tp = ((t == c) & (p == c)).sum(axis=-1)
+        fp = ((t != c) & (p == c)).sum(axis=-1)
+        fn = ((t == c) & (p != c)).sum(axis=-1)
+        denom = 2 * tp + fp + fn
+        scores.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
+    return np.mean(scores, axis=0)
+
+
+def bootstrap_indices(n: int, seed: int, reps: int = N_BOOTSTRAP) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+
+
+def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, stat, seed: int = 0) -> list[float]:
+    """Seeded 95% percentile interval of `stat` over test-set resamples."""
+    idx = bootstrap_indices(len(y_true), seed)
+    values = stat(y_true[idx], y_pred[idx])
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def paired_bootstrap_p(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, seed: int = 0) -> float:
+    """Share of resamples in which A (the best row) does not beat B on accuracy: a one-sided paired p-value."""
+    idx = bootstrap_indices(len(y_true), seed)
+    diff = _accuracy(y_true[idx], pred_a[idx]) - _accuracy(y_true[idx], pred_b[idx])
+    return float((diff <= 0).mean())
+
+
+def _normalised(proba: np.ndarray) -> np.ndarray:
+    """Clip away exact zeros (log-loss would be infinite) and keep rows summing to one."""
+    clipped = np.clip(proba, 1e-15, 1)
+    return clipped / clipped.sum(axis=1, keepdims=True)

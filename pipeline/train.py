@@ -1,0 +1,116 @@
+"""Stage two: cached vectors -> heads -> metrics -> reports. The encoder is never run here."""
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
+from pipeline.errors import PipelineError
+from pipeline.heads import HEADS, fit_head, head_params
+from pipeline.metrics import classification_metrics
+from pipeline.paths import atomic_write_bytes
+from pipeline.report import confusion_png, run_report, summary_row, update_summary
+from pipeline.runs import run_dir, save_run
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A head fitted on one pooling, with its test-set probabilities and everything the reports need."""
+
+    pooling: str
+    head: str
+    model: object
+    proba: np.ndarray
+    y_test: np.ndarray
+    seconds: float
+    selection: str
+    n_train: int
+    n_dev: int
+
+
+def expand_poolings(spec: str, manifest: dict) -> list[str]:
+    """'all' means every pooling in the cache that is one vector per text ('layers' is for the layer probe)."""
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if names == ["all"]:
+        return [p for p in manifest["poolings"] if p != "layers"]
+    return names
+
+
+def check_splits(emb: Embeddings) -> None:
+    """Refuse data a head cannot be honestly trained and scored on."""
+    y_train, y_test = emb.y[emb.splits == "train"], emb.y[emb.splits == "test"]
+    if len(y_test) == 0:
+        raise PipelineError("the test split is empty: give a split column with test rows, or drop --split-col "
+                            "so a test split is held out")
+    if len(np.unique(y_train)) < 2:
+        only = emb.label_names[int(y_train[0])] if len(y_train) else "none"
+        raise PipelineError(f"the train split has only one class ({only}): a classifier needs at least two")
+    unseen = sorted(set(np.unique(y_test)) - set(np.unique(y_train)))
+    if unseen:
+        raise PipelineError(f"test labels {', '.join(emb.label_names[i] for i in unseen)} never occur in train: "
+                            "move some of those rows into train or relabel them")
+
+
+def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
+    """Fit on train (selecting on dev if present, else CV on train) and score the test split once."""
+    X_tr, y_tr = emb.split("train")
+    X_dev, y_dev = emb.split("dev")
+    X_te, y_te = emb.split("test")
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence chatter from CV folds; the scores speak for themselves
+        model = fit_head(head, X_tr, y_tr, X_dev if len(y_dev) else None, y_dev if len(y_dev) else None, seed)
+    seconds = time.perf_counter() - started
+    return Fitted(pooling, head, model, full_proba(model, X_te, len(emb.label_names)), y_te, seconds,
+                  "the dev split" if len(y_dev) else "5-fold CV on train", len(y_tr), len(y_dev))
+
+
+def full_proba(model, X: np.ndarray, n_labels: int) -> np.ndarray:
+    """predict_proba with one column per label, also for labels the head never saw in train."""
+    proba = np.zeros((len(X), n_labels))
+    proba[:, model.classes_] = model.predict_proba(X)
+    return proba
+
+
+def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: int = 0,
+                progress: bool = True) -> list[dict]:
+    """Train every head on every pooling of one cache, write each run and the cache's runs.csv."""
+    manifest = EmbeddingCache(cache).manifest()
+    names = expand_poolings(poolings, manifest)
+    rows = []
+    bar = tqdm(total=len(names) * len(heads), desc="train", unit="head", disable=not progress, file=sys.stderr)
+    for pooling in names:
+        emb = load_embeddings(cache, pooling)
+        check_splits(emb)
+        for head in heads:
+            bar.set_postfix_str(f"{pooling}/{head}")
+            fitted = fit_one(emb, pooling, head, seed)
+            rows.append(write_run(fitted, manifest, emb, out, seed))
+            bar.update()
+    bar.close()
+    return update_summary(Path(out) / manifest["name"] / "runs.csv", rows)
+
+
+def write_run(fitted: Fitted, manifest: dict, emb: Embeddings, out: Path, seed: int) -> dict:
+    y_train = emb.y[emb.splits == "train"]
+    metrics = classification_metrics(fitted.y_test, fitted.proba, emb.label_names, y_train, seed)
+    record = {"cache": manifest["name"], "cache_key": manifest["key"], "pooling": fitted.pooling,
+              "head": fitted.head, "head_description": HEADS[fitted.head].description,
+              "label_names": emb.label_names, "encoder": manifest["encoder"], "model_ref": manifest["model_ref"],
+              "seed": seed,
+              "selection": fitted.selection, "params": head_params(fitted.model), "n_train": fitted.n_train,
+              "n_dev": fitted.n_dev, "train_seconds": fitted.seconds}
+    path = run_dir(out, manifest["name"], fitted.pooling, fitted.head)
+    save_run(path, fitted.model, record)
+    atomic_write_bytes(path / "metrics.json", json.dumps({**record, "metrics": metrics}, indent=2).encode())
+    atomic_write_bytes(path / "report.md", run_report(record, metrics).encode())
+    confusion_png(path / "confusion.png", metrics["confusion"], emb.label_names,
+                  f"{fitted.head} / {fitted.pooling}: acc {metrics['accuracy']:.3f}")
+    return summary_row(record, metrics)
+
