@@ -1,9 +1,9 @@
 """The embedding cache: one folder per key, Parquet shards with one fixed-size-list column per pooling, a manifest.
 
 Layout of `<root>/<data>__<model>__<key12>/`:
-  key.json              what the key was made of, and the shard size (written first)
+  _key.json             what the key was made of, and the shard size (written first)
   shard-00000.parquet   id, split, label, n_tokens, truncated, emb_<pooling>... (page checksums on)
-  manifest.json         model identity, poolings and dims, label names, shard list, stats (written last)
+  _manifest.json        model identity, poolings and dims, label names, shard list, stats (written last)
 Every write goes to a temp file and is renamed into place, so a killed run leaves whole files or none.
 """
 
@@ -62,7 +62,7 @@ class EmbeddingCache:
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / "manifest.json"
+        return self.path / "_manifest.json"
 
     def shard_path(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.parquet"
@@ -81,8 +81,8 @@ class EmbeddingCache:
         return lock
 
     def start(self, key: str, key_parts: dict, shard_rows: int) -> int:
-        """Write key.json for a new cache, or check an existing one; returns the cache's shard size."""
-        key_file = self.path / "key.json"
+        """Write _key.json for a new cache, or check an existing one; returns the cache's shard size."""
+        key_file = self.path / "_key.json"
         if key_file.exists():
             existing = json.loads(key_file.read_text())
             if existing.get("key") != key:
@@ -129,7 +129,7 @@ class EmbeddingCache:
 
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
-            raise PipelineError(f"{self.path} is not a finished cache (no manifest.json): run the same "
+            raise PipelineError(f"{self.path} is not a finished cache (no _manifest.json): run the same "
                                 "`bert-pipeline embed` command again to complete it")
         try:
             return json.loads(self.manifest_path.read_text())
@@ -220,7 +220,7 @@ def find_cache(root: Path, data_name: str, model_name: str, data_fingerprint: st
     found = []
     for path in Path(root).glob(prefix + "*"):
         try:
-            manifest = json.loads((path / "manifest.json").read_text())
+            manifest = json.loads((path / "_manifest.json").read_text())
         except (OSError, json.JSONDecodeError):
             continue
         if manifest.get("data", {}).get("fingerprint") == data_fingerprint:

@@ -1,0 +1,117 @@
+"""Readers for the classic sentence-classification benchmark layouts (SentEval's MR, CR, SUBJ, MPQA, SST, TREC;
+TweetEval). They work on any folder laid out the same way, so users can point them at their own copies.
+
+Files are split on '\\n' only: some are latin-1, where byte 0x85 (NEL) would be a line break for str.splitlines().
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.dataset import Dataset, encode_labels
+from pipeline.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark folder: how to read it, and whether it has its own train/test split or is scored by CV."""
+
+    name: str
+    reader: str
+    files: tuple
+    label_names: tuple = ()
+    encoding: str = "utf-8"
+    protocol: str = "split"
+
+
+TASKS = {t.name: t for t in [
+    Task("mr", "pair", ("rt-polarity.pos", "rt-polarity.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("cr", "pair", ("custrev.pos", "custrev.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("subj", "pair", ("subj.subjective", "subj.objective"), ("objective", "subjective"), "latin-1", "cv"),
+    Task("mpqa", "pair", ("mpqa.pos", "mpqa.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("sst2", "label_first", ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"), ("negative", "positive")),
+    Task("sst5", "label_first", ("stsa.fine.train", "stsa.fine.dev", "stsa.fine.test"),
+         ("very negative", "negative", "neutral", "positive", "very positive")),
+    Task("trec", "trec", ("TREC.train", "TREC.test"), encoding="latin-1"),
+    Task("tweet_eval_sentiment", "aligned", ("val", "test"), protocol="cv"),
+]}
+
+
+def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    if not path.exists():
+        raise PipelineError(f"benchmark file not found: {path} (is the folder laid out like ../shared/data?)")
+    return [line.rstrip("\r") for line in path.read_text(encoding=encoding).split("\n") if line.strip()]
+
+
+def detect_task(folder: Path) -> Task:
+    """The task whose files the folder holds (by file names, so any copy of the layout works)."""
+    for task in TASKS.values():
+        probe = f"{task.files[0]}_text.txt" if task.reader == "aligned" else task.files[0]
+        if (folder / probe).exists():
+            return task
+    raise PipelineError(f"{folder} is a folder but not a known benchmark layout (one of {', '.join(TASKS)}): "
+                        "pass a CSV/TSV/JSONL/Parquet file instead")
+
+
+def load_task(folder: Path) -> Dataset:
+    """Read a benchmark folder into a Dataset; CV tasks put every row in 'train' (the protocol makes the folds)."""
+    folder = Path(folder)
+    task = detect_task(folder)
+    texts, raw, splits = globals()[f"_read_{task.reader}"](folder, task)
+    if task.label_names:
+        labels = np.asarray(raw, dtype=np.int64)
+        names = list(task.label_names)
+    else:
+        labels, names = encode_labels(raw)
+        if task.reader == "aligned":
+            names = _tweet_names(folder, names)
+    return Dataset(task.name, [str(i) for i in range(len(texts))], texts, labels, names,
+                   np.asarray(splits, dtype=object), f"benchmark layout '{task.name}' ({task.protocol})")
+
+
+def _read_pair(folder: Path, task: Task):
+    """Two files of sentences; the first file holds label 1 (positive / subjective)."""
+    pos, neg = (read_lines(folder / f, task.encoding) for f in task.files)
+    return pos + neg, [1] * len(pos) + [0] * len(neg), ["train"] * (len(pos) + len(neg))
+
+
+def _read_label_first(folder: Path, task: Task):
+    texts, labels, splits = [], [], []
+    for file, split in zip(task.files, ("train", "dev", "test")):
+        for line in read_lines(folder / file, task.encoding):
+            label, text = line.split(" ", 1)
+            texts.append(text)
+            labels.append(int(label))
+            splits.append(split)
+    return texts, labels, splits
+
+
+def _read_trec(folder: Path, task: Task):
+    texts, labels, splits = [], [], []
+    for file, split in zip(task.files, ("train", "test")):
+        for line in read_lines(folder / file, task.encoding):
+            label, text = line.split(" ", 1)
+            texts.append(text)
+            labels.append(label.split(":")[0])
+            splits.append(split)
+    return texts, labels, splits
+
+
+def _read_aligned(folder: Path, task: Task):
+    texts, labels, splits = [], [], []
+    for part in task.files:
+        part_texts = read_lines(folder / f"{part}_text.txt")
+        part_labels = read_lines(folder / f"{part}_labels.txt")
+        if len(part_texts) != len(part_labels):
+            raise PipelineError(f"{folder}/{part}_text.txt and {part}_labels.txt differ in length")
+        texts += part_texts
+        labels += [int(v) for v in part_labels]
+        splits += ["train"] * len(part_texts)
+    return texts, labels, splits
+
+
+def _tweet_names(folder: Path, numeric_names: list[str]) -> list[str]:
+    mapping = dict(line.split("\t") for line in read_lines(folder / "mapping.txt")) if (
+        folder / "mapping.txt").exists() else {}
+    return [mapping.get(n, n) for n in numeric_names]

@@ -1,0 +1,202 @@
+"""The embed stage on a tiny random BERT: poolings, one forward pass, batching independence, cache and resume."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
+from pipeline.cache import cache_key, load_embeddings
+from pipeline.data import load_dataset
+from pipeline.embed import embed_dataset, embed_texts
+from pipeline.encoder import Encoder
+from pipeline.errors import PipelineError
+from pipeline.models import resolve_model
+from pipeline.pooling import POOLINGS, parse_poolings
+
+ALL = list(POOLINGS)
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert):
+    return Encoder(resolve_model(str(tiny_bert)), device="cpu", dtype="fp32", max_length=16, batch_tokens=64)
+
+
+@pytest.fixture
+def toy(tmp_path):
+    return load_dataset(write_csv(tmp_path / "toy.csv", sentiment_rows(60)))
+
+
+def reference(encoder, text):
+    """The model run on one text alone, with no padding at all."""
+    ids = encoder.tokenize([text]).input_ids
+    with torch.inference_mode():
+        out = encoder.model(input_ids=torch.tensor(ids), output_hidden_states=True)
+    return out
+
+
+def test_poolings_match_their_definitions_on_an_unpadded_text(encoder):
+    text = "the movie was great fun"
+    out = reference(encoder, text)
+    vec = embed_texts(encoder, [text], ALL)
+    hs = out.hidden_states
+    np.testing.assert_allclose(vec["cls"][0], out.last_hidden_state[0, 0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(vec["mean"][0], out.last_hidden_state[0].mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(vec["max"][0], out.last_hidden_state[0].max(0).values.numpy(), atol=1e-6)
+    np.testing.assert_allclose(vec["pooler"][0], out.pooler_output[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(vec["last4_mean"][0], torch.stack(hs[-4:]).mean(0)[0].mean(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(vec["first_last_mean"][0], ((hs[1][0].mean(0) + hs[-1][0].mean(0)) / 2).numpy(),
+                               atol=1e-6)
+    assert vec["layers"].shape == (1, 3, 32)
+    np.testing.assert_allclose(vec["layers"][0, 2], vec["mean"][0], atol=1e-6)
+
+
+def test_a_vector_does_not_depend_on_its_batch_mates(encoder):
+    short = "good"
+    alone = embed_texts(encoder, [short], ALL)
+    mixed = embed_texts(encoder, [short, "the plot was very very slow and the actor was dull and boring " * 3,
+                                  "fine film"], ALL)
+    for name in ALL:
+        np.testing.assert_allclose(mixed[name][0], alone[name][0], atol=1e-5, err_msg=name)
+
+
+def test_all_poolings_come_from_one_forward_pass_per_batch(encoder, monkeypatch):
+    calls = []
+    original = encoder.model.forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("output_hidden_states"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(encoder.model, "forward", counting)
+    texts = ["good movie", "bad film", "fine"]
+    embed_texts(encoder, texts, ALL)
+    assert len(calls) == len(encoder.batches(encoder.tokenize(texts).lengths)) == 1
+    assert calls == [True]
+    calls.clear()
+    embed_texts(encoder, texts, ["cls", "mean", "max", "pooler"])
+    assert calls == [False], "hidden states of every layer are asked for only when a pooling needs them"
+
+
+def test_batches_respect_the_token_budget_and_keep_input_order(encoder):
+    texts = [("good " * n).strip() for n in (1, 9, 3, 12, 2, 7)]
+    tokens = encoder.tokenize(texts)
+    groups = encoder.batches(tokens.lengths)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(texts)))
+    assert all(len(g) * tokens.lengths[g].max() <= encoder.batch_tokens for g in groups)
+    vec = embed_texts(encoder, texts, ["mean"])["mean"]
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(vec[i], embed_texts(encoder, [text], ["mean"])["mean"][0], atol=1e-5)
+
+
+def test_truncation_is_counted(encoder):
+    tokens = encoder.tokenize(["good " * 40, "good"])
+    assert tokens.truncated.tolist() == [True, False]
+    assert tokens.lengths.tolist() == [16, 3]
+
+
+def test_unknown_pooling_lists_the_known_ones():
+    with pytest.raises(PipelineError, match="unknown pooling 'meen'.*cls, mean"):
+        parse_poolings("cls,meen")
+    assert parse_poolings("all") == ALL
+
+
+def test_cache_round_trip_and_manifest(encoder, toy, tmp_path):
+    result = embed_dataset(toy, encoder, ALL, tmp_path / "emb", shard_rows=25, progress=False)
+    manifest = json.loads((result.path / "_manifest.json").read_text())
+    assert manifest["rows"] == 60 and len(manifest["shards"]) == 3
+    assert manifest["poolings"]["layers"]["shape"] == [3, 32]
+    emb = load_embeddings(result.path, "mean")
+    assert emb.X.shape == (60, 32) and emb.X.dtype == np.float32
+    assert emb.ids.tolist() == toy.ids and (emb.y == toy.labels).all()
+    np.testing.assert_allclose(emb.X, embed_texts(encoder, toy.texts, ["mean"])["mean"], atol=1e-5)
+    np.testing.assert_allclose(load_embeddings(result.path, "layer2").X, emb.X, atol=1e-6)
+    test = load_embeddings(result.path, "cls", split="test")
+    assert set(test.splits) == {"test"} and len(test.y) == (toy.splits == "test").sum()
+    import pandas as pd
+
+    frame = pd.read_parquet(result.path)
+    assert len(frame) == 60 and len(frame["emb_mean"].iloc[0]) == 32
+
+
+def test_resume_recomputes_only_missing_shards_and_gives_the_same_cache(encoder, toy, tmp_path):
+    full = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path / "a", shard_rows=20, progress=False)
+    (full.path / "shard-00001.parquet").unlink()
+    (full.path / "_manifest.json").unlink()
+    again = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path / "a", shard_rows=20, progress=False)
+    assert again.computed_shards == [1] and again.computed_rows == 20
+    fresh = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path / "b", shard_rows=20, progress=False)
+    np.testing.assert_array_equal(load_embeddings(again.path, "mean").X, load_embeddings(fresh.path, "mean").X)
+
+
+def test_an_interrupted_run_resumes_from_its_finished_shards(encoder, toy, tmp_path, monkeypatch):
+    from pipeline import embed as embed_module
+
+    original, writes = embed_module._write_shard, []
+
+    def dying(store, index, *args):
+        if index == 2:
+            raise KeyboardInterrupt
+        writes.append(index)
+        original(store, index, *args)
+
+    monkeypatch.setattr(embed_module, "_write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        embed_dataset(toy, encoder, ["mean"], tmp_path / "c", shard_rows=15, progress=False)
+    monkeypatch.setattr(embed_module, "_write_shard", original)
+    resumed = embed_dataset(toy, encoder, ["mean"], tmp_path / "c", shard_rows=15, progress=False)
+    assert writes == [0, 1] and resumed.computed_shards == [2, 3]
+    fresh = embed_dataset(toy, encoder, ["mean"], tmp_path / "d", shard_rows=15, progress=False)
+    np.testing.assert_array_equal(load_embeddings(resumed.path, "mean").X, load_embeddings(fresh.path, "mean").X)
+
+
+def test_asking_for_a_new_pooling_adds_it_without_losing_the_old_ones(encoder, toy, tmp_path):
+    first = embed_dataset(toy, encoder, ["mean"], tmp_path / "e", progress=False)
+    before = load_embeddings(first.path, "mean").X
+    second = embed_dataset(toy, encoder, ["max"], tmp_path / "e", progress=False)
+    assert second.path == first.path and set(second.manifest["poolings"]) == {"mean", "max"}
+    np.testing.assert_array_equal(load_embeddings(second.path, "mean").X, before)
+    third = embed_dataset(toy, encoder, ["mean"], tmp_path / "e", progress=False)
+    assert third.computed_rows == 0
+
+
+def test_key_changes_with_everything_that_changes_the_vectors(encoder, toy, tmp_path, tiny_bert):
+    base = cache_key(encoder.settings(), toy.fingerprint)
+    other_len = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", max_length=8)
+    other_model = Encoder(resolve_model(str(write_tiny_bert(tmp_path / "other", seed=1))), "cpu", "fp32", 16)
+    bf16 = Encoder(resolve_model(str(tiny_bert)), "cpu", "bf16", max_length=16)
+    rows = sentiment_rows(60)
+    rows[5] = (rows[5][0] + "!", rows[5][1])
+    changed_text = load_dataset(write_csv(tmp_path / "toy2.csv", rows))
+    keys = {base, cache_key(other_len.settings(), toy.fingerprint), cache_key(other_model.settings(), toy.fingerprint),
+            cache_key(bf16.settings(), toy.fingerprint), cache_key(encoder.settings(), changed_text.fingerprint)}
+    assert len(keys) == 5
+
+
+def test_pooler_is_refused_for_a_model_without_one(tmp_path, toy):
+    folder = write_tiny_bert(tmp_path / "nopool", pooler=False)
+    enc = Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+    assert not enc.has_pooler
+    with pytest.raises(PipelineError, match="no trained pooler"):
+        embed_dataset(toy, enc, ["mean", "pooler"], tmp_path / "f", progress=False)
+
+
+def test_pickle_only_model_folders_are_refused(tmp_path, tiny_bert):
+    import shutil
+
+    folder = tmp_path / "pickle-only"
+    shutil.copytree(tiny_bert, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(PipelineError, match="pickle weights"):
+        resolve_model(str(folder))
+
+
+def test_a_second_writer_is_stopped_by_the_lock(encoder, toy, tmp_path):
+    from pipeline.cache import EmbeddingCache, cache_dir
+
+    path = cache_dir(tmp_path / "g", toy.name, encoder.ref.name, cache_key(encoder.settings(), toy.fingerprint))
+    path.mkdir(parents=True)
+    with EmbeddingCache(path).acquire():
+        with pytest.raises(PipelineError, match="another run is writing"):
+            embed_dataset(toy, encoder, ["mean"], tmp_path / "g", progress=False)
