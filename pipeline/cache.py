@@ -158,7 +158,7 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
     """
     store = EmbeddingCache(Path(cache))
     manifest = store.manifest()
-    column, layer = _column_for(pooling, manifest)
+    column, layer = pooling_column(pooling, manifest)
     parts = [_read_checked(store, shard, column) for shard in manifest["shards"]]
     table = pa.concat_tables(parts)
     if table.num_rows != manifest["rows"]:
@@ -173,7 +173,8 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
     return Embeddings(result.X[rows], result.y[rows], result.ids[rows], result.splits[rows], result.label_names)
 
 
-def _column_for(pooling: str, manifest: dict) -> tuple[str, int | None]:
+def pooling_column(pooling: str, manifest: dict) -> tuple[str, int | None]:
+    """The cache column holding `pooling` (and the layer, for 'layerK'); refuses names the cache lacks."""
     available = list(manifest["poolings"])
     _, layer = pooling_source(pooling)
     if layer is not None and "layers" in available:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
+from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings, pooling_column
 from pipeline.errors import PipelineError
 from pipeline.heads import HEADS, fit_head, head_params
 from pipeline.metrics import classification_metrics
@@ -68,7 +68,7 @@ def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
         model = fit_head(head, X_tr, y_tr, X_dev if len(y_dev) else None, y_dev if len(y_dev) else None, seed)
     seconds = time.perf_counter() - started
     return Fitted(pooling, head, model, full_proba(model, X_te, len(emb.label_names)), y_te, seconds,
-                  "the dev split" if len(y_dev) else "5-fold CV on train", len(y_tr), len(y_dev))
+                  "the dev split" if len(y_dev) else f"{HEADS[head].folds}-fold CV on train", len(y_tr), len(y_dev))
 
 
 def full_proba(model, X: np.ndarray, n_labels: int) -> np.ndarray:
@@ -83,11 +83,13 @@ def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: i
     """Train every head on every pooling of one cache, write each run and the cache's runs.csv."""
     manifest = EmbeddingCache(cache).manifest()
     names = expand_poolings(poolings, manifest)
+    for name in names:
+        pooling_column(name, manifest)
+    check_splits(load_embeddings(cache, names[0]))
     rows = []
     bar = tqdm(total=len(names) * len(heads), desc="train", unit="head", disable=not progress, file=sys.stderr)
     for pooling in names:
         emb = load_embeddings(cache, pooling)
-        check_splits(emb)
         for head in heads:
             bar.set_postfix_str(f"{pooling}/{head}")
             fitted = fit_one(emb, pooling, head, seed)

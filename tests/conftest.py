@@ -16,13 +16,13 @@ def write_tiny_bert(folder: Path, seed: int = 0, pooler: bool = True) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"],
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"],
              *"abcdefghijklmnopqrstuvwxyz.,!?'-0123456789"]
     (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)  # positional: 4.x and 5.x
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=64)
+                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=128)
     BertModel(config, add_pooling_layer=pooler).save_pretrained(folder, safe_serialization=True)
     return folder
 

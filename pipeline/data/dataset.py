@@ -86,7 +86,7 @@ def _column(table: Columns, name: str, path: Path, role: str) -> list:
     hint = f"pick the {role} column with --{role}-col (columns there: {present})"
     if len(table) == 1 and "\t" in next(iter(table)):
         hint = "the file looks tab-separated: name it .tsv"
-    elif all(_looks_like_data(c) for c in table):
+    elif any(_looks_like_data(c) for c in table):
         hint = f"the file seems to have no header row: add one (e.g. 'text,label') as its first line ({present})"
     raise PipelineError(f"no {role} column '{name}' in {path}: {hint}")
 

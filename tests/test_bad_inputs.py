@@ -1,0 +1,132 @@
+"""Table-driven bad inputs across embed, train and predict: each gives exit != 0, exactly one line on stderr naming
+the problem and a fix, no traceback, and leaves every file already under the workspace untouched."""
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
+
+GOOD = sentiment_rows(40)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_bert):
+    """A project folder with a finished cache and run, made through the CLI itself."""
+    root = tmp_path_factory.mktemp("ws")
+    files = root / "in"
+    files.mkdir()
+    write_csv(files / "good.csv", GOOD)
+    (files / "empty.csv").write_bytes(b"")
+    write_csv(files / "blank_text.csv", GOOD[:5] + [("   ", "positive")])
+    write_csv(files / "nan_label.csv", GOOD[:5] + [("some text", "NaN")])
+    (files / "latin1.csv").write_bytes("text,label\ncafé crème,positive\n".encode("latin-1"))
+    write_csv(files / "dup_ids.csv", [("1", t, l) for t, l in GOOD[:3]], ("id", "text", "label"))
+    write_csv(files / "bad_split.csv", [(t, l, "holdout") for t, l in GOOD[:3]], ("text", "label", "split"))
+    write_csv(files / "no_header.csv", GOOD[:5], header=None)
+    (files / "tabs.csv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in GOOD[:5]))
+    write_csv(files / "mixed.csv", [(t, "1" if i % 2 else "positive") for i, (t, _) in enumerate(GOOD[:6])])
+    write_csv(files / "one_row.csv", GOOD[:1])
+    write_csv(files / "one_class.csv", [(t, "positive", "train" if i % 4 else "test")
+                                        for i, (t, _) in enumerate(GOOD)], ("text", "label", "split"))
+    (files / "data.xlsx").write_bytes(b"PK\x03\x04")
+    (files / "a_file").write_text("x")
+    pickle_only = files / "pickle-model"
+    shutil.copytree(tiny_bert, pickle_only)
+    (pickle_only / "model.safetensors").rename(pickle_only / "pytorch_model.bin")
+    write_tiny_bert(files / "no-pooler", pooler=False)
+    return root
+
+
+@pytest.fixture
+def ws(workspace, tiny_bert, run_cli, monkeypatch):
+    monkeypatch.chdir(workspace)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if not Path("artifacts/runs").exists():
+        assert run_cli("embed", "--data", "in/good.csv", "--model", tiny_bert, "--no-progress")[0] == 0
+        assert run_cli("train", "--data", "in/good.csv", "--model", tiny_bert, "--no-progress")[0] == 0
+        assert run_cli("embed", "--data", "in/one_class.csv", "--split-col", "split", "--model", tiny_bert,
+                       "--pooling", "mean", "--no-progress")[0] == 0
+        tampered = Path("in/tampered-run")
+        shutil.copytree(next(Path("artifacts/runs").glob("*/mean/logreg")), tampered)
+        with (tampered / "head.joblib").open("ab") as handle:
+            handle.write(b"junk")
+    return workspace
+
+
+def snapshot(root: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+M = "{model}"
+CASES = {
+    "missing file": (["embed", "--data", "in/nope.csv", "--model", M], "not found"),
+    "unknown format": (["embed", "--data", "in/data.xlsx", "--model", M], "unknown file format"),
+    "missing text column": (["embed", "--data", "in/good.csv", "--text-col", "review", "--model", M],
+                            "no text column 'review'.*columns there: 'text', 'label'"),
+    "missing label column": (["embed", "--data", "in/good.csv", "--label-col", "stars", "--model", M],
+                             "no label column 'stars'"),
+    "empty file": (["embed", "--data", "in/empty.csv", "--model", M], "empty"),
+    "whitespace-only text": (["embed", "--data", "in/blank_text.csv", "--model", M], "whitespace-only"),
+    "NaN label": (["embed", "--data", "in/nan_label.csv", "--model", M], "missing label"),
+    "non-UTF-8 bytes": (["embed", "--data", "in/latin1.csv", "--model", M], "not valid UTF-8.*iconv"),
+    "duplicate ids": (["embed", "--data", "in/dup_ids.csv", "--id-col", "id", "--model", M], "duplicate id"),
+    "unknown split values": (["embed", "--data", "in/bad_split.csv", "--split-col", "split", "--model", M],
+                             "unknown value.*'holdout'"),
+    "header-less CSV": (["embed", "--data", "in/no_header.csv", "--model", M], "no header row"),
+    "TSV passed as CSV": (["embed", "--data", "in/tabs.csv", "--model", M], "tab-separated"),
+    "mixed label types": (["embed", "--data", "in/mixed.csv", "--model", M], "mixes numbers and words"),
+    "1-row file": (["embed", "--data", "in/one_row.csv", "--model", M], "too few distinct texts"),
+    "pooling typo": (["embed", "--data", "in/good.csv", "--pooling", "meen", "--model", M],
+                     "unknown pooling 'meen'.*choose from"),
+    "unknown device": (["embed", "--data", "in/good.csv", "--device", "tpu", "--model", M], "unknown --device"),
+    "CUDA absent": (["embed", "--data", "in/good.csv", "--device", "cuda", "--model", M], "no CUDA GPU"),
+    "unknown dtype": (["embed", "--data", "in/good.csv", "--dtype", "int8", "--model", M], "unknown --dtype"),
+    "max length 0": (["embed", "--data", "in/good.csv", "--max-length", "0", "--model", M], "max-length"),
+    "max length too long": (["embed", "--data", "in/good.csv", "--max-length", "4096", "--model", M],
+                            "out of range: use 2..128"),
+    "pickle-only model": (["embed", "--data", "in/good.csv", "--model", "in/pickle-model"], "pickle weights"),
+    "model folder missing": (["embed", "--data", "in/good.csv", "--model", "./models/none"], "model folder not found"),
+    "hub id offline": (["embed", "--data", "in/good.csv", "--model", "someone/not-cached-model"],
+                       "cannot get model 'someone/not-cached-model'"),
+    "pooler without pooler": (["embed", "--data", "in/good.csv", "--model", "in/no-pooler", "--pooling", "pooler"],
+                              "no trained pooler"),
+    "output folder unwritable": (["embed", "--data", "in/good.csv", "--out", "in/a_file/emb", "--model", M],
+                                 "cannot write to output folder"),
+    "unknown head": (["train", "--data", "in/good.csv", "--head", "xgboost", "--model", M], "unknown head 'xgboost'"),
+    "pooling not in cache": (["train", "--data", "in/good.csv", "--pooling", "layers3", "--model", M],
+                             "not in the cache.*it has"),
+    "no cache for settings": (["train", "--data", "in/good.csv", "--test-size", "0.3", "--model", M],
+                              "no cache for data 'good'.*make embed DATA=in/good.csv"),
+    "one class in train": (["train", "--data", "in/one_class.csv", "--split-col", "split", "--model", M],
+                           "only one class"),
+    "tampered head": (["predict", "--run", "in/tampered-run", "--text", "good"], "does not match its recorded sha256"),
+    "not a run folder": (["predict", "--run", "in", "--text", "good"], "not a run folder"),
+    "predict input without column": (["predict", "--input", "in/good.csv", "--text-col", "body"],
+                                     "no text column 'body'"),
+    "predict nothing": (["predict"], "nothing to predict"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gets_one_line_and_changes_nothing(ws, run_cli, tiny_bert, name):
+    args, pattern = CASES[name]
+    before = snapshot(ws)
+    code, out, err = run_cli(*[str(tiny_bert) if a == M else a for a in args])
+    lines = err.strip().splitlines()
+    assert code != 0
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    assert __import__("re").search(pattern, lines[0]), lines[0]
+    assert snapshot(ws) == before
+
+
+def test_long_and_duplicate_texts_work_and_truncation_is_reported(ws, run_cli, tiny_bert):
+    rows = GOOD + [("good " * 20000, "positive"), (GOOD[0][0], GOOD[0][1])]
+    write_csv(ws / "in" / "odd.csv", rows)
+    code, out, err = run_cli("embed", "--data", "in/odd.csv", "--model", tiny_bert, "--pooling", "mean",
+                             "--no-progress")
+    assert code == 0, err
+    assert "embedded 42 rows" in out and " 1 truncated at 128" in out

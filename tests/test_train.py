@@ -1,0 +1,139 @@
+"""Stage two on cached vectors: heads, honest selection, metrics, run artifacts, predict, and their errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import sentiment_rows, write_csv
+from pipeline.cache import load_embeddings
+from pipeline.data import load_dataset
+from pipeline.embed import embed_dataset
+from pipeline.encoder import Encoder
+from pipeline.errors import PipelineError
+from pipeline.heads import HEADS, fit_head, parse_heads
+from pipeline.metrics import classification_metrics, expected_calibration_error
+from pipeline.models import resolve_model
+from pipeline.predict import load_encoder_for, predict_texts
+from pipeline.runs import load_run
+from pipeline.train import train_cache
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_bert, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    ds = load_dataset(write_csv(tmp / "toy.csv", sentiment_rows(160)))
+    enc = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    return embed_dataset(ds, enc, ["mean", "cls", "layers"], tmp / "emb", progress=False).path
+
+
+def blobs(n=300, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % k
+    return rng.normal(size=(n, 8)) + 3 * np.eye(k, 8)[y], y
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_head_is_a_fitted_sklearn_estimator_that_learns(head):
+    X, y = blobs()
+    model = fit_head(head, X[:240], y[:240], seed=0)
+    assert (model.predict(X[240:]) == y[240:]).mean() > 0.9
+    assert model.predict_proba(X[240:]).shape == (60, 3)
+
+
+def test_selection_uses_dev_when_given_and_never_sees_test(monkeypatch):
+    from sklearn.model_selection import GridSearchCV
+
+    seen = []
+    original = GridSearchCV.fit
+    monkeypatch.setattr(GridSearchCV, "fit", lambda self, X, y, **kw: seen.append(len(y)) or original(self, X, y, **kw))
+    X, y = blobs()
+    model = fit_head("logreg", X[:200], y[:200], X[200:250], y[200:250])
+    assert seen == [250]
+    assert list(model.cv.test_fold).count(0) == 50
+
+
+def test_seeded_heads_give_the_same_numbers_twice():
+    X, y = blobs()
+    a = fit_head("mlp", X[:240], y[:240], seed=1).predict_proba(X[240:])
+    b = fit_head("mlp", X[:240], y[:240], seed=1).predict_proba(X[240:])
+    np.testing.assert_array_equal(a, b)
+
+
+def test_metrics_on_a_known_case():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
+    m = classification_metrics(y, proba, ["neg", "neu", "pos"], y_train=np.array([1, 1, 0]))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["majority_baseline"] == {"label": "neu", "accuracy": pytest.approx(1 / 3),
+                                      "macro_f1": pytest.approx((0 + 0.5 + 0) / 3)}
+    lo, hi = m["accuracy_ci95"]
+    assert lo < m["accuracy"] < hi
+    assert m["per_class"]["neu"]["recall"] == 1.0
+    assert 0.5 <= m["roc_auc"] <= 1.0
+
+
+def test_ece_is_zero_when_confidence_equals_accuracy():
+    y = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(y, np.array([[0.5, 0.5]] * 4)) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([1, 1]), np.array([[0.9, 0.1]] * 2)) == pytest.approx(0.9)
+
+
+def test_train_writes_runs_reports_and_a_summary(cache, tmp_path):
+    rows = train_cache(cache, "all", ["logreg", "knn"], tmp_path / "runs", progress=False)
+    assert {(r["pooling"], r["head"]) for r in rows} == {(p, h) for p in ("mean", "cls") for h in ("logreg", "knn")}
+    run = tmp_path / "runs" / cache.name / "mean" / "logreg"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["metrics"]["accuracy"] > 0.9
+    assert metrics["selection"] == "5-fold CV on train"
+    assert (run / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| accuracy |" in (run / "report.md").read_text()
+    assert (tmp_path / "runs" / cache.name / "runs.csv").read_text().count("\n") == 5
+    rows = train_cache(cache, "layer1", ["logreg"], tmp_path / "runs", progress=False)
+    assert len(rows) == 5
+
+
+def test_a_tampered_head_file_is_refused(cache, tmp_path):
+    train_cache(cache, "mean", ["logreg"], tmp_path / "runs", progress=False)
+    run = tmp_path / "runs" / cache.name / "mean" / "logreg"
+    assert load_run(run).model is not None
+    with (run / "head.joblib").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(PipelineError, match="does not match its recorded sha256"):
+        load_run(run)
+
+
+def test_predict_uses_the_runs_model_settings_and_pooling(cache, tmp_path):
+    train_cache(cache, "cls", ["logreg"], tmp_path / "runs", progress=False)
+    run = load_run(tmp_path / "runs" / cache.name / "cls" / "logreg")
+    encoder = load_encoder_for(run, "cpu")
+    assert encoder.max_length == 16
+    labels, proba = predict_texts(run, encoder, ["good great fun", "awful boring dull"])
+    assert labels == ["positive", "negative"]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0)
+    emb = load_embeddings(cache, "cls", "test")
+    assert (run.model.predict(emb.X) == emb.y).mean() > 0.9
+
+
+def test_one_class_train_empty_test_and_unseen_labels_are_refused(tiny_bert, tmp_path):
+    enc = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    cases = {
+        "only one class": [(f"good {i}", "pos", "train") for i in range(6)] + [("bad", "neg", "test")],
+        "test split is empty": [(f"good {i}", ["pos", "neg"][i % 2], "train") for i in range(6)],
+        "never occur in train": [(f"good {i}", ["pos", "neg"][i % 2], "train") for i in range(6)] +
+                                [("meh", "neutral", "test")],
+    }
+    for message, rows in cases.items():
+        ds = load_dataset(write_csv(tmp_path / "c.csv", rows, ("text", "label", "split")),
+                          __import__("pipeline.data", fromlist=["ColumnSpec"]).ColumnSpec(split="split"))
+        path = embed_dataset(ds, enc, ["mean"], tmp_path / "emb", progress=False).path
+        with pytest.raises(PipelineError, match=message):
+            train_cache(path, "mean", ["logreg"], tmp_path / "runs", progress=False)
+
+
+def test_unknown_head_and_missing_pooling_name_the_choices(cache, tmp_path):
+    with pytest.raises(PipelineError, match="unknown head 'svm'.*logreg"):
+        parse_heads("svm")
+    with pytest.raises(PipelineError, match="not in the cache.*it has: cls, layers, mean"):
+        train_cache(cache, "max", ["logreg"], tmp_path / "runs", progress=False)
