@@ -43,11 +43,13 @@ predict: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Embeds every pooling (layers too, for the layer probe) if the cache lacks them, then ranks pooling x head.
 bench: $(STAMP)
-	$(CLI) bench heads $(DATA_OPTS)
+	$(CLI) embed $(DATA_OPTS) --pooling all $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
+	$(CLI) bench heads $(DATA_OPTS) $(call opt,HEAD,--head)
 
 bench-speed: $(STAMP)
-	$(CLI) bench speed $(call opt,MODEL,--model) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
+	$(CLI) bench speed $(call opt,MODEL,--model) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype) $(call opt,SIZES,--sizes)
 
 eval: $(STAMP)
 	$(CLI) eval --data-dir ../shared/data $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)

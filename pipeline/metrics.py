@@ -21,8 +21,8 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: l
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "accuracy_ci95": bootstrap_ci(y_true, y_pred, _accuracy, seed),
-        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: _macro_f1(t, q, len(labels)), seed),
+        "accuracy_ci95": bootstrap_ci(y_true, y_pred, accuracy_batch, seed),
+        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: macro_f1_batch(t, q, len(labels)), seed),
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, name in enumerate(label_names)},
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -62,11 +62,11 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int 
     return float(total)
 
 
-def _accuracy(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+def accuracy_batch(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (t == p).mean(axis=-1)
 
 
-def _macro_f1(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+def macro_f1_batch(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
     """Macro-F1 for a stack of resamples (rows), vectorised: F1 = 2TP / (2TP + FP + FN) per class."""
     scores = []
     for c in range(k):
@@ -92,7 +92,7 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, stat, seed: int = 0) ->
 def paired_bootstrap_p(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, seed: int = 0) -> float:
     """Share of resamples in which A (the best row) does not beat B on accuracy: a one-sided paired p-value."""
     idx = bootstrap_indices(len(y_true), seed)
-    diff = _accuracy(y_true[idx], pred_a[idx]) - _accuracy(y_true[idx], pred_b[idx])
+    diff = accuracy_batch(y_true[idx], pred_a[idx]) - accuracy_batch(y_true[idx], pred_b[idx])
     return float((diff <= 0).mean())
 
 

@@ -1,5 +1,6 @@
 """Safe names for folders derived from data and model names, so nothing escapes the output root."""
 
+import json
 import os
 import re
 import tempfile
@@ -46,3 +47,7 @@ def ensure_writable(folder: Path) -> Path:
             "or fix its permissions"
         ) from None
     return folder
+
+
+def atomic_write_json(path: Path, record) -> None:
+    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=False).encode())

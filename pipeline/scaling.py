@@ -1,0 +1,55 @@
+"""Does the embed stage stream? Time and peak memory (RSS) of `embed` on growing slices of one data set.
+
+Each size runs in its own process, so its peak RSS is its own: time should grow linearly and memory stay flat.
+"""
+
+import csv
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.data import Dataset
+from pipeline.errors import PipelineError
+
+RUNNER = """
+import resource, sys
+from pipeline.cli import main
+try:
+    main()
+finally:
+    print("peak_rss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+"""
+
+
+def scaling_benchmark(ds: Dataset, sizes: list[int], model: str, extra_args: list[str], log=print) -> list[dict]:
+    """One fresh `bert-pipeline embed` process per size (mean pooling, new cache each), timed, peak RSS read."""
+    if max(sizes) > len(ds):
+        raise PipelineError(f"--sizes asks for {max(sizes)} texts but the data has {len(ds)}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            path = Path(tmp) / f"slice{size}.csv"
+            with path.open("w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["text", "label"])
+                writer.writerows(zip(ds.texts[:size], ds.labels[:size].tolist()))
+            cmd = [sys.executable, "-c", RUNNER, "embed", "--data", str(path), "--model", model, "--pooling", "mean",
+                   "--out", str(Path(tmp) / "emb"), "--no-progress", *extra_args]
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if done.returncode != 0:
+                raise PipelineError(f"embed of {size} texts failed: {done.stderr.strip().splitlines()[-1:]}")
+            rss = int(done.stderr.strip().splitlines()[-1].split()[-1]) / 1024
+            rows.append({"texts": size, "seconds": seconds, "texts_per_s": size / seconds, "peak_rss_mb": rss})
+            log(f"{size:>7} texts {seconds:8.1f}s {size / seconds:8.1f} texts/s  peak RSS {rss:7.0f} MB")
+    return rows
+
+
+def scaling_markdown(rows: list[dict]) -> str:
+    lines = ["| texts | seconds | texts/s | peak RSS (MB) |", "|---|---|---|---|"]
+    lines += [f"| {r['texts']} | {r['seconds']:.1f} | {r['texts_per_s']:.1f} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,164 @@
+"""How fast the embed stage is, side by side with the obvious alternatives, in one process on the same texts.
+
+Contenders: the seed's flow (encode_plus per text, padding to 64, fp32, batches of 64), sentence-transformers'
+`encode` with its defaults and at its best on this device, and this project's embed stage (all poolings, and mean
+alone, written to a cache). Reported per contender: texts/s, tokens/s (real tokens, no padding) and model GFLOP/s,
+against this machine's matmul peak measured in the same run.
+"""
+
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.data import Dataset
+from pipeline.device import dtype_name
+from pipeline.embed import embed_dataset, embed_texts
+from pipeline.encoder import Encoder
+from pipeline.models import ModelRef
+from pipeline.pooling import DEFAULT_POOLINGS
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
+    """Best GFLOP/s of a square matmul in `dtype` on `device` within about `seconds`."""
+    n = 2048 if device.type == "cuda" else 1024
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def model_flops(lengths: np.ndarray, config) -> float:
+    """Forward FLOPs over real tokens: dense layers 2n(4H^2 + 2HI) plus attention 4n^2H, per layer."""
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    n = lengths.astype(np.float64)
+    return float(layers * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h).sum())
+
+
+def time_it(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Median seconds over `repeats` runs after one warm-up run on the same call."""
+    result = run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def seed_flow(encoder: Encoder, texts: list[str]) -> np.ndarray:
+    """The original script: one encode_plus per text, padded to 64, fp32, model over fixed batches of 64 (the
+    original called the model on all texts at once, which does not fit in memory for real data sets)."""
+    tok, model = encoder.tokenizer, encoder.model
+    encoded = [tok.encode_plus(t, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+               for t in texts]
+    ids = torch.cat([e["input_ids"] for e in encoded])
+    mask = torch.cat([e["attention_mask"] for e in encoded])
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(texts), 64):
+            batch = {"input_ids": ids[s:s + 64].to(encoder.device), "attention_mask": mask[s:s + 64].to(encoder.device)}
+            outs.append(model(**batch).last_hidden_state[:, 0].float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) -> dict[str, Callable]:
+    """sentence-transformers with its defaults, and the configurations that could be its best here."""
+    from sentence_transformers import SentenceTransformer
+
+    default = SentenceTransformer(str(ref.folder), device=str(device))
+    found = {"st_default": lambda texts: default.encode(texts, convert_to_numpy=True)}
+    for batch in (64, 128):
+        found[f"st_fp32_bs{batch}"] = lambda texts, b=batch: default.encode(texts, batch_size=b, convert_to_numpy=True)
+    if fast_dtype != torch.float32:
+        low = SentenceTransformer(str(ref.folder), device=str(device), model_kwargs={"torch_dtype": fast_dtype})
+        found[f"st_{dtype_name(fast_dtype)}_bs64"] = lambda texts: low.encode(texts, batch_size=64,
+                                                                                 convert_to_numpy=True)
+    return found
+
+
+def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str = "auto", repeats: int = 3,
+                    log: Callable[[str], None] = print) -> dict:
+    """Time every contender on the texts of `ds` and return the speed.json record."""
+    encoder = Encoder(ref, device, dtype)
+    fp32 = Encoder(ref, str(encoder.device), "fp32")
+    texts = ds.texts
+    lengths = encoder.tokenize(texts).lengths
+    flops = model_flops(lengths, encoder.model.config)
+    peaks = {name: matmul_peak(dt, encoder.device) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    results: dict[str, dict] = {}
+
+    def record(name: str, seconds: float, note: str = "") -> None:
+        results[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds,
+                         "tokens_per_s": float(lengths.sum()) / seconds, "gflops": flops / seconds / 1e9, "note": note}
+        log(f"{name:<18} {len(texts) / seconds:9.1f} texts/s {flops / seconds / 1e9:8.1f} GFLOP/s")
+
+    seconds, _ = time_it(lambda: seed_flow(fp32, texts), max(1, repeats // 2))
+    record("seed", seconds, "encode_plus per text, pad to 64, fp32, batches of 64")
+    st_vectors = None
+    for name, run in st_candidates(ref, encoder.device, encoder.dtype).items():
+        seconds, vectors = time_it(lambda: run(texts), repeats)
+        record(name, seconds)
+        st_vectors = vectors if name == "st_default" else st_vectors
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, poolings in (("ours_all", list(DEFAULT_POOLINGS)), ("ours_mean", ["mean"])):
+            runs = iter(range(repeats + 1))
+            seconds, _ = time_it(lambda: embed_dataset(ds, encoder, poolings, Path(tmp) / f"{name}{next(runs)}",
+                                                       progress=False), repeats)
+            record(name, seconds, f"embed stage to a Parquet cache, poolings: {','.join(poolings)}")
+    ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
+    return summarise(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
+
+
+def summarise(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
+    st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
+    ours = results["ours_all"]["texts_per_s"]
+    cos = (ours_mean * st_vectors).sum(1) / np.linalg.norm(ours_mean, axis=1) / np.linalg.norm(st_vectors, axis=1)
+    used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
+    return {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
+        "device": str(encoder.device), "dtype": dtype_name(encoder.dtype), "texts": n, "tokens": tokens,
+        "matmul_peak_gflops": peaks,
+        "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
+        "fraction_of_best_peak": results["ours_all"]["gflops"] / max(peaks.values()),
+        "contenders": results, "st_best": st_best,
+        "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
+        "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
+        "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
+        "min_cosine_vs_sentence_transformers": float(cos.min()),
+    }
+
+
+def speed_markdown(r: dict) -> str:
+    lines = [f"Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, {r['machine']['threads']} "
+             f"threads), dtype {r['dtype']}, {r['texts']} texts, {r['tokens']} tokens. Matmul peak measured in the "
+             f"same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
+             f"{r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.", "",
+             "| contender | texts/s | tokens/s | model GFLOP/s | note |", "|---|---|---|---|---|"]
+    for name, c in r["contenders"].items():
+        lines.append(f"| {name} | {c['texts_per_s']:.1f} | {c['tokens_per_s']:.0f} | {c['gflops']:.1f} | "
+                     f"{c['note']} |")
+    lines += ["", f"ours_all vs seed: **{r['speedup_vs_seed']:.2f}x**; vs sentence-transformers default: "
+              f"**{r['speedup_vs_sentence_transformers_default']:.2f}x**; vs its best ({r['st_best']}): "
+              f"**{r['speedup_vs_sentence_transformers_best']:.2f}x**; share of the {r['dtype']} matmul peak: "
+              f"{r['fraction_of_peak']:.0%} (of the best peak: {r['fraction_of_best_peak']:.0%}); min cosine of our "
+              f"`mean` vs sentence-transformers: {r['min_cosine_vs_sentence_transformers']:.6f}.", ""]
+    return "\n".join(lines)
+
