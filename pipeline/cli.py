@@ -228,6 +228,43 @@ def bench_speed(data, text_col, model, device, dtype, repeats, limit, sizes, out
     click.echo(speed_markdown(record))
 
 
+@cli.command("eval")
+@click.option("--data-dir", default="../shared/data", show_default=True, type=click.Path(path_type=Path),
+              help="Folder with mr/, cr/, subj/, mpqa/, sst2/, sst5/, trec/, tweet_eval_sentiment/ in their layouts.")
+@click.option("--tasks", default="all", show_default=True, help="Comma list of tasks or 'all'.")
+@click.option("--model", default="default", show_default=True)
+@click.option("--pooling", default="cls,mean,max,last4_mean,first_last_mean", show_default=True, help=POOLING_HELP)
+@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2))
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--embeddings", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="artifacts/eval", show_default=True, type=click.Path(path_type=Path))
+@click.option("--progress/--no-progress", default=True)
+def eval_(data_dir, tasks, model, pooling, max_length, device, dtype, seed, embeddings, out, progress) -> None:
+    """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
+    from pipeline.data.benchmarks import TASKS
+    from pipeline.encoder import Encoder
+    from pipeline.evaluation import evaluate, results_markdown
+    from pipeline.models import resolve_model
+    from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
+    from pipeline.pooling import parse_poolings
+
+    names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise PipelineError(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)} or 'all'")
+    if not Path(data_dir).is_dir():
+        raise PipelineError(f"--data-dir {data_dir} is not a folder: point it at the benchmark folders")
+    encoder = Encoder(resolve_model(model), device, dtype, max_length)
+    record = evaluate(data_dir, encoder, parse_poolings(pooling), embeddings, names, seed, progress)
+    folder = Path(out) / safe_name(encoder.ref.name.split("/")[-1])
+    atomic_write_json(folder / "results.json", record)
+    atomic_write_bytes(folder / "results.md", results_markdown(record).encode())
+    click.echo(results_markdown(record))
+    click.echo(f"written: {folder}/results.json, results.md")
+
+
 def subset(ds, rows):
     """The same data set restricted to `rows` (a mask or slice), keeping names and label order."""
     import numpy as np

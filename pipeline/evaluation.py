@@ -1,0 +1,104 @@
+"""The SentEval-style transfer table: frozen encoder + logistic regression on the classic benchmarks.
+
+Protocols (as in SentEval): MR, CR, SUBJ, MPQA and TweetEval sentiment by 10-fold stratified CV, the L2 strength
+chosen by an inner CV on each training fold only; SST-2 and SST-5 by train / dev (selection) / test; TREC by train /
+test with selection by CV on train. The reporting fold or split never takes part in any selection.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import recall_score
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from pipeline.cache import Embeddings, load_embeddings
+from pipeline.data.benchmarks import TASKS, load_task
+from pipeline.embed import embed_dataset
+from pipeline.encoder import Encoder
+from pipeline.heads import fit_head
+from pipeline.train import fit_one
+
+OUTER_FOLDS = 10
+# Reimers & Gurevych (2019), SBERT paper, Table 5: SentEval, logistic regression on frozen bert-base.
+PUBLISHED = {
+    "bert-base [CLS]": {"mr": 78.68, "cr": 84.85, "subj": 94.21, "mpqa": 88.23, "sst2": 84.13, "trec": 91.4},
+    "bert-base mean": {"mr": 78.66, "cr": 86.25, "subj": 94.37, "mpqa": 88.66, "sst2": 84.40, "trec": 92.8},
+}
+
+
+def cv_scores(emb: Embeddings, seed: int, folds: int = OUTER_FOLDS) -> list[dict]:
+    """Outer stratified k-fold; logreg's C is picked by CV inside each training fold (fit_head never sees the test
+    fold). Returns per-fold accuracy and macro recall."""
+    outer = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = []
+    for train_idx, test_idx in outer.split(emb.X, emb.y):
+        model = fit_head("logreg", emb.X[train_idx], emb.y[train_idx], seed=seed)
+        pred = model.predict(emb.X[test_idx])
+        scores.append(_scores(emb.y[test_idx], pred, model))
+    return scores
+
+
+def split_scores(emb: Embeddings, seed: int) -> list[dict]:
+    """Train (+ dev for selection) -> test, once."""
+    fitted = fit_one(emb, "eval", "logreg", seed)
+    return [_scores(fitted.y_test, fitted.proba.argmax(axis=1), fitted.model)]
+
+
+def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
+    return {"accuracy": float((y == pred).mean()), "macro_recall": float(recall_score(y, pred, average="macro")),
+            "n": int(len(y)), "C": model.best_params_.get("logisticregression__C")}
+
+
+def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: Path, tasks: list[str] | None = None,
+             seed: int = 0, progress: bool = True) -> dict:
+    """Embed each task once (cached), then score every pooling with its task's protocol."""
+    results = {}
+    names = [t for t in (tasks or TASKS) if (Path(data_dir) / t).exists()]
+    for name in tqdm(names, desc="eval", unit="task", disable=not progress, file=sys.stderr):
+        ds = load_task(Path(data_dir) / name)
+        cache = embed_dataset(ds, encoder, poolings, cache_root, progress=progress).path
+        protocol = TASKS[name].protocol
+        results[name] = {"protocol": "10-fold CV" if protocol == "cv" else _split_protocol(ds), "rows": len(ds),
+                         "classes": len(ds.label_names), "poolings": {}}
+        for pooling in poolings:
+            started = time.perf_counter()
+            emb = load_embeddings(cache, pooling)
+            folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
+            results[name]["poolings"][pooling] = summarise(folds, time.perf_counter() - started)
+    return {"model": encoder.ref.identity, "encoder": encoder.settings(), "seed": seed, "tasks": results,
+            "published": PUBLISHED}
+
+
+def _split_protocol(ds) -> str:
+    return "train / dev / test" if (ds.splits == "dev").any() else "train / test (C by 5-fold CV on train)"
+
+
+def summarise(folds: list[dict], seconds: float) -> dict:
+    acc = np.array([f["accuracy"] for f in folds]) * 100
+    recall = np.array([f["macro_recall"] for f in folds]) * 100
+    return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "macro_recall": float(recall.mean()),
+            "folds": folds, "seconds": seconds}
+
+
+def results_markdown(record: dict) -> str:
+    """One row per task: cls, mean, the best other pooling, and the published bert-base figures for context."""
+    lines = [f"Model `{record['model']['name']}`, frozen; logistic regression; accuracy in % (mean ± std over folds "
+             "for CV tasks). Published columns: Reimers & Gurevych 2019 (SBERT, Table 5), **bert-base**, a different "
+             "and larger model, shown for context only.", "",
+             "| task | protocol | cls | mean | best other | published bert-base [CLS] | published bert-base mean |",
+             "|---|---|---|---|---|---|---|"]
+    for task, r in record["tasks"].items():
+        pools = r["poolings"]
+        others = {p: v for p, v in pools.items() if p not in ("cls", "mean")}
+        best = max(others, key=lambda p: others[p]["accuracy"]) if others else None
+        cell = lambda v: f"{v['accuracy']:.2f}" + (f" ± {v['accuracy_std']:.2f}" if len(v["folds"]) > 1 else "")  # noqa: E731
+        extra = f" (macro recall {pools['mean']['macro_recall']:.2f})" if task == "tweet_eval_sentiment" and \
+            "mean" in pools else ""
+        lines.append(f"| {task} | {r['protocol']} | {cell(pools['cls']) if 'cls' in pools else '—'} | "
+                     f"{cell(pools['mean']) + extra if 'mean' in pools else '—'} | "
+                     f"{f'{cell(others[best])} ({best})' if best else '—'} | "
+                     f"{PUBLISHED['bert-base [CLS]'].get(task, '—')} | {PUBLISHED['bert-base mean'].get(task, '—')} |")
+    return "\n".join(lines) + "\n"

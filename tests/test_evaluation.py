@@ -1,0 +1,67 @@
+"""The SentEval-style protocol on small slices: fold counts, and selection never sees the reporting rows."""
+
+import numpy as np
+import pytest
+
+from conftest import SHARED
+from pipeline import evaluation
+from pipeline.cache import Embeddings
+from pipeline.heads import GridSearchCV
+
+
+def toy_embeddings(n=200, with_dev=False):
+    rng = np.random.default_rng(0)
+    y = np.arange(n) % 2
+    X = np.c_[np.arange(n), rng.normal(size=(n, 4)) + y[:, None]].astype(np.float32)  # column 0: the row index
+    splits = np.array(["train"] * n, dtype=object)
+    if with_dev:
+        splits[: n // 5], splits[n // 5: 2 * n // 5] = "test", "dev"
+    return Embeddings(X, y, np.arange(n).astype(str).astype(object), splits, ["neg", "pos"])
+
+
+@pytest.fixture
+def seen_rows(monkeypatch):
+    """Row indices of every matrix that hyperparameter selection is fitted on."""
+    seen = []
+    original = GridSearchCV.fit
+    monkeypatch.setattr(GridSearchCV, "fit", lambda self, X, y, **kw: seen.append(set(X[:, 0].astype(int))) or
+                        original(self, X, y, **kw))
+    return seen
+
+
+def test_cv_protocol_has_ten_folds_and_never_selects_on_the_reporting_fold(seen_rows):
+    emb = toy_embeddings()
+    folds = evaluation.cv_scores(emb, seed=0)
+    assert len(folds) == 10 and sum(f["n"] for f in folds) == 200
+    assert len(seen_rows) == 10
+    for rows in seen_rows:
+        assert len(rows) == 180, "each selection sees exactly the nine training folds"
+    assert set().union(*[set(range(200)) - rows for rows in seen_rows]) == set(range(200))
+    assert all(f["C"] is not None for f in folds)
+
+
+def test_split_protocol_selects_on_train_and_dev_only(seen_rows):
+    emb = toy_embeddings(with_dev=True)
+    [score] = evaluation.split_scores(emb, seed=0)
+    assert score["n"] == 40
+    assert seen_rows == [set(range(40, 200))], "test rows (0..39) never reach selection"
+
+
+def test_markdown_puts_published_figures_beside_ours():
+    fold = {"accuracy": 0.8, "macro_recall": 0.79, "n": 10, "C": 0.1}
+    pools = {p: evaluation.summarise([fold] * 10, 1.0) for p in ("cls", "mean", "max")}
+    record = {"model": {"name": "m"}, "tasks": {"mr": {"protocol": "10-fold CV", "poolings": pools}}}
+    table = evaluation.results_markdown(record)
+    assert "| mr | 10-fold CV | 80.00 ± 0.00 | 80.00 ± 0.00 | 80.00 ± 0.00 (max) | 78.68 | 78.66 |" in table
+
+
+@pytest.mark.skipif(not (SHARED / "trec").exists(), reason="../shared/data not present")
+def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
+    from pipeline.encoder import Encoder
+    from pipeline.models import resolve_model
+
+    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    record = evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], progress=False)
+    trec = record["tasks"]["trec"]
+    assert trec["classes"] == 6 and trec["rows"] == 5952
+    assert len(trec["poolings"]["mean"]["folds"]) == 1 and trec["poolings"]["mean"]["folds"][0]["n"] == 500
