@@ -97,14 +97,13 @@ class EmbeddingCache:
         path = self.shard_path(index)
         if not path.exists():
             return None
-        try:
-            table = pq.read_table(path, columns=["id"])
-            names = pq.read_schema(path).names
+        try:  # a full read with page checksums: a shard damaged anywhere is recomputed, never trusted
+            table = self.read_shard(index)
         except Exception:
             return None
         if table.num_rows != len(ids) or table.column("id").to_pylist() != ids:
             return None
-        return {n[len(EMB_PREFIX):] for n in names if n.startswith(EMB_PREFIX)}
+        return {n[len(EMB_PREFIX):] for n in table.column_names if n.startswith(EMB_PREFIX)}
 
     def read_shard(self, index: int) -> pa.Table:
         return pq.read_table(self.shard_path(index), page_checksum_verification=True)
@@ -190,23 +189,29 @@ def pooling_column(pooling: str, manifest: dict) -> tuple[str, int | None]:
 
 
 def _read_checked(store: EmbeddingCache, shard: dict, column: str) -> pa.Table:
+    """Read one shard's columns only after its size and sha256 match the manifest's record."""
     path = store.path / shard["file"]
-    problem = None
-    if not path.exists():
-        problem = "is missing"
-    elif path.stat().st_size != shard["bytes"]:
-        problem = "has the wrong size"
-    if problem is None:
-        try:
-            table = pq.read_table(path, columns=["id", "split", "label", EMB_PREFIX + column],
-                                  page_checksum_verification=True)
+    problem = "is missing"
+    if path.exists():
+        payload = path.read_bytes()
+        problem = "has the wrong size" if len(payload) != shard["bytes"] else None
+        if problem is None and hashlib.sha256(payload).hexdigest() != shard.get("sha256"):
+            problem = "does not match its recorded sha256"
+        if problem is None:
+            table = pq.read_table(pa.BufferReader(payload), columns=["id", "split", "label", EMB_PREFIX + column])
             if table.num_rows == shard["rows"]:
                 return table
             problem = "has the wrong row count"
-        except Exception:
-            problem = "is damaged"
     raise PipelineError(f"cache shard {path} {problem}: run the same `bert-pipeline embed` command again to "
                         "recompute it")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _to_matrix(column: pa.ChunkedArray, shape: list[int], layer: int | None) -> np.ndarray:

@@ -1,6 +1,8 @@
 """Stage one: data -> encoder -> poolings -> cache, shard by shard, resumable, one forward pass per batch."""
 
 import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +16,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, cache_dir, cache_key, shard_table
+from pipeline.cache import EmbeddingCache, cache_dir, cache_key, file_sha256, shard_table
 from pipeline.data import Dataset
 from pipeline.device import cpu_bf16_speedup
 from pipeline.encoder import Encoder, iter_outputs
@@ -42,19 +44,14 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path
     key = cache_key(settings, ds.fingerprint)
     store = EmbeddingCache(cache_dir(root, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
-    with store.acquire():
+    with store.acquire(), _disk_errors(store):
         shard_rows = store.start(key, {"encoder": settings, "data_fingerprint": ds.fingerprint}, shard_rows)
         spans = [(s, min(s + shard_rows, len(ds))) for s in range(0, len(ds), shard_rows)]
-        have = [store.shard_columns(i, ds.ids[a:b]) for i, (a, b) in enumerate(spans)]
-        target = list(dict.fromkeys([*poolings, *sorted(set().union(*[h for h in have if h]))]))
-        todo = {i: [p for p in target if p not in (have[i] or set())] for i in range(len(spans))}
-        todo = {i: missing for i, missing in todo.items() if missing}
+        target, todo = _plan(store, ds, spans, poolings)
         started = time.perf_counter()
         if todo:
             store.drop_manifest()
-            tokens = _run_shards(ds, encoder, store, spans, todo, progress)
-        else:
-            tokens = 0
+        tokens = _run_shards(ds, encoder, store, spans, todo, progress) if todo else 0
         seconds = time.perf_counter() - started
         computed = sum(spans[i][1] - spans[i][0] for i in todo)
         manifest = _manifest(ds, encoder, store, spans, target, key,
@@ -63,6 +60,24 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path
                               "tokens_per_s": tokens / seconds if seconds else None})
         store.write_manifest(manifest)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
+
+
+def _plan(store: EmbeddingCache, ds: Dataset, spans, poolings: list[str]) -> tuple[list[str], dict[int, list[str]]]:
+    """Which poolings the cache will hold (requested + any a whole shard already has), and what each shard lacks."""
+    have = [store.shard_columns(i, ds.ids[a:b]) for i, (a, b) in enumerate(spans)]
+    target = list(dict.fromkeys([*poolings, *sorted(set().union(*[h for h in have if h]))]))
+    todo = {i: [p for p in target if p not in (have[i] or set())] for i in range(len(spans))}
+    return target, {i: missing for i, missing in todo.items() if missing}
+
+
+@contextmanager
+def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
+    """A full disk or a folder turned read-only mid-run: one clear message; the shards already written stay valid."""
+    try:
+        yield
+    except OSError as exc:
+        raise PipelineError(f"cannot write the cache in {store.path} ({exc.strerror or exc}): free disk space or fix "
+                            "permissions, then run the same command; finished shards are kept") from None
 
 
 def _run_shards(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: list[tuple[int, int]],
@@ -132,7 +147,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, pooli
         meta = pq.read_table(path, columns=["n_tokens", "truncated"])
         n_tokens += int(meta.column("n_tokens").to_numpy().sum())
         truncated += int(meta.column("truncated").to_numpy().sum())
-        shards.append({"file": path.name, "rows": b - a, "bytes": path.stat().st_size})
+        shards.append({"file": path.name, "rows": b - a, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
     return {
         "schema": 1, "name": store.path.name, "key": key, "created": datetime.now(timezone.utc).isoformat(),
         "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
