@@ -58,9 +58,13 @@ def cli() -> None:
               help="Rows per Parquet shard (the unit of resume).")
 @click.option("--out", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
               help="Cache root folder.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool (pip install 'bert-pipeline[distributed]').")
+@click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
+              help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local Ray quietly.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, pooling, max_length, device, dtype,
-          batch_tokens, shard_rows, out, progress) -> None:
+          batch_tokens, shard_rows, out, engine, ray_address, progress) -> None:
     """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
     from pipeline.embed import embed_dataset
     from pipeline.encoder import Encoder
@@ -72,7 +76,12 @@ def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
     ds = load_data(data, text_col, label_col, id_col, split_col, test_size, seed)
     ensure_writable(out)
     encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
-    result = embed_dataset(ds, encoder, names, out, shard_rows, progress)
+    if engine == "ray":
+        from pipeline.ray_engine import embed_with_ray
+
+        result = embed_with_ray(ds, encoder, names, out, shard_rows, ray_address, progress)
+    else:
+        result = embed_dataset(ds, encoder, names, out, shard_rows, progress)
     click.echo(summary_line(result))
 
 

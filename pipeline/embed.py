@@ -1,7 +1,7 @@
 """Stage one: data -> encoder -> poolings -> cache, shard by shard, resumable, one forward pass per batch."""
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 import sys
 import time
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from pipeline.cache import EmbeddingCache, cache_dir, cache_key, file_sha256, shard_table
 from pipeline.data import Dataset
 from pipeline.device import cpu_bf16_speedup
-from pipeline.encoder import Encoder, iter_outputs
+from pipeline.encoder import Encoder, Tokenized, iter_outputs
 from pipeline.errors import PipelineError
 from pipeline.pooling import POOLINGS, pool
 
@@ -34,10 +34,14 @@ class EmbedResult:
     computed_shards: list[int]
 
 
+Runner = Callable[[Dataset, Encoder, EmbeddingCache, list, dict, bool], None]
+
+
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path,
-                  shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True) -> EmbedResult:
+                  shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None
+                  ) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
-    poolings, and write the manifest last."""
+    poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process)."""
     if "pooler" in poolings and not encoder.has_pooler:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop 'pooler' from --pooling")
     settings = encoder.settings()
@@ -51,14 +55,10 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path
         started = time.perf_counter()
         if todo:
             store.drop_manifest()
-        tokens = _run_shards(ds, encoder, store, spans, todo, progress) if todo else 0
-        seconds = time.perf_counter() - started
-        computed = sum(spans[i][1] - spans[i][0] for i in todo)
-        manifest = _manifest(ds, encoder, store, spans, target, key,
-                             {"seconds": seconds, "computed_rows": computed, "computed_tokens": tokens,
-                              "computed_shards": sorted(todo), "texts_per_s": computed / seconds if seconds else None,
-                              "tokens_per_s": tokens / seconds if seconds else None})
+            (runner or run_local)(ds, encoder, store, spans, todo, progress)
+        manifest = _manifest(ds, encoder, store, spans, target, key, todo, time.perf_counter() - started)
         store.write_manifest(manifest)
+    computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
 
 
@@ -80,27 +80,31 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
                             "permissions, then run the same command; finished shards are kept") from None
 
 
-def _run_shards(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: list[tuple[int, int]],
-                todo: dict[int, list[str]], progress: bool) -> int:
+def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: list[tuple[int, int]],
+              todo: dict[int, list[str]], progress: bool) -> None:
     """Compute the missing poolings of each unfinished shard; tokenise the next shard while this one runs."""
     reused = len(ds) - sum(spans[i][1] - spans[i][0] for i in todo)
     bar = tqdm(total=len(ds), initial=reused, unit="text", desc="embed", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     order = sorted(todo)
-    total_tokens = 0
-    with ThreadPoolExecutor(max_workers=1) as pool_:
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
         tokenize = lambda i: encoder.tokenize(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
-        pending = pool_.submit(tokenize, order[0])
+        pending = prefetch.submit(tokenize, order[0])
         for n, index in enumerate(order):
             tokens = pending.result()
             if n + 1 < len(order):
-                pending = pool_.submit(tokenize, order[n + 1])
-            vectors = _pool_chunk(encoder, tokens, todo[index], bar)
-            a, b = spans[index]
-            _write_shard(store, index, ds, a, b, tokens, vectors)
-            total_tokens += int(tokens.lengths.sum())
+                pending = prefetch.submit(tokenize, order[n + 1])
+            compute_shard(ds, encoder, store, index, spans[index], todo[index], tokens, bar)
     bar.close()
-    return total_tokens
+
+
+def compute_shard(ds: Dataset, encoder: Encoder, store: EmbeddingCache, index: int, span: tuple[int, int],
+                  poolings: list[str], tokens: Tokenized | None = None, bar: tqdm | None = None) -> None:
+    """Embed one shard's rows (tokenising them unless given) and write the shard; any engine calls this."""
+    a, b = span
+    tokens = tokens or encoder.tokenize(ds.texts[a:b])
+    vectors = _pool_chunk(encoder, tokens, poolings, bar or tqdm(disable=True))
+    _write_shard(store, index, ds, a, b, tokens, vectors)
 
 
 def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
@@ -140,14 +144,17 @@ def _column_matrix(table, name: str) -> np.ndarray:
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, poolings: list[str], key: str,
-              run: dict) -> dict:
-    shards, n_tokens, truncated = [], 0, 0
+              todo: dict, seconds: float) -> dict:
+    shards, tokens, truncated = [], np.zeros(len(spans), dtype=np.int64), 0
     for i, (a, b) in enumerate(spans):
         path = store.shard_path(i)
         meta = pq.read_table(path, columns=["n_tokens", "truncated"])
-        n_tokens += int(meta.column("n_tokens").to_numpy().sum())
+        tokens[i] = int(meta.column("n_tokens").to_numpy().sum())
         truncated += int(meta.column("truncated").to_numpy().sum())
         shards.append({"file": path.name, "rows": b - a, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+    rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), int(sum(tokens[i] for i in todo))
+    run = {"seconds": seconds, "computed_rows": rows, "computed_tokens": new_tokens, "computed_shards": sorted(todo),
+           "texts_per_s": rows / seconds if rows else None, "tokens_per_s": new_tokens / seconds if rows else None}
     return {
         "schema": 1, "name": store.path.name, "key": key, "created": datetime.now(timezone.utc).isoformat(),
         "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
@@ -155,7 +162,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, pooli
         "rows": len(ds), "label_names": ds.label_names, "encoder": encoder.settings(), "model_ref": encoder.ref.spec,
         "poolings": {p: {"description": POOLINGS[p].description, "shape": _shape(p, encoder),
                          "dim": int(np.prod(_shape(p, encoder)))} for p in poolings},
-        "shards": shards, "tokens": n_tokens, "truncated": truncated,
+        "shards": shards, "tokens": int(tokens.sum()), "truncated": truncated,
         "device": str(encoder.device), "batch_tokens": encoder.batch_tokens,
         "cpu_bf16_speedup": round(cpu_bf16_speedup(), 3) if encoder.device.type == "cpu" else None,
         "last_run": run, "versions": _versions(),

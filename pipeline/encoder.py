@@ -14,7 +14,7 @@ from pipeline.device import dtype_name, pick_device, pick_dtype
 from pipeline.errors import PipelineError
 from pipeline.models import ModelRef
 
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536, "mps": 16384}
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384}  # cpu: small batches stay in cache
 
 
 @dataclass(frozen=True)

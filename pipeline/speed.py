@@ -64,8 +64,9 @@ def time_it(run: Callable[[], object], repeats: int) -> tuple[float, object]:
 def seed_flow(encoder: Encoder, texts: list[str]) -> np.ndarray:
     """The original script: one encode_plus per text, padded to 64, fp32, model over fixed batches of 64 (the
     original called the model on all texts at once, which does not fit in memory for real data sets)."""
-    tok, model = encoder.tokenizer, encoder.model
-    encoded = [tok.encode_plus(t, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    model = encoder.model
+    encode_plus = getattr(encoder.tokenizer, "encode_plus", encoder.tokenizer)  # transformers 5 dropped the name
+    encoded = [encode_plus(t, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
                for t in texts]
     ids = torch.cat([e["input_ids"] for e in encoded])
     mask = torch.cat([e["attention_mask"] for e in encoded])
