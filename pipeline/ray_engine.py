@@ -7,7 +7,11 @@ driver writes the manifest last. So resume, keys and files are those of the loca
 the result unchanged. Ray is imported only here.
 """
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 import os
+import sys
 from pathlib import Path
 
 from pipeline.data import Dataset
@@ -15,42 +19,61 @@ from pipeline.embed import EmbedResult, compute_shard, embed_dataset
 from pipeline.encoder import Encoder
 from pipeline.errors import PipelineError
 
-MIN_ACTORS_TIMEOUT_S = 600
+MIN_ACTORS_TIMEOUT_S = 600  # no actor could start (e.g. asked for GPUs nobody has): fail instead of waiting forever
+NO_PROGRESS_TIMEOUT_S = 1800  # a stuck job fails with Ray's message instead of hanging
 
 
 class ShardEmbedder:
-    """One Ray actor: loads the encoder once, then embeds and writes whole shards."""
+    """One Ray actor: loads the encoder once, then embeds and writes whole shards that arrive with their rows."""
 
-    def __init__(self, ds_ref, encoder_args: dict, cache_path: str, spans: list, todo: dict) -> None:
-        import ray
-
+    def __init__(self, encoder_args: dict, cache_path: str, todo: dict) -> None:
         from pipeline.cache import EmbeddingCache
         from pipeline.models import resolve_model
 
-        self.ds = ray.get(ds_ref) if isinstance(ds_ref, ray.ObjectRef) else ds_ref
         self.encoder = Encoder(resolve_model(encoder_args["model"]), **encoder_args["options"])
-        self.store, self.spans, self.todo = EmbeddingCache(Path(cache_path)), spans, todo
+        self.store, self.todo = EmbeddingCache(Path(cache_path)), todo
 
     def __call__(self, batch):
+        import numpy as np
         import pyarrow as pa
 
         done = []
-        for index in batch.column("shard").to_pylist():
-            compute_shard(self.ds, self.encoder, self.store, index, tuple(self.spans[index]), self.todo[index])
-            done.append(index)
-        return pa.table({"shard": done, "rows": [self.spans[i][1] - self.spans[i][0] for i in done]})
+        for row in batch.to_pylist():
+            rows = Dataset("shard", row["ids"], row["texts"], np.asarray(row["labels"], dtype=np.int64), [],
+                           np.asarray(row["splits"], dtype=object), "")
+            compute_shard(rows, self.encoder, self.store, row["shard"], (0, len(rows)), self.todo[row["shard"]])
+            done.append(row["shard"])
+        return pa.table({"shard": done})
 
 
 def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path, shard_rows: int,
                    address: str | None = None, progress: bool = True) -> EmbedResult:
     """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
-    ray = _start_ray(address)
-    try:
-        return embed_dataset(ds, encoder, poolings, root, shard_rows, progress,
-                             runner=lambda *args: _run_actors(ray, *args))
-    finally:
-        if not address and not os.environ.get("RAY_ADDRESS"):
-            ray.shutdown()
+    Path(root).mkdir(parents=True, exist_ok=True)
+    with _native_logs_to(Path(root) / ".ray-driver.log"):
+        ray, started_here = _start_ray(address)
+        try:
+            return embed_dataset(ds, encoder, poolings, root, shard_rows, progress,
+                                 runner=lambda *args: _run_actors(ray, *args))
+        finally:
+            if started_here:
+                ray.shutdown()
+
+
+@contextmanager
+def _native_logs_to(path: Path) -> Iterator[None]:
+    """Ray's C++ core writes warnings straight to file descriptor 2; keep them in a log file, not on the terminal.
+    Python-level errors still reach the user: they are raised, and printed by the CLI after this block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("ab") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _run_actors(ray, ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress: bool) -> None:
@@ -58,20 +81,24 @@ def _run_actors(ray, ds: Dataset, encoder: Encoder, store, spans, todo: dict, pr
     from ray.data import ActorPoolStrategy
 
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = progress
+    context.enable_progress_bars = progress and sys.stderr.isatty()
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context.wait_for_min_actors_s = MIN_ACTORS_TIMEOUT_S
+    context.execution_no_progress_timeout_s = NO_PROGRESS_TIMEOUT_S
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus or 1
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
     options = {"device": "cuda" if gpus else "cpu", "dtype": _dtype_name(encoder), "max_length": encoder.max_length,
                "batch_tokens": encoder.batch_tokens if not gpus else 0}
-    work = ray.data.from_items([{"shard": i} for i in sorted(todo)], override_num_blocks=len(todo))
+    items = [{"shard": i, "ids": ds.ids[a:b], "texts": ds.texts[a:b], "labels": ds.labels[a:b].tolist(),
+              "splits": ds.splits[a:b].tolist()} for i, (a, b) in ((i, spans[i]) for i in sorted(todo))]
+    work = ray.data.from_items(items, override_num_blocks=len(items))
     results = work.map_batches(
         ShardEmbedder, batch_size=1, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=min(actors, len(todo))),
-        fn_constructor_kwargs={"ds_ref": ray.put(ds), "encoder_args": {"model": encoder.ref.spec, "options": options},
-                               "cache_path": str(store.path), "spans": spans, "todo": todo},
+        fn_constructor_kwargs={"encoder_args": {"model": encoder.ref.spec, "options": options},
+                               "cache_path": str(store.path), "todo": todo},
         **per_actor,
     ).take_all()
     written = sorted(r["shard"] for r in results)
@@ -86,18 +113,22 @@ def _dtype_name(encoder: Encoder) -> str:
 
 
 def _start_ray(address: str | None):
+    """Join `address` (or RAY_ADDRESS), else start a quiet local Ray; says whether this call started it."""
     try:
         import ray
     except ImportError:
         raise PipelineError("--engine ray needs Ray: pip install 'bert-pipeline[distributed]' "
                             "(or make embed ENGINE=ray)") from None
-    if not ray.is_initialized():
-        target = address or os.environ.get("RAY_ADDRESS")
-        try:
-            ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     configure_logging=True, ignore_reinit_error=True)
-        except ConnectionError as exc:
-            raise PipelineError(f"cannot reach the Ray cluster at {target} ({exc}): check --ray-address "
-                                "or start one with `ray start --head`") from None
-    return ray
+    if ray.is_initialized():
+        return ray, False
+    target = address or os.environ.get("RAY_ADDRESS")
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                 configure_logging=True)
+    except ConnectionError as exc:
+        raise PipelineError(f"cannot reach the Ray cluster at {target} ({exc}): check --ray-address "
+                            "or start one with `ray start --head`") from None
+    return ray, True
 

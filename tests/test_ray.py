@@ -1,0 +1,55 @@
+"""The Ray engine writes the local engine's cache: same ids, labels and vectors (fp32 on CPU), same resume."""
+
+import numpy as np
+import pytest
+
+from conftest import sentiment_rows, write_csv
+from pipeline.cache import load_embeddings
+from pipeline.data import load_dataset
+from pipeline.embed import embed_dataset
+from pipeline.encoder import Encoder
+from pipeline.models import resolve_model
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bert-pipeline[distributed]'")
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_bert, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray")
+    ds = load_dataset(write_csv(tmp / "toy.csv", sentiment_rows(300)))
+    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    return ds, encoder, tmp
+
+
+def test_ray_cache_equals_the_local_cache(local_ray, setup):
+    from pipeline.ray_engine import embed_with_ray
+
+    ds, encoder, tmp = setup
+    local = embed_dataset(ds, encoder, ["mean", "cls"], tmp / "local", shard_rows=100, progress=False)
+    distributed = embed_with_ray(ds, encoder, ["mean", "cls"], tmp / "ray", shard_rows=100, progress=False)
+    assert distributed.path.name == local.path.name, "same key, same folder name"
+    for pooling in ("mean", "cls"):
+        a, b = load_embeddings(local.path, pooling), load_embeddings(distributed.path, pooling)
+        assert a.ids.tolist() == b.ids.tolist() == ds.ids
+        assert (a.y == b.y).all()
+        np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+
+
+def test_ray_resume_recomputes_only_the_missing_shard(local_ray, setup):
+    from pipeline.ray_engine import embed_with_ray
+
+    ds, encoder, tmp = setup
+    first = embed_with_ray(ds, encoder, ["mean"], tmp / "resume", shard_rows=100, progress=False)
+    before = load_embeddings(first.path, "mean").X
+    (first.path / "shard-00001.parquet").unlink()
+    again = embed_with_ray(ds, encoder, ["mean"], tmp / "resume", shard_rows=100, progress=False)
+    assert again.computed_shards == [1]
+    np.testing.assert_array_equal(load_embeddings(again.path, "mean").X, before)
