@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, safe_name
+from pipeline.paths import atomic_write_bytes, publish, safe_name
 from pipeline.pooling import pooling_source
 
 SCHEMA_VERSION = 1
@@ -114,7 +114,7 @@ class EmbeddingCache:
         os.close(fd)
         try:
             pq.write_table(table, tmp, write_page_checksum=True)
-            os.replace(tmp, path)
+            publish(Path(tmp), path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -18,7 +18,7 @@ from pipeline.cache import Embeddings, load_embeddings
 from pipeline.data.benchmarks import TASKS, load_task
 from pipeline.embed import embed_dataset
 from pipeline.encoder import Encoder
-from pipeline.heads import fit_head
+from pipeline.heads import fit_head, head_params
 from pipeline.train import fit_one
 
 OUTER_FOLDS = 10
@@ -49,7 +49,7 @@ def split_scores(emb: Embeddings, seed: int) -> list[dict]:
 
 def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
     return {"accuracy": float((y == pred).mean()), "macro_recall": float(recall_score(y, pred, average="macro")),
-            "n": int(len(y)), "C": model.best_params_.get("logisticregression__C")}
+            "n": int(len(y)), "C": head_params(model).get("C")}
 
 
 def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: Path, tasks: list[str] | None = None,

@@ -3,7 +3,6 @@
 import json
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +62,7 @@ def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
     X_dev, y_dev = emb.split("dev")
     X_te, y_te = emb.split("test")
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence chatter from CV folds; the scores speak for themselves
-        model = fit_head(head, X_tr, y_tr, X_dev if len(y_dev) else None, y_dev if len(y_dev) else None, seed)
+    model = fit_head(head, X_tr, y_tr, X_dev if len(y_dev) else None, y_dev if len(y_dev) else None, seed)
     seconds = time.perf_counter() - started
     return Fitted(pooling, head, model, full_proba(model, X_te, len(emb.label_names)), y_te, seconds,
                   "the dev split" if len(y_dev) else f"{HEADS[head].folds}-fold CV on train", len(y_tr), len(y_dev))

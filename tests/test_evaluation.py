@@ -6,7 +6,6 @@ import pytest
 from conftest import SHARED
 from pipeline import evaluation
 from pipeline.cache import Embeddings
-from pipeline.heads import GridSearchCV
 
 
 def toy_embeddings(n=200, with_dev=False):
@@ -21,11 +20,18 @@ def toy_embeddings(n=200, with_dev=False):
 
 @pytest.fixture
 def seen_rows(monkeypatch):
-    """Row indices of every matrix that hyperparameter selection is fitted on."""
+    """Row indices of every matrix handed to fitting and hyperparameter selection."""
+    from pipeline import heads
+
     seen = []
-    original = GridSearchCV.fit
-    monkeypatch.setattr(GridSearchCV, "fit", lambda self, X, y, **kw: seen.append(set(X[:, 0].astype(int))) or
-                        original(self, X, y, **kw))
+    original = heads._selection_data
+
+    def recording(X_train, y_train, X_dev, y_dev, seed, folds):
+        X, y, cv = original(X_train, y_train, X_dev, y_dev, seed, folds)
+        seen.append(set(X[:, 0].astype(int)))
+        return X, y, cv
+
+    monkeypatch.setattr(heads, "_selection_data", recording)
     return seen
 
 
