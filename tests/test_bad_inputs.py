@@ -2,6 +2,7 @@
 the problem and a fix, no traceback, and leaves every file already under the workspace untouched."""
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -49,10 +50,18 @@ def ws(workspace, tiny_bert, run_cli, monkeypatch):
         assert run_cli("train", "--data", "in/good.csv", "--model", tiny_bert, "--no-progress")[0] == 0
         assert run_cli("embed", "--data", "in/one_class.csv", "--split-col", "split", "--model", tiny_bert,
                        "--pooling", "mean", "--no-progress")[0] == 0
-        tampered = Path("in/tampered-run")
-        shutil.copytree(next(Path("artifacts/runs").glob("*/mean/logreg")), tampered)
+        run = next(Path("artifacts/runs").glob("*/mean/logreg"))
+        tampered, moved = Path("in/tampered-run"), Path("in/moved-model-run")
+        shutil.copytree(run, tampered)
         with (tampered / "head.joblib").open("ab") as handle:
             handle.write(b"junk")
+        shutil.copytree(run, moved)
+        record = json.loads((moved / "run.json").read_text())
+        (moved / "run.json").write_text(json.dumps({**record, "model_ref": "/nonexistent/deleted-model"}))
+        changed = Path("in/changed-model-run")
+        shutil.copytree(run, changed)
+        record["encoder"]["model"]["weights_sha256"] = "0" * 64
+        (changed / "run.json").write_text(json.dumps(record))
     return workspace
 
 
@@ -104,6 +113,9 @@ CASES = {
                            "only one class"),
     "tampered head": (["predict", "--run", "in/tampered-run", "--text", "good"], "does not match its recorded sha256"),
     "not a run folder": (["predict", "--run", "in", "--text", "good"], "not a run folder"),
+    "run's model is gone": (["predict", "--run", "in/moved-model-run", "--text", "good"], "model folder not found"),
+    "run's model changed": (["predict", "--run", "in/changed-model-run", "--text", "good"],
+                            "is not the one run .* was trained with"),
     "predict input without column": (["predict", "--input", "in/good.csv", "--text-col", "body"],
                                      "no text column 'body'"),
     "predict nothing": (["predict"], "nothing to predict"),
@@ -121,6 +133,20 @@ def test_bad_input_gets_one_line_and_changes_nothing(ws, run_cli, tiny_bert, nam
     assert lines[0].startswith("error: ") and "Traceback" not in err
     assert __import__("re").search(pattern, lines[0]), lines[0]
     assert snapshot(ws) == before
+
+
+def test_predict_prints_and_writes_label_and_probabilities(ws, run_cli):
+    code, out, err = run_cli("predict", "--text", "great fun", "--text", "awful and dull")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[0] in ("positive", "negative") and "positive=" in lines[0]
+    code, out, err = run_cli("predict", "--input", "in/good.csv", "--output", "out/preds.csv")
+    assert code == 0, err
+    import pandas as pd
+
+    preds = pd.read_csv(ws / "out" / "preds.csv")
+    assert list(preds.columns) == ["text", "label", "p_negative", "p_positive"] and len(preds) == len(GOOD)
+    assert (preds["label"] == [label for _, label in GOOD]).mean() > 0.6
 
 
 def test_long_and_duplicate_texts_work_and_truncation_is_reported(ws, run_cli, tiny_bert):
