@@ -1,6 +1,5 @@
 """The command line: thin wrappers that parse options and call library functions (which tests call too)."""
 
-import functools
 import sys
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import click
 from pipeline.cli_bench import bench, eval_
 from pipeline.cli_options import POOLING_HELP, data_options, find_cache_or_fail, load_data
 from pipeline.errors import PipelineError
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
@@ -21,7 +21,8 @@ def cli() -> None:
               help=POOLING_HELP)
 @click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
               help="Tokens per text; longer texts are truncated and counted.")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps.")
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps.")
 @click.option("--dtype", default="auto", show_default=True,
               help="auto (bf16/fp16 on GPU; bf16 on CPU only where it measures faster), fp32, bf16, fp16.")
 @click.option("--batch-tokens", default=0, type=click.IntRange(min=0),

@@ -149,7 +149,8 @@ def _check_max_length(max_length: int, config) -> int:
     return max_length
 
 
-def iter_outputs(encoder: Encoder, tokens: Tokenized, hidden_states: bool) -> Iterator[tuple[np.ndarray, EncoderOutput]]:
+def iter_outputs(encoder: Encoder, tokens: Tokenized,
+                 hidden_states: bool) -> Iterator[tuple[np.ndarray, EncoderOutput]]:
     """(row indices, outputs) for every batch of an already tokenised chunk of texts."""
     for rows in encoder.batches(tokens.lengths):
         yield rows, encoder.forward([tokens.input_ids[i] for i in rows], hidden_states)

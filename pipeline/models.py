@@ -50,12 +50,14 @@ def resolve_model(model: str | None) -> ModelRef:
     elif HUB_ID.match(model) and not model.startswith((".", "/")):
         folder, name, source = _from_hub(model), model, "hub"
     else:
-        raise PipelineError(f"model folder not found: {model} (give an existing folder or a hub id like bert-base-cased)")
+        raise PipelineError(f"model folder not found: {model} "
+                            "(give an existing folder or a hub id like bert-base-cased)")
     weights = safetensors_files(folder)
     identity = {"name": name, "source": source, "revision": _revision(folder, source),
                 "weights_sha256": _hash_files(tuple(weights)),
                 "tokenizer_sha256": _hash_files(tuple(folder / f for f in TOKENIZER_FILES if (folder / f).exists()))}
-    return ModelRef(name, folder, identity, "default" if source == DEFAULT_PACKAGE else str(folder if source == "folder" else name))
+    spec = "default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder" else name
+    return ModelRef(name, folder, identity, spec)
 
 
 def safetensors_files(folder: Path) -> list[Path]:

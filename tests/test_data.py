@@ -16,9 +16,9 @@ from pipeline.errors import PipelineError
 def test_csv_tsv_jsonl_parquet_give_the_same_dataset(tmp_path):
     rows = sentiment_rows(40)
     csv_ds = load_dataset(write_csv(tmp_path / "d.csv", rows))
-    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t, "label": l}) + "\n" for t, l in rows))
-    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [l for _, l in rows]}), tmp_path / "d.parquet")
+    (tmp_path / "d.tsv").write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows))
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}), tmp_path / "d.parquet")
     for suffix in ("tsv", "jsonl", "parquet"):
         other = load_dataset(tmp_path / f"d.{suffix}")
         assert other.texts == csv_ds.texts

@@ -67,7 +67,8 @@ def load_dataset(path: Path, cols: ColumnSpec = ColumnSpec(), test_size: float =
     labels, label_names = encode_labels(_column(table, cols.label, path, "label"), cols.label)
     ids = _ids(table, cols.id, path, len(texts))
     if cols.split:
-        splits, origin = _splits_from_column(_column(table, cols.split, path, "split"), cols.split), f"column '{cols.split}'"
+        splits = _splits_from_column(_column(table, cols.split, path, "split"), cols.split)
+        origin = f"column '{cols.split}'"
     else:
         splits, origin = auto_split(texts, labels, test_size, seed), f"auto (test_size={test_size}, seed={seed})"
     return Dataset(name or dataset_name(path), ids, texts, labels, label_names, splits, origin)

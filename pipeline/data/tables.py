@@ -83,7 +83,8 @@ def _read_jsonl(path: Path, text: str) -> Columns:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path} line {number} is not valid JSON ({exc.msg}): one JSON object per line") from None
+            raise PipelineError(f"{path} line {number} is not valid JSON ({exc.msg}): "
+                                "one JSON object per line") from None
         if not isinstance(record, dict):
             raise PipelineError(f"{path} line {number} is not a JSON object: one {{...}} object per line")
         records.append(record)
