@@ -94,16 +94,22 @@ class EmbeddingCache:
 
     def shard_columns(self, index: int, ids: list[str]) -> set[str] | None:
         """The pooling columns of a finished shard, or None if it is missing, unreadable or not these rows."""
-        path = self.shard_path(index)
-        if not path.exists():
+        vectors = self.shard_vectors(index, ids)
+        return None if vectors is None else set(vectors)
+
+    def shard_vectors(self, index: int, ids: list[str]) -> dict[str, np.ndarray] | None:
+        """A finished shard's vectors by pooling, or None if it is missing, damaged or holds other rows. A full read
+        with page checksums: a shard damaged anywhere is recomputed, never trusted."""
+        if not self.shard_path(index).exists():
             return None
-        try:  # a full read with page checksums: a shard damaged anywhere is recomputed, never trusted
+        try:
             table = self.read_shard(index)
         except Exception:
             return None
         if table.num_rows != len(ids) or table.column("id").to_pylist() != ids:
             return None
-        return {n[len(EMB_PREFIX):] for n in table.column_names if n.startswith(EMB_PREFIX)}
+        return {n[len(EMB_PREFIX):]: _flat_matrix(table.column(n)) for n in table.column_names
+                if n.startswith(EMB_PREFIX)}
 
     def read_shard(self, index: int) -> pa.Table:
         return pq.read_table(self.shard_path(index), page_checksum_verification=True)
@@ -214,9 +220,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _flat_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    """A fixed_size_list column as an (rows, width) array, without a per-row copy."""
+    return column.combine_chunks().values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+
+
 def _to_matrix(column: pa.ChunkedArray, shape: list[int], layer: int | None) -> np.ndarray:
-    flat = column.combine_chunks().values.to_numpy(zero_copy_only=False)
-    matrix = flat.reshape(len(column), *shape)
+    matrix = _flat_matrix(column).reshape(len(column), *shape)
     return matrix[:, layer] if layer is not None else matrix
 
 

@@ -129,18 +129,10 @@ def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dic
 
 def _write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int, tokens, vectors) -> None:
     """Write a shard with its new poolings merged into the ones it already had (if it was whole)."""
-    old = {}
-    if store.shard_path(index).exists() and store.shard_columns(index, ds.ids[a:b]):
-        table = store.read_shard(index)
-        old = {c[4:]: _column_matrix(table, c) for c in table.column_names if c.startswith("emb_")}
+    old = store.shard_vectors(index, ds.ids[a:b]) or {}
     table = shard_table(ds.ids[a:b], list(ds.splits[a:b]), ds.labels[a:b], tokens.lengths, tokens.truncated,
                         {**old, **vectors})
     store.write_shard(index, table)
-
-
-def _column_matrix(table, name: str) -> np.ndarray:
-    column = table.column(name).combine_chunks()
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, poolings: list[str], key: str,

@@ -7,6 +7,7 @@ import numpy as np
 from pipeline.embed import embed_texts
 from pipeline.encoder import Encoder
 from pipeline.errors import PipelineError
+from pipeline.heads import full_proba
 from pipeline.models import resolve_model
 from pipeline.paths import atomic_write_bytes
 from pipeline.pooling import pooling_source
@@ -32,8 +33,7 @@ def predict_texts(run: Run, encoder: Encoder, texts: list[str]) -> tuple[list[st
     vectors = embed_texts(encoder, texts, [source])[source]
     X = vectors[:, layer] if layer is not None else vectors
     names = run.record["label_names"]
-    proba = np.zeros((len(texts), len(names)))
-    proba[:, run.model.classes_] = run.model.predict_proba(X)
+    proba = full_proba(run.model, X, len(names))
     return [names[i] for i in proba.argmax(axis=1)], proba
 
 

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings, pooling_column
 from pipeline.errors import PipelineError
-from pipeline.heads import HEADS, fit_head, head_params
+from pipeline.heads import HEADS, fit_head, full_proba, head_params
 from pipeline.metrics import classification_metrics
 from pipeline.paths import atomic_write_bytes
 from pipeline.report import confusion_png, run_report, summary_row, update_summary
@@ -66,13 +66,6 @@ def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
     seconds = time.perf_counter() - started
     return Fitted(pooling, head, model, full_proba(model, X_te, len(emb.label_names)), y_te, seconds,
                   "the dev split" if len(y_dev) else f"{HEADS[head].folds}-fold CV on train", len(y_tr), len(y_dev))
-
-
-def full_proba(model, X: np.ndarray, n_labels: int) -> np.ndarray:
-    """predict_proba with one column per label, also for labels the head never saw in train."""
-    proba = np.zeros((len(X), n_labels))
-    proba[:, model.classes_] = model.predict_proba(X)
-    return proba
 
 
 def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: int = 0,
