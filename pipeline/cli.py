@@ -46,14 +46,19 @@ def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
     from pipeline.pooling import parse_poolings
 
     names = parse_poolings(pooling)
-    ds = load_data(data, text_col, label_col, id_col, split_col, test_size, seed)
-    ensure_writable(out)
-    encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
+    data_args = (data, text_col, label_col, id_col, split_col, test_size, seed)
     if engine == "ray":
-        from pipeline.ray_engine import embed_with_ray
+        from pipeline.ray_engine import embed_with_ray, ray_session, read_table_ray
 
-        result = embed_with_ray(ds, encoder, names, out, shard_rows, ray_address, progress)
+        ensure_writable(out)
+        with ray_session(out, ray_address):  # Ray Data reads the file, actors embed the shards
+            ds = load_data(*data_args, reader=read_table_ray)
+            encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
+            result = embed_with_ray(ds, encoder, names, out, shard_rows, ray_address, progress)
     else:
+        ds = load_data(*data_args)
+        ensure_writable(out)
+        encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
         result = embed_dataset(ds, encoder, names, out, shard_rows, progress)
     click.echo(summary_line(result))
 

@@ -30,10 +30,11 @@ def data_options(func):
     return func
 
 
-def load_data(data, text_col, label_col, id_col, split_col, test_size, seed):
-    from pipeline.data import ColumnSpec, resolve_data
+def load_data(data, text_col, label_col, id_col, split_col, test_size, seed, reader=None):
+    from pipeline.data import ColumnSpec, read_table, resolve_data
 
-    return resolve_data(data, ColumnSpec(text_col, label_col, id_col, split_col), test_size, seed)
+    cols = ColumnSpec(text_col, label_col, id_col, split_col)
+    return resolve_data(data, cols, test_size, seed, reader=reader or read_table)
 
 
 def find_cache_or_fail(root: Path, ds, model: str, data: str) -> Path:

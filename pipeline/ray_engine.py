@@ -1,20 +1,22 @@
 """The embed stage on Ray Data: the same plan, encoder, pooling and shard format, spread over actors.
 
-The driver reads and validates the data and computes the cache key exactly as the local engine does (the key needs a
-fingerprint of every row, and the split is assigned centrally). Ray Data then maps the unfinished shards over a pool
-of actors, each loading the model once; every actor writes whole shards atomically in the cache format, and the
+Ray Data reads the file (read_csv / read_json / read_parquet, so any path the cluster reaches); the driver then
+validates the rows and computes the cache key exactly as the local engine does (the key needs a fingerprint of every
+row, and the split is assigned centrally). Ray Data maps the unfinished shards over a pool of actors, each loading
+the model once; every actor writes whole shards atomically in the cache format, and the
 driver writes the manifest last. So resume, keys and files are those of the local engine, and `make train` reads
 the result unchanged. Ray is imported only here.
 """
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.data import Dataset
+from pipeline.data.tables import Columns, detect_format
 from pipeline.embed import EmbedResult, compute_shard, embed_dataset
 from pipeline.encoder import Encoder
 from pipeline.errors import PipelineError
@@ -46,18 +48,51 @@ class ShardEmbedder:
         return pa.table({"shard": done})
 
 
-def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path, shard_rows: int,
-                   address: str | None = None, progress: bool = True) -> EmbedResult:
-    """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
+@contextmanager
+def ray_session(root: Path, address: str | None = None) -> Iterator[None]:
+    """Join `address` (or RAY_ADDRESS) or start a quiet local Ray for the block; shut down what this started."""
     Path(root).mkdir(parents=True, exist_ok=True)
     with _native_logs_to(Path(root) / ".ray-driver.log"):
         ray, started_here = _start_ray(address)
         try:
-            return embed_dataset(ds, encoder, poolings, root, shard_rows, progress,
-                                 runner=lambda *args: _run_actors(ray, *args))
+            yield
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def read_table_ray(path: Path) -> Columns:
+    """Read a table file with Ray Data (any path Ray can reach, e.g. cluster storage), in file order."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import ray
+    import ray.data
+
+    fmt = detect_format(Path(path))
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
+    readers = {"csv": lambda: ray.data.read_csv(str(path)),
+               "tsv": lambda: ray.data.read_csv(str(path), parse_options=pacsv.ParseOptions(delimiter="\t")),
+               "jsonl": lambda: ray.data.read_json(str(path), lines=True),
+               "parquet": lambda: ray.data.read_parquet(str(path))}
+    if not Path(path).exists() and "://" not in str(path):
+        raise PipelineError(f"data file not found: {path} (check the path given to --data / DATA=)")
+    try:
+        table = pa.concat_tables(ray.get(readers[fmt]().to_arrow_refs()))
+    except Exception as exc:  # Ray wraps the reader's error; its first line says what is wrong
+        raise PipelineError(f"Ray Data cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+    if table.num_rows == 0:
+        raise PipelineError(f"data file has no rows: {path}")
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path, shard_rows: int,
+                   address: str | None = None, progress: bool = True) -> EmbedResult:
+    """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
+    with ray_session(root, address):
+        import ray
+
+        return embed_dataset(ds, encoder, poolings, root, shard_rows, progress,
+                             runner=lambda *args: _run_actors(ray, *args))
 
 
 @contextmanager

@@ -53,3 +53,35 @@ def test_ray_resume_recomputes_only_the_missing_shard(local_ray, setup):
     again = embed_with_ray(ds, encoder, ["mean"], tmp / "resume", shard_rows=100, progress=False)
     assert again.computed_shards == [1]
     np.testing.assert_array_equal(load_embeddings(again.path, "mean").X, before)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
+def test_ray_data_reads_files_into_the_same_dataset(local_ray, tmp_path, fmt):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.ray_engine import read_table_ray
+
+    rows = sentiment_rows(50) + [('quoted, "with" comma', "positive")]
+    path = tmp_path / f"d.{fmt}"
+    if fmt == "csv":
+        write_csv(path, rows)
+    elif fmt == "tsv":
+        path.write_text("text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows))
+    elif fmt == "jsonl":
+        path.write_text("".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in rows))
+    else:
+        pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}), path)
+    local = load_dataset(path)
+    via_ray = load_dataset(path, reader=read_table_ray)
+    assert via_ray.texts == local.texts and via_ray.fingerprint == local.fingerprint
+
+
+def test_cli_ray_engine_end_to_end(local_ray, tiny_bert, tmp_path, run_cli):
+    data = write_csv(tmp_path / "toy.csv", sentiment_rows(80))
+    code, out, err = run_cli("embed", "--data", data, "--model", tiny_bert, "--engine", "ray", "--pooling", "mean",
+                             "--out", tmp_path / "emb", "--no-progress")
+    assert code == 0, err
+    assert "embedded 80 rows (80 computed" in out

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +61,10 @@ def _fingerprint(ds: Dataset) -> str:
 
 
 def load_dataset(path: Path, cols: ColumnSpec = ColumnSpec(), test_size: float = 0.2, seed: int = 0,
-                 name: str | None = None) -> Dataset:
-    """Read and validate a labelled table. Every problem found becomes a PipelineError naming the fix."""
-    table = read_table(path)
+                 name: str | None = None, reader: Callable[[Path], Columns] = read_table) -> Dataset:
+    """Read and validate a labelled table. Every problem found becomes a PipelineError naming the fix.
+    `reader` turns the file into columns (the Ray engine passes a Ray Data reader)."""
+    table = reader(path)
     texts = _texts(table, cols.text, path)
     labels, label_names = encode_labels(_column(table, cols.label, path, "label"), cols.label)
     ids = _ids(table, cols.id, path, len(texts))
