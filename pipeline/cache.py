@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, publish, safe_name
+from pipeline.paths import atomic_write_json, hash_file_into, publish, safe_name
 from pipeline.pooling import pooling_source
 
 SCHEMA_VERSION = 1
@@ -89,7 +89,7 @@ class EmbeddingCache:
                 raise PipelineError(f"{self.path} holds a cache with another key: remove that folder and run again")
             return int(existing["shard_rows"])
         record = {"key": key, "shard_rows": shard_rows, **key_parts}
-        atomic_write_bytes(key_file, json.dumps(record, indent=2, sort_keys=True).encode())
+        atomic_write_json(key_file, record, sort_keys=True)
         return shard_rows
 
     def shard_columns(self, index: int, ids: list[str]) -> set[str] | None:
@@ -130,7 +130,7 @@ class EmbeddingCache:
         self.manifest_path.unlink(missing_ok=True)
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        atomic_write_json(self.manifest_path, manifest, sort_keys=True)
 
     def manifest(self) -> dict:
         if not self.manifest_path.exists():
@@ -214,9 +214,7 @@ def _read_checked(store: EmbeddingCache, shard: dict, column: str) -> pa.Table:
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    hash_file_into(digest, path)
     return digest.hexdigest()
 
 

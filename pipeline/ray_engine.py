@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
+from pipeline.device import dtype_name
 from pipeline.embed import EmbedResult, compute_shard, embed_dataset
 from pipeline.encoder import Encoder
 from pipeline.errors import PipelineError
@@ -124,7 +125,8 @@ def _run_actors(ray, ds: Dataset, encoder: Encoder, store, spans, todo: dict, pr
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus or 1
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
-    options = {"device": "cuda" if gpus else "cpu", "dtype": _dtype_name(encoder), "max_length": encoder.max_length,
+    options = {"device": "cuda" if gpus else "cpu", "dtype": dtype_name(encoder.dtype),
+               "max_length": encoder.max_length,
                "batch_tokens": encoder.batch_tokens if not gpus else 0}
     items = [{"shard": i, "ids": ds.ids[a:b], "texts": ds.texts[a:b], "labels": ds.labels[a:b].tolist(),
               "splits": ds.splits[a:b].tolist()} for i, (a, b) in ((i, spans[i]) for i in sorted(todo))]
@@ -139,12 +141,6 @@ def _run_actors(ray, ds: Dataset, encoder: Encoder, store, spans, todo: dict, pr
     written = sorted(r["shard"] for r in results)
     if written != sorted(todo):
         raise PipelineError(f"Ray wrote shards {written} but {sorted(todo)} were due: run the same command again")
-
-
-def _dtype_name(encoder: Encoder) -> str:
-    from pipeline.device import dtype_name
-
-    return dtype_name(encoder.dtype)
 
 
 def _start_ray(address: str | None):

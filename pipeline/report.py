@@ -97,12 +97,16 @@ def update_summary(path: Path, rows: list[dict]) -> list[dict]:
             merged = {(r["pooling"], r["head"]): r for r in csv.DictReader(handle)}
     merged.update({(r["pooling"], r["head"]): r for r in rows})
     ordered = sorted(merged.values(), key=lambda r: -float(r["accuracy"]))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(ordered)
-    atomic_write_bytes(path, out.getvalue().encode())
+    write_csv(path, ordered, SUMMARY_FIELDS)
     return ordered
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, out.getvalue().encode())
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import joblib
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, safe_name
+from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
 
 HEAD_FILE = "head.joblib"
 HASH_FILE = "head.joblib.sha256"
@@ -40,7 +40,7 @@ def save_run(path: Path, model, record: dict) -> str:
     digest = hashlib.sha256(payload).hexdigest()
     atomic_write_bytes(path / HEAD_FILE, payload)
     atomic_write_bytes(path / HASH_FILE, f"{digest}  {HEAD_FILE}\n".encode())
-    atomic_write_bytes(path / RUN_FILE, json.dumps({**record, "head_sha256": digest}, indent=2).encode())
+    atomic_write_json(path / RUN_FILE, {**record, "head_sha256": digest})
     return digest
 
 

@@ -1,6 +1,5 @@
 """Stage two: cached vectors -> heads -> metrics -> reports. The encoder is never run here."""
 
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings, pooling_
 from pipeline.errors import PipelineError
 from pipeline.heads import HEADS, fit_head, full_proba, head_params
 from pipeline.metrics import classification_metrics
-from pipeline.paths import atomic_write_bytes
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.report import confusion_png, run_report, summary_row, update_summary
 from pipeline.runs import run_dir, save_run
 
@@ -100,7 +99,7 @@ def write_run(fitted: Fitted, manifest: dict, emb: Embeddings, out: Path, seed: 
               "n_dev": fitted.n_dev, "train_seconds": fitted.seconds}
     path = run_dir(out, manifest["name"], fitted.pooling, fitted.head)
     save_run(path, fitted.model, record)
-    atomic_write_bytes(path / "metrics.json", json.dumps({**record, "metrics": metrics}, indent=2).encode())
+    atomic_write_json(path / "metrics.json", {**record, "metrics": metrics})
     atomic_write_bytes(path / "report.md", run_report(record, metrics).encode())
     confusion_png(path / "confusion.png", metrics["confusion"], emb.label_names,
                   f"{fitted.head} / {fitted.pooling}: acc {metrics['accuracy']:.3f}")
