@@ -10,6 +10,7 @@ Every write goes to a temp file and is renamed into place, so a killed run leave
 import hashlib
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,6 @@ from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_json, hash_file_into, publish, safe_name
-from pipeline.pooling import pooling_source
 
 SCHEMA_VERSION = 1
 EMB_PREFIX = "emb_"
@@ -176,6 +176,12 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
         return result
     rows = result.splits == split
     return Embeddings(result.X[rows], result.y[rows], result.ids[rows], result.splits[rows], result.label_names)
+
+
+def pooling_source(name: str) -> tuple[str, int | None]:
+    """'layerK' names one layer of the 'layers' column; every other name is its own column."""
+    match = re.match(r"^layer(\d+)$", name)
+    return ("layers", int(match.group(1))) if match else (name, None)
 
 
 def pooling_column(pooling: str, manifest: dict) -> tuple[str, int | None]:

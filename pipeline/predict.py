@@ -4,14 +4,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embed import embed_texts
-from pipeline.encoder import Encoder
+from pipeline.embed.stage import embed_texts
+from pipeline.embed.encoder import Encoder
+from pipeline.cache import pooling_source
 from pipeline.errors import PipelineError
-from pipeline.heads import full_proba
-from pipeline.models import resolve_model
+from pipeline.train.heads import full_proba
+from pipeline.embed.models import resolve_model
 from pipeline.paths import atomic_write_bytes
-from pipeline.pooling import pooling_source
-from pipeline.runs import Run
+from pipeline.train.runs import Run
 
 
 def load_encoder_for(run: Run, device: str = "auto") -> Encoder:

@@ -9,11 +9,11 @@ import torch
 from conftest import sentiment_rows, write_csv, write_tiny_bert
 from pipeline.cache import cache_key, load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed import embed_dataset, embed_texts
-from pipeline.encoder import Encoder
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.embed.encoder import Encoder
 from pipeline.errors import PipelineError
-from pipeline.models import resolve_model
-from pipeline.pooling import POOLINGS, parse_poolings
+from pipeline.embed.models import resolve_model
+from pipeline.embed.pooling import POOLINGS, parse_poolings
 
 ALL = list(POOLINGS)
 
@@ -131,7 +131,7 @@ def test_resume_recomputes_only_missing_shards_and_gives_the_same_cache(encoder,
 
 
 def test_an_interrupted_run_resumes_from_its_finished_shards(encoder, toy, tmp_path, monkeypatch):
-    from pipeline import embed as embed_module
+    from pipeline.embed import stage as embed_module
 
     original, writes = embed_module._write_shard, []
 

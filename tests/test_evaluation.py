@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED
-from pipeline import evaluation
+from pipeline.bench import senteval as evaluation
 from pipeline.cache import Embeddings
 
 
@@ -21,7 +21,7 @@ def toy_embeddings(n=200, with_dev=False):
 @pytest.fixture
 def seen_rows(monkeypatch):
     """Row indices of every matrix handed to fitting and hyperparameter selection."""
-    from pipeline import heads
+    from pipeline.train import heads
 
     seen = []
     original = heads._selection_data
@@ -63,8 +63,8 @@ def test_markdown_puts_published_figures_beside_ours():
 
 @pytest.mark.skipif(not (SHARED / "trec").exists(), reason="../shared/data not present")
 def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
-    from pipeline.encoder import Encoder
-    from pipeline.models import resolve_model
+    from pipeline.embed.encoder import Encoder
+    from pipeline.embed.models import resolve_model
 
     encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
     record = evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], progress=False)

@@ -20,7 +20,8 @@ from pipeline.paths import safe_name
 
 KILLER = """
 import os, signal, sys
-from pipeline import cache, encoder
+from pipeline import cache
+from pipeline.embed import encoder
 target, when = sys.argv.pop(1), int(sys.argv.pop(1))
 calls = {"n": 0}
 def after(owner, name, kill_before=False, half_write=False):
@@ -117,9 +118,9 @@ def damage(path: Path, how: str) -> None:
 
 def embed_in_process(data: Path, out: Path, model: Path):
     from pipeline.data import load_dataset
-    from pipeline.embed import embed_dataset
-    from pipeline.encoder import Encoder
-    from pipeline.models import resolve_model
+    from pipeline.embed.stage import embed_dataset
+    from pipeline.embed.encoder import Encoder
+    from pipeline.embed.models import resolve_model
 
     encoder = Encoder(resolve_model(str(model)), "cpu", "fp32", batch_tokens=64)
     return embed_dataset(load_dataset(data), encoder, ["mean", "cls"], out, SHARD_ROWS, progress=False)

@@ -13,10 +13,10 @@ import torch
 from conftest import SHARED, read_sst2, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset, resolve_data
-from pipeline.embed import embed_dataset, embed_texts
-from pipeline.encoder import Encoder
-from pipeline.models import resolve_model
-from pipeline.train import train_cache
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import resolve_model
+from pipeline.train.stage import train_cache
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (SHARED / "sst2").exists(), reason="../shared/data/sst2 not present")]

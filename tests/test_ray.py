@@ -6,9 +6,9 @@ import pytest
 from conftest import sentiment_rows, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed import embed_dataset
-from pipeline.encoder import Encoder
-from pipeline.models import resolve_model
+from pipeline.embed.stage import embed_dataset
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import resolve_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bert-pipeline[distributed]'")
 
@@ -30,7 +30,7 @@ def setup(tiny_bert, tmp_path_factory):
 
 
 def test_ray_cache_equals_the_local_cache(local_ray, setup):
-    from pipeline.ray_engine import embed_with_ray
+    from pipeline.embed.ray_engine import embed_with_ray
 
     ds, encoder, tmp = setup
     local = embed_dataset(ds, encoder, ["mean", "cls"], tmp / "local", shard_rows=100, progress=False)
@@ -44,7 +44,7 @@ def test_ray_cache_equals_the_local_cache(local_ray, setup):
 
 
 def test_ray_resume_recomputes_only_the_missing_shard(local_ray, setup):
-    from pipeline.ray_engine import embed_with_ray
+    from pipeline.embed.ray_engine import embed_with_ray
 
     ds, encoder, tmp = setup
     first = embed_with_ray(ds, encoder, ["mean"], tmp / "resume", shard_rows=100, progress=False)
@@ -62,7 +62,7 @@ def test_ray_data_reads_files_into_the_same_dataset(local_ray, tmp_path, fmt):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.ray_engine import read_table_ray
+    from pipeline.embed.ray_engine import read_table_ray
 
     rows = sentiment_rows(50) + [('quoted, "with" comma', "positive")]
     path = tmp_path / f"d.{fmt}"

@@ -8,15 +8,15 @@ import pytest
 from conftest import sentiment_rows, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed import embed_dataset
-from pipeline.encoder import Encoder
+from pipeline.embed.stage import embed_dataset
+from pipeline.embed.encoder import Encoder
 from pipeline.errors import PipelineError
-from pipeline.heads import HEADS, fit_head, parse_heads
-from pipeline.metrics import classification_metrics, expected_calibration_error
-from pipeline.models import resolve_model
+from pipeline.train.heads import HEADS, fit_head, parse_heads
+from pipeline.train.metrics import classification_metrics, expected_calibration_error
+from pipeline.embed.models import resolve_model
 from pipeline.predict import load_encoder_for, predict_texts
-from pipeline.runs import load_run
-from pipeline.train import train_cache
+from pipeline.train.runs import load_run
+from pipeline.train.stage import train_cache
 
 
 @pytest.fixture(scope="module")

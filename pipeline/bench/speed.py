@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from pipeline.data import Dataset
-from pipeline.device import dtype_name
-from pipeline.embed import embed_dataset, embed_texts
-from pipeline.encoder import Encoder
-from pipeline.models import ModelRef
-from pipeline.pooling import DEFAULT_POOLINGS
+from pipeline.embed.device import dtype_name
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import ModelRef
+from pipeline.embed.pooling import DEFAULT_POOLINGS
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:

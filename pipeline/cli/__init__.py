@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_bench import bench, eval_
-from pipeline.cli_options import POOLING_HELP, data_options, find_cache_or_fail, load_data
+from pipeline.cli.bench import bench, eval_
+from pipeline.cli.options import POOLING_HELP, data_options, find_cache_or_fail, load_data
 from pipeline.errors import PipelineError
 
 
@@ -39,16 +39,16 @@ def cli() -> None:
 def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, pooling, max_length, device, dtype,
           batch_tokens, shard_rows, out, engine, ray_address, progress) -> None:
     """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
-    from pipeline.embed import embed_dataset
-    from pipeline.encoder import Encoder
-    from pipeline.models import resolve_model
+    from pipeline.embed.stage import embed_dataset
+    from pipeline.embed.encoder import Encoder
+    from pipeline.embed.models import resolve_model
     from pipeline.paths import ensure_writable
-    from pipeline.pooling import parse_poolings
+    from pipeline.embed.pooling import parse_poolings
 
     names = parse_poolings(pooling)
     data_args = (data, text_col, label_col, id_col, split_col, test_size, seed)
     if engine == "ray":
-        from pipeline.ray_engine import embed_with_ray, ray_session, read_table_ray
+        from pipeline.embed.ray_engine import embed_with_ray, ray_session, read_table_ray
 
         ensure_writable(out)
         with ray_session(out, ray_address):  # Ray Data reads the file, actors embed the shards
@@ -79,10 +79,10 @@ def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
 def train(data, text_col, label_col, id_col, split_col, test_size, seed, model, cache, pooling, head, embeddings, out,
           progress) -> None:
     """Stage two: train heads on cached vectors and report test metrics (the encoder is not run)."""
-    from pipeline.heads import parse_heads
+    from pipeline.train.heads import parse_heads
     from pipeline.paths import ensure_writable
-    from pipeline.report import summary_table
-    from pipeline.train import train_cache
+    from pipeline.train.report import summary_table
+    from pipeline.train.stage import train_cache
 
     heads = parse_heads(head)
     if cache is None:
@@ -109,7 +109,7 @@ def train(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
 def predict(run_path, texts, input_path, text_col, output, device, runs) -> None:
     """Classify new texts with a trained run (same model, max length and pooling as in training)."""
     from pipeline.predict import load_encoder_for, predict_texts, write_predictions
-    from pipeline.runs import load_run, newest_run
+    from pipeline.train.runs import load_run, newest_run
 
     texts = list(texts) + (read_texts(input_path, text_col) if input_path else [])
     run = load_run(run_path or newest_run(runs))

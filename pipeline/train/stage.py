@@ -10,11 +10,11 @@ from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings, pooling_column
 from pipeline.errors import PipelineError
-from pipeline.heads import HEADS, fit_head, full_proba, head_params
-from pipeline.metrics import classification_metrics
+from pipeline.train.heads import HEADS, fit_head, full_proba, head_params
+from pipeline.train.metrics import classification_metrics
 from pipeline.paths import atomic_write_bytes, atomic_write_json
-from pipeline.report import confusion_png, run_report, summary_row, update_summary
-from pipeline.runs import run_dir, save_run
+from pipeline.train.report import confusion_png, run_report, summary_row, update_summary
+from pipeline.train.runs import run_dir, save_run
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pipeline.device import dtype_name, pick_device, pick_dtype
+from pipeline.embed.device import dtype_name, pick_device, pick_dtype
 from pipeline.errors import PipelineError
-from pipeline.models import ModelRef
+from pipeline.embed.models import ModelRef
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384}  # cpu: small batches stay in cache
 

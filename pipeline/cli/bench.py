@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli_options import POOLING_HELP, data_options, find_cache_or_fail, load_data, subset
+from pipeline.cli.options import POOLING_HELP, data_options, find_cache_or_fail, load_data, subset
 from pipeline.errors import PipelineError
 
 
@@ -23,8 +23,8 @@ def bench() -> None:
 def bench_heads(data, text_col, label_col, id_col, split_col, test_size, seed, model, cache, head, embeddings, out,
                 progress) -> None:
     """Every pooling x every head on one cache, with intervals and a paired test; plus the layer probe."""
-    from pipeline.heads import parse_heads
-    from pipeline.leaderboard import layer_probe, leaderboard, leaderboard_markdown, write_leaderboard
+    from pipeline.train.heads import parse_heads
+    from pipeline.bench.leaderboard import layer_probe, leaderboard, leaderboard_markdown, write_leaderboard
 
     heads = parse_heads(head)
     if cache is None:
@@ -52,11 +52,11 @@ def bench_heads(data, text_col, label_col, id_col, split_col, test_size, seed, m
 def bench_speed(data, text_col, model, device, dtype, repeats, limit, sizes, out) -> None:
     """Embed speed against the seed's flow and sentence-transformers, in one process on the same texts."""
     from pipeline.data import ColumnSpec, resolve_data
-    from pipeline.models import resolve_model
+    from pipeline.embed.models import resolve_model
     from pipeline.paths import atomic_write_bytes, atomic_write_json
 
     if sizes:
-        from pipeline.scaling import scaling_benchmark, scaling_markdown
+        from pipeline.bench.scaling import scaling_benchmark, scaling_markdown
 
         default = "../shared/data/sst2-glue/train.tsv"
         ds = resolve_data(data or default, ColumnSpec(text_col if data else "sentence"))
@@ -65,7 +65,7 @@ def bench_speed(data, text_col, model, device, dtype, repeats, limit, sizes, out
         atomic_write_bytes(Path(out) / "scaling.md", scaling_markdown(rows).encode())
         click.echo(scaling_markdown(rows))
         return
-    from pipeline.speed import speed_benchmark, speed_markdown
+    from pipeline.bench.speed import speed_benchmark, speed_markdown
 
     ds = resolve_data(data or "../shared/data/sst2", ColumnSpec(text_col))
     if not data:
@@ -94,11 +94,11 @@ def bench_speed(data, text_col, model, device, dtype, repeats, limit, sizes, out
 def eval_(data_dir, tasks, model, pooling, max_length, device, dtype, seed, embeddings, out, progress) -> None:
     """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
     from pipeline.data.benchmarks import TASKS
-    from pipeline.encoder import Encoder
-    from pipeline.evaluation import evaluate, results_markdown
-    from pipeline.models import resolve_model
+    from pipeline.embed.encoder import Encoder
+    from pipeline.bench.senteval import evaluate, results_markdown
+    from pipeline.embed.models import resolve_model
     from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
-    from pipeline.pooling import parse_poolings
+    from pipeline.embed.pooling import parse_poolings
 
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     unknown = [t for t in names if t not in TASKS]

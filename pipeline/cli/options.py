@@ -39,7 +39,7 @@ def load_data(data, text_col, label_col, id_col, split_col, test_size, seed, rea
 
 def find_cache_or_fail(root: Path, ds, model: str, data: str) -> Path:
     from pipeline.cache import find_cache
-    from pipeline.models import model_name
+    from pipeline.embed.models import model_name
 
     found = find_cache(root, ds.name, model_name(model), ds.fingerprint)
     if found is None:

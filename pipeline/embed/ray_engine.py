@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
-from pipeline.device import dtype_name
-from pipeline.embed import EmbedResult, compute_shard, embed_dataset
-from pipeline.encoder import Encoder
+from pipeline.embed.device import dtype_name
+from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
+from pipeline.embed.encoder import Encoder
 from pipeline.errors import PipelineError
 
 MIN_ACTORS_TIMEOUT_S = 600  # no actor could start (e.g. asked for GPUs nobody has): fail instead of waiting forever
@@ -31,7 +31,7 @@ class ShardEmbedder:
 
     def __init__(self, encoder_args: dict, cache_path: str, todo: dict) -> None:
         from pipeline.cache import EmbeddingCache
-        from pipeline.models import resolve_model
+        from pipeline.embed.models import resolve_model
 
         self.encoder = Encoder(resolve_model(encoder_args["model"]), **encoder_args["options"])
         self.store, self.todo = EmbeddingCache(Path(cache_path)), todo

@@ -16,10 +16,10 @@ from tqdm import tqdm
 
 from pipeline.cache import Embeddings, load_embeddings
 from pipeline.data.benchmarks import TASKS, load_task
-from pipeline.embed import embed_dataset
-from pipeline.encoder import Encoder
-from pipeline.heads import fit_head, head_params
-from pipeline.train import fit_one
+from pipeline.embed.stage import embed_dataset
+from pipeline.embed.encoder import Encoder
+from pipeline.train.heads import fit_head, head_params
+from pipeline.train.stage import fit_one
 
 OUTER_FOLDS = 10
 # Reimers & Gurevych (2019), SBERT paper, Table 5: SentEval, logistic regression on frozen bert-base.

@@ -5,13 +5,12 @@ As in sentence-transformers, the pooling that made a vector is recorded as data 
 mask-aware: padding never reaches a text's vector.
 """
 
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
-from pipeline.encoder import EncoderOutput
+from pipeline.embed.encoder import EncoderOutput
 from pipeline.errors import PipelineError
 
 
@@ -75,12 +74,6 @@ def parse_poolings(spec: str | Iterable[str], known: Iterable[str] = POOLINGS) -
     if unknown:
         raise PipelineError(f"unknown pooling {', '.join(map(repr, unknown))}: choose from {', '.join(known)} or 'all'")
     return [n for n in known if n in names]
-
-
-def pooling_source(name: str) -> tuple[str, int | None]:
-    """'layerK' names one layer of the 'layers' pooling; every other name is itself."""
-    match = re.match(r"^layer(\d+)$", name)
-    return ("layers", int(match.group(1))) if match else (name, None)
 
 
 def pool(names: Iterable[str], inputs: EncoderOutput) -> dict[str, torch.Tensor]:

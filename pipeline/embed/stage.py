@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, cache_dir, cache_key, file_sha256, shard_table
 from pipeline.data import Dataset
-from pipeline.device import cpu_bf16_speedup
-from pipeline.encoder import Encoder, Tokenized, iter_outputs
+from pipeline.embed.device import cpu_bf16_speedup
+from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
 from pipeline.errors import PipelineError
-from pipeline.pooling import POOLINGS, pool
+from pipeline.embed.pooling import POOLINGS, pool
 
 DEFAULT_SHARD_ROWS = 4096
 

@@ -8,11 +8,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, load_embeddings
-from pipeline.heads import HEADS
-from pipeline.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
+from pipeline.train.heads import HEADS
+from pipeline.train.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
 from pipeline.paths import atomic_write_bytes, atomic_write_json
-from pipeline.report import save_figure, write_csv
-from pipeline.train import check_splits, expand_poolings, fit_one
+from pipeline.train.report import save_figure, write_csv
+from pipeline.train.stage import check_splits, expand_poolings, fit_one
 
 FIELDS = ["rank", "pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "train_s",
           "p_vs_best", "differs_from_best"]
