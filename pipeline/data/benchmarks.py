@@ -4,6 +4,9 @@ TweetEval). They work on any folder laid out the same way, so users can point th
 Files are split on '\\n' only: some are latin-1, where byte 0x85 (NEL) would be a line break for str.splitlines().
 """
 
+from __future__ import annotations
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,31 +14,6 @@ import numpy as np
 
 from pipeline.data.dataset import Dataset, encode_labels
 from pipeline.errors import PipelineError
-
-
-@dataclass(frozen=True)
-class Task:
-    """A benchmark folder: how to read it, and whether it has its own train/test split or is scored by CV."""
-
-    name: str
-    reader: str
-    files: tuple
-    label_names: tuple = ()
-    encoding: str = "utf-8"
-    protocol: str = "split"
-
-
-TASKS = {t.name: t for t in [
-    Task("mr", "pair", ("rt-polarity.pos", "rt-polarity.neg"), ("negative", "positive"), "latin-1", "cv"),
-    Task("cr", "pair", ("custrev.pos", "custrev.neg"), ("negative", "positive"), "latin-1", "cv"),
-    Task("subj", "pair", ("subj.subjective", "subj.objective"), ("objective", "subjective"), "latin-1", "cv"),
-    Task("mpqa", "pair", ("mpqa.pos", "mpqa.neg"), ("negative", "positive"), "latin-1", "cv"),
-    Task("sst2", "label_first", ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"), ("negative", "positive")),
-    Task("sst5", "label_first", ("stsa.fine.train", "stsa.fine.dev", "stsa.fine.test"),
-         ("very negative", "negative", "neutral", "positive", "very positive")),
-    Task("trec", "trec", ("TREC.train", "TREC.test"), encoding="latin-1"),
-    Task("tweet_eval_sentiment", "aligned", ("val", "test"), protocol="cv"),
-]}
 
 
 def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
@@ -47,8 +25,7 @@ def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
 def detect_task(folder: Path) -> Task:
     """The task whose files the folder holds (by file names, so any copy of the layout works)."""
     for task in TASKS.values():
-        probe = f"{task.files[0]}_text.txt" if task.reader == "aligned" else task.files[0]
-        if (folder / probe).exists():
+        if (folder / task.marker).exists():
             return task
     raise PipelineError(f"{folder} is a folder but not a known benchmark layout (one of {', '.join(TASKS)}): "
                         "pass a CSV/TSV/JSONL/Parquet file instead")
@@ -58,14 +35,14 @@ def load_task(folder: Path) -> Dataset:
     """Read a benchmark folder into a Dataset; CV tasks put every row in 'train' (the protocol makes the folds)."""
     folder = Path(folder)
     task = detect_task(folder)
-    texts, raw, splits = globals()[f"_read_{task.reader}"](folder, task)
+    texts, raw, splits = task.reader(folder, task)
     if task.label_names:
         labels = np.asarray(raw, dtype=np.int64)
         names = list(task.label_names)
     else:
         labels, names = encode_labels(raw)
-        if task.reader == "aligned":
-            names = _tweet_names(folder, names)
+        if task.name_labels:
+            names = task.name_labels(folder, names)
     return Dataset(task.name, [str(i) for i in range(len(texts))], texts, labels, names,
                    np.asarray(splits, dtype=object), f"benchmark layout '{task.name}' ({task.protocol})")
 
@@ -115,3 +92,35 @@ def _tweet_names(folder: Path, numeric_names: list[str]) -> list[str]:
     mapping = dict(line.split("\t") for line in read_lines(folder / "mapping.txt")) if (
         folder / "mapping.txt").exists() else {}
     return [mapping.get(n, n) for n in numeric_names]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark folder: how to read it, and whether it has its own train/test split or is scored by CV."""
+
+    name: str
+    reader: Callable[[Path, "Task"], tuple[list[str], list, list[str]]]
+    files: tuple
+    label_names: tuple = ()
+    encoding: str = "utf-8"
+    protocol: str = "split"
+    probe: str = ""  # the file whose presence identifies the layout (default: the first of `files`)
+    name_labels: Callable[[Path, list[str]], list[str]] | None = None  # turns raw label values into names
+
+    @property
+    def marker(self) -> str:
+        return self.probe or self.files[0]
+
+
+TASKS = {t.name: t for t in [
+    Task("mr", _read_pair, ("rt-polarity.pos", "rt-polarity.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("cr", _read_pair, ("custrev.pos", "custrev.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("subj", _read_pair, ("subj.subjective", "subj.objective"), ("objective", "subjective"), "latin-1", "cv"),
+    Task("mpqa", _read_pair, ("mpqa.pos", "mpqa.neg"), ("negative", "positive"), "latin-1", "cv"),
+    Task("sst2", _read_label_first, ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"), ("negative", "positive")),
+    Task("sst5", _read_label_first, ("stsa.fine.train", "stsa.fine.dev", "stsa.fine.test"),
+         ("very negative", "negative", "neutral", "positive", "very positive")),
+    Task(_read_trec, _read_trec, ("TREC.train", "TREC.test"), encoding="latin-1"),
+    Task("tweet_eval_sentiment", _read_aligned, ("val", "test"), protocol="cv", probe="val_text.txt",
+         name_labels=_tweet_names),
+]}
