@@ -120,7 +120,7 @@ TASKS = {t.name: t for t in [
     Task("sst2", _read_label_first, ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"), ("negative", "positive")),
     Task("sst5", _read_label_first, ("stsa.fine.train", "stsa.fine.dev", "stsa.fine.test"),
          ("very negative", "negative", "neutral", "positive", "very positive")),
-    Task(_read_trec, _read_trec, ("TREC.train", "TREC.test"), encoding="latin-1"),
+    Task("trec", _read_trec, ("TREC.train", "TREC.test"), encoding="latin-1"),
     Task("tweet_eval_sentiment", _read_aligned, ("val", "test"), protocol="cv", probe="val_text.txt",
          name_labels=_tweet_names),
 ]}
