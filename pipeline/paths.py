@@ -1,8 +1,10 @@
 """Safe names for folders derived from data and model names, so nothing escapes the output root."""
 
+import errno
 import json
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 
@@ -21,8 +23,48 @@ def safe_name(name: str, max_len: int = 60) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file in the same folder and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The one writer of every output file: readers never see half a file, and a failure changes nothing.
+
+    Why each case: a regular file (or a new path) is replaced through a temp file and a rename, so a crash or a full
+    disk leaves the old file whole; a device, FIFO or socket (/dev/null, /dev/stdout) is written in place, since a
+    rename would put a regular file where the device was; a symlink stays a link and its target gets the data; a
+    folder is refused. An OSError becomes one PipelineError line naming the path and the fix.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kind = _existing_kind(path)
+        if kind == "folder":
+            raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
+        if kind == "stream":
+            _write_in_place(path, data)
+        else:
+            _replace_file(path.resolve() if path.is_symlink() else path, data)
+    except OSError as exc:
+        raise PipelineError(_write_error(path, exc)) from None
+
+
+def _existing_kind(path: Path) -> str:
+    """'new' (nothing there, or a dangling link), 'file', 'folder' or 'stream' (device, FIFO, socket), links
+    followed."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "new"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "file" if stat.S_ISREG(mode) else "stream"
+
+
+def _write_in_place(path: Path, data: bytes) -> None:
+    """Write to something that is not a regular file, without O_CREAT: if it vanished, fail rather than make a file."""
+    fd = os.open(path, os.O_WRONLY)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over `path`; the temp file never outlives a failure."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -33,6 +75,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_WRITE_FIXES = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "free disk space or write elsewhere",
+                errno.EROFS: "the file system is read-only: write elsewhere",
+                errno.EACCES: "fix its permissions or write elsewhere",
+                errno.EPERM: "fix its permissions or write elsewhere"}
+
+
+def _write_error(path: Path, exc: OSError) -> str:
+    """One line: which path, what the system said, what to do; earlier contents are untouched in every case."""
+    fix = _WRITE_FIXES.get(exc.errno, "check the path and write elsewhere if needed")
+    return f"cannot write {path} ({exc.strerror or exc}): {fix}; any earlier file there is unchanged"
 
 
 def publish(tmp: Path, path: Path) -> None:

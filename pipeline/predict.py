@@ -26,9 +26,15 @@ def load_encoder_for(run: Run, device: str = "auto") -> Encoder:
 
 
 def predict_texts(run: Run, encoder: Encoder, texts: list[str]) -> tuple[list[str], np.ndarray]:
-    """Predicted label names and class probabilities (columns in the run's label order)."""
-    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+    """Predicted label names and class probabilities (columns in the run's label order). Empty texts are named by
+    row, like the data loader does: one blank line in a long file must not look like an empty input."""
+    if not texts:
         raise PipelineError("nothing to predict: give non-empty texts with --text or --input")
+    bad = [str(i + 1) for i, t in enumerate(texts) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise PipelineError(f"{len(bad)} empty or whitespace-only text(s) among {len(texts)} to predict (rows "
+                            f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}, counting any --text values "
+                            "first): remove or fill them")
     source, layer = pooling_source(run.record["pooling"])
     vectors = embed_texts(encoder, texts, [source])[source]
     X = vectors[:, layer] if layer is not None else vectors

@@ -71,6 +71,12 @@ def snapshot(root: Path) -> dict:
 
 M = "{model}"
 CASES = {
+    "predict output is a folder": (["predict", "--input", "in/good.csv", "--output", "in"],
+                                   "in is a folder: give a file name"),
+    "predict one empty text": (["predict", "--input", "in/blank_text.csv"],
+                               r"1 empty or whitespace-only text\(s\) among 6 to predict \(rows 6.*remove or fill"),
+    "eval folder without tasks": (["eval", "--data-dir", "in", "--model", M, "--out", "in/eval"],
+                                  "no benchmark task found in in: it should hold task folders named mr/"),
     "missing file": (["embed", "--data", "in/nope.csv", "--model", M], "not found"),
     "unknown format": (["embed", "--data", "in/data.xlsx", "--model", M], "unknown file format"),
     "missing text column": (["embed", "--data", "in/good.csv", "--text-col", "review", "--model", M],

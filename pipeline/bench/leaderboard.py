@@ -42,13 +42,13 @@ def rank(results: list, seed: int) -> list[dict]:
     accuracy = [float((p == y).mean()) for p in preds]
     order = np.argsort(accuracy, kind="stable")[::-1]
     best = preds[order[0]]
-    k = results[0].proba.shape[1]
+    classes = np.unique(y)  # macro-F1 over the classes with test rows only, as in metrics.macro_classes
     rows = []
     for position, i in enumerate(order, start=1):
         r, p = results[i], preds[i]
         acc_ci = bootstrap_ci(y, p, accuracy_batch, seed)
-        f1 = macro_f1_batch(y, p, k)
-        f1_ci = bootstrap_ci(y, p, lambda t, q: macro_f1_batch(t, q, k), seed)
+        f1 = macro_f1_batch(y, p, classes)
+        f1_ci = bootstrap_ci(y, p, lambda t, q: macro_f1_batch(t, q, classes), seed)
         p_value = 1.0 if position == 1 else paired_bootstrap_p(y, best, p, seed)
         rows.append({"rank": position, "pooling": r.pooling, "head": r.head, "accuracy": accuracy[i],
                      "acc_lo": acc_ci[0], "acc_hi": acc_ci[1], "macro_f1": float(f1), "f1_lo": f1_ci[0],

@@ -18,6 +18,8 @@ from pipeline.cache import Embeddings, load_embeddings
 from pipeline.data.benchmarks import TASKS, load_task
 from pipeline.embed.stage import embed_dataset
 from pipeline.embed.encoder import Encoder
+from pipeline.errors import PipelineError
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.heads import fit_head, head_params
 from pipeline.train.stage import fit_one
 
@@ -56,7 +58,7 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: 
              seed: int = 0, progress: bool = True) -> dict:
     """Embed each task once (cached), then score every pooling with its task's protocol."""
     results = {}
-    names = [t for t in (tasks or TASKS) if (Path(data_dir) / t).exists()]
+    names = find_tasks(data_dir, tasks)
     for name in tqdm(names, desc="eval", unit="task", disable=not progress, file=sys.stderr):
         ds = load_task(Path(data_dir) / name)
         cache = embed_dataset(ds, encoder, poolings, cache_root, progress=progress).path
@@ -70,6 +72,32 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: 
             results[name]["poolings"][pooling] = summarise(folds, time.perf_counter() - started)
     return {"model": encoder.ref.identity, "encoder": encoder.settings(), "seed": seed, "tasks": results,
             "published": PUBLISHED}
+
+
+def find_tasks(data_dir: Path, tasks: list[str] | None = None) -> list[str]:
+    """The requested tasks that have a folder under `data_dir`. None at all is an error: a wrong --data-dir would
+    otherwise give an empty table (and, written out, replace real results)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise PipelineError(f"--data-dir {data_dir} is not a folder: point it at the benchmark folders")
+    wanted = list(tasks or TASKS)
+    found = [t for t in wanted if (data_dir / t).exists()]
+    if not found:
+        raise PipelineError(f"no benchmark task found in {data_dir}: it should hold task folders named "
+                            f"{', '.join(f'{t}/' for t in wanted)} (e.g. {wanted[0]}/{TASKS[wanted[0]].marker}); "
+                            "point --data-dir at their parent folder")
+    return found
+
+
+def write_results(folder: Path, record: dict) -> list[Path]:
+    """results.json and results.md under `folder`; a record without tasks is refused so it never replaces results."""
+    if not record.get("tasks"):
+        raise PipelineError(f"no task was evaluated: nothing written, the results in {folder} are kept")
+    json_path, md_path = Path(folder) / "results.json", Path(folder) / "results.md"
+    markdown = results_markdown(record).encode()
+    atomic_write_json(json_path, record)
+    atomic_write_bytes(md_path, markdown)
+    return [json_path, md_path]
 
 
 def _split_protocol(ds) -> str:

@@ -95,21 +95,19 @@ def eval_(data_dir, tasks, model, pooling, max_length, device, dtype, seed, embe
     """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
     from pipeline.data.benchmarks import TASKS
     from pipeline.embed.encoder import Encoder
-    from pipeline.bench.senteval import evaluate, results_markdown
+    from pipeline.bench.senteval import evaluate, find_tasks, results_markdown, write_results
     from pipeline.embed.models import resolve_model
-    from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
+    from pipeline.paths import safe_name
     from pipeline.embed.pooling import parse_poolings
 
     names = list(TASKS) if tasks == "all" else [t.strip() for t in tasks.split(",")]
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise PipelineError(f"unknown task {', '.join(unknown)}: choose from {', '.join(TASKS)} or 'all'")
-    if not Path(data_dir).is_dir():
-        raise PipelineError(f"--data-dir {data_dir} is not a folder: point it at the benchmark folders")
+    names = find_tasks(data_dir, names)  # before the model loads: a wrong --data-dir fails fast
     encoder = Encoder(resolve_model(model), device, dtype, max_length)
     record = evaluate(data_dir, encoder, parse_poolings(pooling), embeddings, names, seed, progress)
     folder = Path(out) / safe_name(encoder.ref.name.split("/")[-1])
-    atomic_write_json(folder / "results.json", record)
-    atomic_write_bytes(folder / "results.md", results_markdown(record).encode())
+    write_results(folder, record)
     click.echo(results_markdown(record))
     click.echo(f"written: {folder}/results.json, results.md")

@@ -10,8 +10,13 @@ N_BOOTSTRAP = 1000
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: list[str], y_train: np.ndarray,
                            seed: int = 0) -> dict:
-    """Everything a report shows. `proba` has one column per label in `label_names` order."""
+    """Everything a report shows. `proba` has one column per label in `label_names` order.
+
+    Macro averages cover the classes with test rows only (`macro_classes`): a class seen only in train/dev has no
+    F1 to speak of on this test set, and counting it as 0 would understate every head alike.
+    """
     labels = np.arange(len(label_names))
+    tested = macro_classes(y_true)
     y_pred = proba.argmax(axis=1)
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     majority = int(np.bincount(y_train, minlength=len(labels)).argmax())
@@ -19,10 +24,12 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: l
     return {
         "n_test": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=tested, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "accuracy_ci95": bootstrap_ci(y_true, y_pred, accuracy_batch, seed),
-        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: macro_f1_batch(t, q, len(labels)), seed),
+        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: macro_f1_batch(t, q, tested), seed),
+        "macro_classes": [label_names[i] for i in tested],
+        "no_test_rows": {label_names[i]: int((y_pred == i).sum()) for i in labels if i not in set(tested)},
         "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
                       for i, name in enumerate(label_names)},
         "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -30,7 +37,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: l
         "log_loss": float(log_loss(y_true, _normalised(proba), labels=labels)),
         "ece": expected_calibration_error(y_true, proba),
         "majority_baseline": {"label": label_names[majority], "accuracy": float(accuracy_score(y_true, baseline)),
-                              "macro_f1": float(f1_score(y_true, baseline, labels=labels, average="macro",
+                              "macro_f1": float(f1_score(y_true, baseline, labels=tested, average="macro",
                                                          zero_division=0))},
     }
 
@@ -66,10 +73,18 @@ def accuracy_batch(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     return (t == p).mean(axis=-1)
 
 
-def macro_f1_batch(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
-    """Macro-F1 for a stack of resamples (rows), vectorised: F1 = 2TP / (2TP + FP + FN) per class."""
+def macro_classes(y_true: np.ndarray) -> np.ndarray:
+    """The classes a macro average covers: those with at least one test row (sorted class indices)."""
+    return np.unique(np.asarray(y_true))
+
+
+def macro_f1_batch(t: np.ndarray, p: np.ndarray, classes) -> np.ndarray:
+    """Macro-F1 for a stack of resamples (rows), vectorised: F1 = 2TP / (2TP + FP + FN) per class.
+
+    `classes` are the class indices averaged over, fixed for all resamples (`macro_classes` of the full test split),
+    so a resample that misses a rare class still scores it, as 0, like the point estimate's definition."""
     scores = []
-    for c in range(k):
+    for c in classes:
         tp = ((t == c) & (p == c)).sum(axis=-1)
         fp = ((t != c) & (p == c)).sum(axis=-1)
         fn = ((t == c) & (p != c)).sum(axis=-1)

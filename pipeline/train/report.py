@@ -12,6 +12,9 @@ import numpy as np  # noqa: E402
 
 from pipeline.paths import atomic_write_bytes  # noqa: E402
 
+LARGE = 30  # above this many classes: no per-cell numbers or names in the plot, top confusions in the report
+MAX_INCHES = 12.0  # the confusion plot never exceeds this (1320 px at 110 dpi), whatever the class count
+TOP_CONFUSIONS = 20
 SUMMARY_FIELDS = ["pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "roc_auc",
                   "log_loss", "ece", "train_s", "params"]
 
@@ -44,33 +47,82 @@ def run_report(record: dict, metrics: dict) -> str:
         f"| log-loss | {fmt(metrics['log_loss'])} | | |",
         f"| ECE (15 bins) | {fmt(metrics['ece'])} | | |",
         "",
-        "| class | precision | recall | F1 | support |",
-        "|---|---|---|---|---|",
-        *[f"| {n} | {fmt(c['precision'])} | {fmt(c['recall'])} | {fmt(c['f1'])} | {c['support']} |"
-          for n, c in metrics["per_class"].items()],
-        "",
-        "Confusion matrix (rows: true, columns: predicted):",
-        "",
-        "| | " + " | ".join(names) + " |",
-        "|---" * (len(names) + 1) + "|",
-        *[f"| {names[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(metrics["confusion"])],
+        *per_class_lines(metrics),
+        *confusion_lines(metrics["confusion"], names),
         "",
     ]
     return "\n".join(lines)
 
 
+def per_class_lines(metrics: dict) -> list[str]:
+    """Per-class scores for the classes with test rows; those without any are named apart, since their zeros are
+    not scores and the macro averages leave them out."""
+    untested = metrics.get("no_test_rows", {})
+    lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
+             *[f"| {n} | {fmt(c['precision'])} | {fmt(c['recall'])} | {fmt(c['f1'])} | {c['support']} |"
+               for n, c in metrics["per_class"].items() if n not in untested]]
+    if untested:
+        listed = ", ".join(f"{n} (predicted {k} time{'' if k == 1 else 's'})" for n, k in untested.items())
+        lines += ["", f"No test rows: {listed}. Macro averages cover the {len(metrics['per_class']) - len(untested)} "
+                      "classes with test rows only."]
+    return [*lines, ""]
+
+
+def confusion_lines(confusion: list[list[int]], names: list[str]) -> list[str]:
+    """The full matrix for a few classes; above LARGE classes only the most frequent confusions, which a reader can
+    use (a 200 x 200 Markdown table is not readable)."""
+    if len(names) <= LARGE:
+        return ["Confusion matrix (rows: true, columns: predicted):", "",
+                "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+                *[f"| {names[i]} | " + " | ".join(str(v) for v in row) + " |" for i, row in enumerate(confusion)]]
+    top = top_confusions(np.asarray(confusion), TOP_CONFUSIONS)
+    return [f"Top {len(top)} confusions of {len(names)} classes (full matrix in metrics.json):", "",
+            "| true | predicted | count |", "|---|---|---|",
+            *[f"| {names[i]} | {names[j]} | {count} |" for i, j, count in top]]
+
+
+def top_confusions(matrix: np.ndarray, limit: int) -> list[tuple[int, int, int]]:
+    """The `limit` largest off-diagonal cells (true, predicted, count), largest first, ties in matrix order."""
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    rows, cols = np.unravel_index(np.argsort(-off, axis=None, kind="stable")[:limit], off.shape)
+    return [(int(i), int(j), int(off[i, j])) for i, j in zip(rows, cols) if off[i, j] > 0]
+
+
 def confusion_png(path: Path, confusion: list[list[int]], names: list[str], title: str) -> None:
-    matrix = np.asarray(confusion)
-    fig, ax = plt.subplots(figsize=(2.2 + 0.9 * len(names), 1.8 + 0.9 * len(names)), dpi=110)
+    """Counts with class names for up to LARGE classes; above that a row-normalised heat map by class index. The
+    figure is capped at MAX_INCHES a side: its size (and memory) must not grow with the class count."""
+    matrix, n = np.asarray(confusion), len(names)
+    fig, ax = plt.subplots(figsize=(min(MAX_INCHES, 2.2 + 0.9 * n), min(MAX_INCHES, 1.8 + 0.9 * n)), dpi=110)
+    if n <= LARGE:
+        _labelled_counts(ax, matrix, names)
+    else:
+        _row_normalised(fig, ax, matrix)
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def _labelled_counts(ax, matrix: np.ndarray, names: list[str]) -> None:
+    """Every cell's count and every class name; fonts shrink once the size cap makes cells small."""
+    size = 10 if len(names) <= 10 else max(5.0, 200 / len(names))
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=size)
+    ax.set_yticks(range(len(names)), names, fontsize=size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
-    save_figure(fig, path)
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=size,
+                color="white" if v > matrix.max() / 2 else "black")
+
+
+def _row_normalised(fig, ax, matrix: np.ndarray) -> None:
+    """Share of each true class's rows per predicted class: comparable across classes of any size; no cell text."""
+    totals = matrix.sum(axis=1, keepdims=True)
+    shares = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class's test rows")
+    ax.set_xlabel("predicted class (index in label order)")
+    ax.set_ylabel("true class (index in label order)")
 
 
 def save_figure(fig, path: Path) -> None:
