@@ -12,7 +12,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +25,137 @@ from pipeline.paths import atomic_write_json, hash_file_into, publish, safe_name
 
 SCHEMA_VERSION = 1
 EMB_PREFIX = "emb_"
+MANIFEST_FILE = "_manifest.json"
+KEY_FILE = "_key.json"
+LAYERS = "layers"  # the per-layer column; 'layerK' names its layer K
 
 
-def cache_key(encoder_settings: dict, data_fingerprint: str) -> str:
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies a model's files: part of every cache key and run record."""
+
+    name: str
+    source: str
+    revision: str | None
+    weights_sha256: str
+    tokenizer_sha256: str
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything about the encoder that changes the vectors: the model, max length and compute dtype."""
+
+    model: ModelIdentity
+    max_length: int
+    dtype: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "EncoderSettings":
+        return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]))
+
+
+@dataclass(frozen=True)
+class PoolingInfo:
+    """One cached pooling: what it means and the shape of its vector per text."""
+
+    description: str
+    shape: list[int]
+    dim: int
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard as the manifest vouches for it."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    fingerprint: str
+    split_origin: str
+    split_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What the last embed run computed, and how fast (None speeds when it only reused shards)."""
+
+    seconds: float
+    computed_rows: int
+    computed_tokens: int
+    computed_shards: list[int]
+    texts_per_s: float | None
+    tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The contract between the stages: a finished cache's identity, poolings, labels and shards (_manifest.json)."""
+
+    name: str
+    key: str
+    created: str
+    data: DataInfo
+    rows: int
+    label_names: list[str]
+    encoder: EncoderSettings
+    model_ref: str
+    poolings: dict[str, PoolingInfo]
+    shards: list[ShardRecord]
+    tokens: int
+    truncated: int
+    device: str
+    batch_tokens: int
+    cpu_bf16_speedup: float | None
+    last_run: RunStats
+    versions: dict[str, str | None]
+    schema: int = field(default=SCHEMA_VERSION)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict, where: Path) -> "Manifest":
+        """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix."""
+        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
+        try:
+            manifest = cls(**{**record, "data": DataInfo(**record["data"]),
+                              "encoder": EncoderSettings.from_json(record["encoder"]),
+                              "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
+                              "shards": [ShardRecord(**s) for s in record["shards"]],
+                              "last_run": RunStats(**record["last_run"])})
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise PipelineError(f"the manifest of {where} is damaged ({type(exc).__name__}: {exc}): run the same "
+                                "`bert-pipeline embed` command again to rebuild it") from None
+        if manifest.name != safe_name(manifest.name, 200):
+            raise PipelineError(f"the manifest of {where} names the cache {manifest.name!r}, which is not a plain "
+                                "folder name: it was edited or crafted; run `bert-pipeline embed` again")
+        return manifest
+
+
+def check_schema(record: object, path: Path, rebuild: str) -> None:
+    """Refuse a record written by another version of this tool's format, saying which way to go."""
+    version = record.get("schema", 1) if isinstance(record, dict) else None
+    if version == SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
+                            f"({SCHEMA_VERSION}): upgrade bert-pipeline, or run {rebuild}")
+    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {SCHEMA_VERSION}): "
+                        f"run {rebuild}")
+
+
+def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:
     """sha256 of everything that changes the vectors: model and tokenizer identity, max length, dtype, the data."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "encoder": encoder_settings, "data": data_fingerprint},
+    blob = json.dumps({"schema": SCHEMA_VERSION, "encoder": settings.to_json(), "data": data_fingerprint},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -62,7 +188,7 @@ class EmbeddingCache:
 
     @property
     def manifest_path(self) -> Path:
-        return self.path / "_manifest.json"
+        return self.path / MANIFEST_FILE
 
     def shard_path(self, index: int) -> Path:
         return self.path / f"shard-{index:05d}.parquet"
@@ -81,15 +207,18 @@ class EmbeddingCache:
         return lock
 
     def start(self, key: str, key_parts: dict, shard_rows: int) -> int:
-        """Write _key.json for a new cache, or check an existing one; returns the cache's shard size."""
-        key_file = self.path / "_key.json"
-        if key_file.exists():
-            existing = json.loads(key_file.read_text())
-            if existing.get("key") != key:
+        """Write _key.json for a new cache, or check an existing one; returns the cache's shard size.
+
+        A damaged key file (e.g. cut short by a full disk) is rewritten, like a damaged shard is recomputed: the
+        folder name holds the key, and every shard is checked against its rows before it is reused."""
+        key_file = self.path / KEY_FILE
+        existing = _read_json(key_file)
+        if isinstance(existing, dict) and isinstance(existing.get("shard_rows"), int) and "key" in existing:
+            if existing["key"] != key:
                 raise PipelineError(f"{self.path} holds a cache with another key: remove that folder and run again")
-            return int(existing["shard_rows"])
-        record = {"key": key, "shard_rows": shard_rows, **key_parts}
-        atomic_write_json(key_file, record, sort_keys=True)
+            return existing["shard_rows"]
+        self.drop_manifest()
+        atomic_write_json(key_file, {"key": key, "shard_rows": shard_rows, **key_parts}, sort_keys=True)
         return shard_rows
 
     def shard_columns(self, index: int, ids: list[str]) -> set[str] | None:
@@ -129,18 +258,44 @@ class EmbeddingCache:
         """Before shards change, the old manifest must go: it would vouch for files that no longer match it."""
         self.manifest_path.unlink(missing_ok=True)
 
-    def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest, sort_keys=True)
+    def write_manifest(self, manifest: Manifest) -> None:
+        atomic_write_json(self.manifest_path, manifest.to_json(), sort_keys=True)
 
-    def manifest(self) -> dict:
+    def manifest(self) -> Manifest:
+        """The finished cache's manifest, checked; a missing or damaged one says how to rebuild it."""
         if not self.manifest_path.exists():
-            raise PipelineError(f"{self.path} is not a finished cache (no _manifest.json): run the same "
+            raise PipelineError(f"{self.path} is not a finished cache (no {MANIFEST_FILE}): run the same "
                                 "`bert-pipeline embed` command again to complete it")
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        record = _read_json(self.manifest_path)
+        if record is None:
             raise PipelineError(f"the manifest of {self.path} is damaged: run `bert-pipeline embed` again "
-                                "to rebuild it") from None
+                                "to rebuild it")
+        return Manifest.from_json(record, self.path)
+
+    def previous_manifest(self) -> Manifest | None:
+        """The manifest a writer may reuse shard records from, or None when it is absent or damaged."""
+        try:
+            return self.manifest()
+        except PipelineError:
+            return None
+
+    def verified_shard(self, index: int, rows: int, record: ShardRecord) -> bool:
+        """True when shard `index` is the file `record` vouches for: name, size and sha256 (one read)."""
+        path = self.shard_path(index)
+        return (record.file == path.name and record.rows == rows and path.exists()
+                and path.stat().st_size == record.bytes and file_sha256(path) == record.sha256)
+
+    def shard_record(self, index: int, rows: int) -> ShardRecord:
+        path = self.shard_path(index)
+        return ShardRecord(path.name, rows, path.stat().st_size, file_sha256(path))
+
+
+def _read_json(path: Path) -> object | None:
+    """A JSON file's content, or None when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
 
 
 def shard_table(ids: list[str], splits: list[str], labels: np.ndarray, n_tokens: np.ndarray,
@@ -164,14 +319,14 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
     store = EmbeddingCache(Path(cache))
     manifest = store.manifest()
     column, layer = pooling_column(pooling, manifest)
-    parts = [_read_checked(store, shard, column) for shard in manifest["shards"]]
+    parts = [_read_checked(store, shard, column) for shard in manifest.shards]
     table = pa.concat_tables(parts)
-    if table.num_rows != manifest["rows"]:
-        raise PipelineError(f"{store.path} has {table.num_rows} rows but its manifest says {manifest['rows']}: "
+    if table.num_rows != manifest.rows:
+        raise PipelineError(f"{store.path} has {table.num_rows} rows but its manifest says {manifest.rows}: "
                             "run `bert-pipeline embed` again to repair it")
-    X = _to_matrix(table.column(EMB_PREFIX + column), manifest["poolings"][column]["shape"], layer)
+    X = _to_matrix(table.column(EMB_PREFIX + column), manifest.poolings[column].shape, layer)
     result = Embeddings(X, table.column("label").to_numpy(), np.asarray(table.column("id").to_pylist(), dtype=object),
-                        np.asarray(table.column("split").to_pylist(), dtype=object), manifest["label_names"])
+                        np.asarray(table.column("split").to_pylist(), dtype=object), manifest.label_names)
     if split is None:
         return result
     rows = result.splits == split
@@ -181,37 +336,37 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
 def pooling_source(name: str) -> tuple[str, int | None]:
     """'layerK' names one layer of the 'layers' column; every other name is its own column."""
     match = re.match(r"^layer(\d+)$", name)
-    return ("layers", int(match.group(1))) if match else (name, None)
+    return (LAYERS, int(match.group(1))) if match else (name, None)
 
 
-def pooling_column(pooling: str, manifest: dict) -> tuple[str, int | None]:
+def pooling_column(pooling: str, manifest: Manifest) -> tuple[str, int | None]:
     """The cache column holding `pooling` (and the layer, for 'layerK'); refuses names the cache lacks."""
-    available = list(manifest["poolings"])
+    available = list(manifest.poolings)
     _, layer = pooling_source(pooling)
-    if layer is not None and "layers" in available:
-        n_layers = manifest["poolings"]["layers"]["shape"][0]
+    if layer is not None and LAYERS in available:
+        n_layers = manifest.poolings[LAYERS].shape[0]
         if layer >= n_layers:
             raise PipelineError(f"pooling '{pooling}' does not exist: this model has layers 0..{n_layers - 1}")
-        return "layers", layer
+        return LAYERS, layer
     if pooling not in available:
-        raise PipelineError(f"pooling '{pooling}' is not in the cache {manifest['name']} (it has: "
+        raise PipelineError(f"pooling '{pooling}' is not in the cache {manifest.name} (it has: "
                             f"{', '.join(available)}): choose one of those, or add it with "
                             f"`make embed POOLING={pooling}`")
     return pooling, None
 
 
-def _read_checked(store: EmbeddingCache, shard: dict, column: str) -> pa.Table:
+def _read_checked(store: EmbeddingCache, shard: ShardRecord, column: str) -> pa.Table:
     """Read one shard's columns only after its size and sha256 match the manifest's record."""
-    path = store.path / shard["file"]
+    path = store.path / shard.file
     problem = "is missing"
     if path.exists():
         payload = path.read_bytes()
-        problem = "has the wrong size" if len(payload) != shard["bytes"] else None
-        if problem is None and hashlib.sha256(payload).hexdigest() != shard.get("sha256"):
+        problem = "has the wrong size" if len(payload) != shard.bytes else None
+        if problem is None and hashlib.sha256(payload).hexdigest() != shard.sha256:
             problem = "does not match its recorded sha256"
         if problem is None:
             table = pq.read_table(pa.BufferReader(payload), columns=["id", "split", "label", EMB_PREFIX + column])
-            if table.num_rows == shard["rows"]:
+            if table.num_rows == shard.rows:
                 return table
             problem = "has the wrong row count"
     raise PipelineError(f"cache shard {path} {problem}: run the same `bert-pipeline embed` command again to "
@@ -234,15 +389,28 @@ def _to_matrix(column: pa.ChunkedArray, shape: list[int], layer: int | None) -> 
     return matrix[:, layer] if layer is not None else matrix
 
 
-def find_cache(root: Path, data_name: str, model_name: str, data_fingerprint: str) -> Path | None:
-    """The newest finished cache of this data (same rows, labels and split) and model under `root`, if any."""
-    prefix = f"{safe_name(data_name)}__{safe_name(model_name.split('/')[-1])}__"
+def find_cache(root: Path, data_name: str, model: ModelIdentity, data_fingerprint: str) -> Path | None:
+    """The newest finished cache of this data (same rows, labels and split) and this very model under `root`.
+
+    Matched on the model's weights and tokenizer hashes, not its folder name: two models in folders of the same
+    name, or a model whose weights changed in place, never share a cache."""
+    prefix = f"{safe_name(data_name)}__{safe_name(model.name.split('/')[-1])}__"
     found = []
     for path in Path(root).glob(prefix + "*"):
-        try:
-            manifest = json.loads((path / "_manifest.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if manifest.get("data", {}).get("fingerprint") == data_fingerprint:
-            found.append((manifest.get("created", ""), path))
+        manifest = EmbeddingCache(path).previous_manifest()
+        if manifest and manifest.data.fingerprint == data_fingerprint and _same_model(manifest.encoder.model, model):
+            found.append((manifest.created, path))
     return max(found)[1] if found else None
+
+
+def require_cache(root: Path, data_name: str, data_fingerprint: str, model: ModelIdentity, embed_hint: str) -> Path:
+    """`find_cache`, or a one-line error naming the command that makes the cache."""
+    found = find_cache(root, data_name, model, data_fingerprint)
+    if found is None:
+        raise PipelineError(f"no cache for data '{data_name}' and model '{model.name}' (these weights) under {root}: "
+                            f"run `{embed_hint}` first")
+    return found
+
+
+def _same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
+    return (a.weights_sha256, a.tokenizer_sha256) == (b.weights_sha256, b.tokenizer_sha256)

@@ -4,25 +4,27 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.embed.stage import embed_texts
-from pipeline.embed.encoder import Encoder
 from pipeline.cache import pooling_source
-from pipeline.errors import PipelineError
-from pipeline.train.heads import full_proba
+from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import resolve_model
+from pipeline.embed.stage import embed_texts
+from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes
+from pipeline.train.heads import full_proba
 from pipeline.train.runs import Run
 
 
 def load_encoder_for(run: Run, device: str = "auto") -> Encoder:
     """The run's model, max length and dtype; a model whose weights or tokenizer changed since training is refused."""
-    settings = run.record["encoder"]
-    ref = resolve_model(run.record.get("model_ref") or settings["model"]["name"])
-    for part in ("weights_sha256", "tokenizer_sha256"):
-        if ref.identity[part] != settings["model"][part]:
-            raise PipelineError(f"the model at {ref.folder} is not the one run {run.path} was trained with "
-                                f"({part.split('_')[0]} differ): predict with the original model or retrain")
-    return Encoder(ref, device, settings["dtype"], settings["max_length"])
+    settings = run.record.encoder
+    ref = resolve_model(run.record.model_ref or settings.model.name)
+    ours, theirs = ref.identity, settings.model
+    changed = [part for part, a, b in (("weights", ours.weights_sha256, theirs.weights_sha256),
+                                       ("tokenizer", ours.tokenizer_sha256, theirs.tokenizer_sha256)) if a != b]
+    if changed:
+        raise PipelineError(f"the model at {ref.folder} is not the one run {run.path} was trained with "
+                            f"({changed[0]} differ): predict with the original model or retrain")
+    return Encoder(ref, device, settings.dtype, settings.max_length)
 
 
 def predict_texts(run: Run, encoder: Encoder, texts: list[str]) -> tuple[list[str], np.ndarray]:
@@ -35,10 +37,10 @@ def predict_texts(run: Run, encoder: Encoder, texts: list[str]) -> tuple[list[st
         raise PipelineError(f"{len(bad)} empty or whitespace-only text(s) among {len(texts)} to predict (rows "
                             f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}, counting any --text values "
                             "first): remove or fill them")
-    source, layer = pooling_source(run.record["pooling"])
+    source, layer = pooling_source(run.record.pooling)
     vectors = embed_texts(encoder, texts, [source])[source]
     X = vectors[:, layer] if layer is not None else vectors
-    names = run.record["label_names"]
+    names = run.record.label_names
     proba = full_proba(run.model, X, len(names))
     return [names[i] for i in proba.argmax(axis=1)], proba
 

@@ -155,7 +155,7 @@ def test_asking_for_a_new_pooling_adds_it_without_losing_the_old_ones(encoder, t
     first = embed_dataset(toy, encoder, ["mean"], tmp_path / "e", progress=False)
     before = load_embeddings(first.path, "mean").X
     second = embed_dataset(toy, encoder, ["max"], tmp_path / "e", progress=False)
-    assert second.path == first.path and set(second.manifest["poolings"]) == {"mean", "max"}
+    assert second.path == first.path and set(second.manifest.poolings) == {"mean", "max"}
     np.testing.assert_array_equal(load_embeddings(second.path, "mean").X, before)
     third = embed_dataset(toy, encoder, ["mean"], tmp_path / "e", progress=False)
     assert third.computed_rows == 0

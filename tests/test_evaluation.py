@@ -24,14 +24,14 @@ def seen_rows(monkeypatch):
     from pipeline.train import heads
 
     seen = []
-    original = heads._selection_data
+    original = heads._selection
 
     def recording(X_train, y_train, X_dev, y_dev, seed, folds):
-        X, y, cv = original(X_train, y_train, X_dev, y_dev, seed, folds)
+        X, y, selection = original(X_train, y_train, X_dev, y_dev, seed, folds)
         seen.append(set(X[:, 0].astype(int)))
-        return X, y, cv
+        return X, y, selection
 
-    monkeypatch.setattr(heads, "_selection_data", recording)
+    monkeypatch.setattr(heads, "_selection", recording)
     return seen
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, load_embeddings
-from pipeline.train.heads import HEADS
+from pipeline.cache import LAYERS, EmbeddingCache, load_embeddings
+from pipeline.train.heads import HEADS, HeadUnavailable
 from pipeline.train.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.report import save_figure, write_csv
@@ -30,7 +30,10 @@ def leaderboard(cache: Path, heads: list[str] | None = None, seed: int = 0, prog
         check_splits(emb)
         for head in heads:
             bar.set_postfix_str(f"{pooling}/{head}")
-            results.append(fit_one(emb, pooling, head, seed))
+            try:
+                results.append(fit_one(emb, pooling, head, seed))
+            except HeadUnavailable as exc:
+                tqdm.write(f"skipped {head} on {pooling}: {exc}", file=sys.stderr)
             bar.update()
     bar.close()
     return rank(results, seed)
@@ -59,10 +62,10 @@ def rank(results: list, seed: int) -> list[dict]:
 
 def layer_probe(cache: Path, seed: int = 0, progress: bool = True) -> list[dict]:
     """logreg on the token mean of each layer: which layer knows the labels best?"""
-    manifest = EmbeddingCache(cache).manifest()
-    if "layers" not in manifest["poolings"]:
+    layers = EmbeddingCache(cache).manifest().poolings.get(LAYERS)
+    if layers is None:
         return []
-    n_layers = manifest["poolings"]["layers"]["shape"][0]
+    n_layers = layers.shape[0]
     rows = []
     for layer in tqdm(range(n_layers), desc="layer probe", unit="layer", disable=not progress, file=sys.stderr):
         fitted = fit_one(load_embeddings(cache, f"layer{layer}"), f"layer{layer}", "logreg", seed)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 
 RUNNER = """
 import resource, sys
@@ -46,6 +47,14 @@ def scaling_benchmark(ds: Dataset, sizes: list[int], model: str, extra_args: lis
             rows.append({"texts": size, "seconds": seconds, "texts_per_s": size / seconds, "peak_rss_mb": rss})
             log(f"{size:>7} texts {seconds:8.1f}s {size / seconds:8.1f} texts/s  peak RSS {rss:7.0f} MB")
     return rows
+
+
+def write_scaling(folder: Path, rows: list[dict]) -> list[Path]:
+    """scaling.json and scaling.md under `folder`."""
+    paths = [Path(folder) / "scaling.json", Path(folder) / "scaling.md"]
+    atomic_write_json(paths[0], rows)
+    atomic_write_bytes(paths[1], scaling_markdown(rows).encode())
+    return paths
 
 
 def scaling_markdown(rows: list[dict]) -> str:

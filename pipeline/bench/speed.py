@@ -21,6 +21,7 @@ from pipeline.embed.device import dtype_name
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.embed.pooling import DEFAULT_POOLINGS
 
 
@@ -145,6 +146,14 @@ def summarise(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dic
         "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
         "min_cosine_vs_sentence_transformers": float(cos.min()),
     }
+
+
+def write_speed(folder: Path, record: dict) -> list[Path]:
+    """speed.json and speed.md under `folder`."""
+    paths = [Path(folder) / "speed.json", Path(folder) / "speed.md"]
+    atomic_write_json(paths[0], record)
+    atomic_write_bytes(paths[1], speed_markdown(record).encode())
+    return paths
 
 
 def speed_markdown(r: dict) -> str:

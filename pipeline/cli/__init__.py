@@ -1,4 +1,5 @@
-"""The command line: thin wrappers that parse options and call library functions (which tests call too)."""
+"""The command line: thin wrappers that parse options into typed values and call library functions (which tests
+and notebooks call too). Heavy modules are imported inside the commands, so `--help` and `train` start fast."""
 
 import sys
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import click
 
 from pipeline.cli.bench import bench, eval_
-from pipeline.cli.options import POOLING_HELP, data_options, find_cache_or_fail, load_data
+from pipeline.cli.options import (data_options, embeddings_option, encoder_options, find_cache, head_option,
+                                  model_option, pooling_option, progress_option)
 from pipeline.errors import PipelineError
 
 
@@ -17,79 +19,51 @@ def cli() -> None:
 
 @cli.command()
 @data_options
-@click.option("--pooling", default="cls,mean,max,pooler,last4_mean,first_last_mean", show_default=True,
-              help=POOLING_HELP)
-@click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
-              help="Tokens per text; longer texts are truncated and counted.")
-@click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps.")
-@click.option("--dtype", default="auto", show_default=True,
-              help="auto (bf16/fp16 on GPU; bf16 on CPU only where it measures faster), fp32, bf16, fp16.")
-@click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
-              help="Token budget per batch (rows x longest row); 0 picks one per device.")
+@model_option
+@pooling_option()
+@encoder_options
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows per Parquet shard (the unit of resume).")
 @click.option("--out", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
               help="Cache root folder.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", default="local", show_default=True,
               help="local: this process; ray: a Ray Data actor pool (pip install 'bert-pipeline[distributed]').")
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
               help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local Ray quietly.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def embed(data, text_col, label_col, id_col, split_col, test_size, seed, model, pooling, max_length, device, dtype,
-          batch_tokens, shard_rows, out, engine, ray_address, progress) -> None:
+@progress_option
+def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, progress) -> None:
     """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
-    from pipeline.embed.stage import embed_dataset
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
-    from pipeline.paths import ensure_writable
     from pipeline.embed.pooling import parse_poolings
+    from pipeline.embed.stage import embed as embed_stage
 
-    names = parse_poolings(pooling)
-    data_args = (data, text_col, label_col, id_col, split_col, test_size, seed)
-    if engine == "ray":
-        from pipeline.embed.ray_engine import embed_with_ray, ray_session, read_table_ray
-
-        ensure_writable(out)
-        with ray_session(out, ray_address):  # Ray Data reads the file, actors embed the shards
-            ds = load_data(*data_args, reader=read_table_ray)
-            encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
-            result = embed_with_ray(ds, encoder, names, out, shard_rows, ray_address, progress)
-    else:
-        ds = load_data(*data_args)
-        ensure_writable(out)
-        encoder = Encoder(resolve_model(model), device, dtype, max_length, batch_tokens)
-        result = embed_dataset(ds, encoder, names, out, shard_rows, progress)
+    result = embed_stage(data, model, parse_poolings(pooling), out, options, shard_rows, engine, ray_address,
+                         progress)
     click.echo(summary_line(result))
 
 
 @cli.command()
 @data_options
+@model_option
 @click.option("--cache", type=click.Path(path_type=Path), default=None,
               help="Train on this cache folder instead of finding the one for --data/--model.")
 @click.option("--pooling", default="mean", show_default=True,
               help="Comma list of poolings in the cache, 'layerK' for one layer, or 'all'.")
-@click.option("--head", default="logreg", show_default=True,
-              help="Comma list of heads (logreg, linear-svm, rbf-svm, mlp, knn) or 'all'.")
-@click.option("--embeddings", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
-              help="Cache root to search for --data/--model.")
+@head_option(lambda: ["logreg"])
+@embeddings_option
 @click.option("--out", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path),
               help="Where runs are written.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
-def train(data, text_col, label_col, id_col, split_col, test_size, seed, model, cache, pooling, head, embeddings, out,
-          progress) -> None:
+@progress_option
+def train(data, model, cache, pooling, head, embeddings, out, progress) -> None:
     """Stage two: train heads on cached vectors and report test metrics (the encoder is not run)."""
-    from pipeline.train.heads import parse_heads
     from pipeline.paths import ensure_writable
+    from pipeline.train.heads import parse_heads
     from pipeline.train.report import summary_table
     from pipeline.train.stage import train_cache
 
     heads = parse_heads(head)
-    if cache is None:
-        ds = load_data(data, text_col, label_col, id_col, split_col, test_size, seed)
-        cache = find_cache_or_fail(embeddings, ds, model, data)
+    cache = cache or find_cache(embeddings, data, model)
     ensure_writable(out)
-    rows = train_cache(cache, pooling, heads, out, seed, progress)
+    rows = train_cache(cache, pooling, heads, out, data.seed, progress)
     click.echo(summary_table(rows))
     click.echo(f"runs: {Path(out) / cache.name} (runs.csv, and report.md + confusion.png per run)")
 
@@ -108,13 +82,14 @@ def train(data, text_col, label_col, id_col, split_col, test_size, seed, model, 
               help="Where to look for the newest run.")
 def predict(run_path, texts, input_path, text_col, output, device, runs) -> None:
     """Classify new texts with a trained run (same model, max length and pooling as in training)."""
+    from pipeline.data import read_texts
     from pipeline.predict import load_encoder_for, predict_texts, write_predictions
     from pipeline.train.runs import load_run, newest_run
 
     texts = list(texts) + (read_texts(input_path, text_col) if input_path else [])
     run = load_run(run_path or newest_run(runs))
     labels, proba = predict_texts(run, load_encoder_for(run, device), texts)
-    names = run.record["label_names"]
+    names = run.record.label_names
     if output:
         write_predictions(output, texts, labels, proba, names)
         click.echo(f"wrote {len(texts)} predictions to {output}")
@@ -124,22 +99,13 @@ def predict(run_path, texts, input_path, text_col, output, device, runs) -> None
         click.echo(f"{label}\t{probs}\t{text}")
 
 
-def read_texts(path: Path, column: str) -> list[str]:
-    from pipeline.data.tables import read_table
-
-    table = read_table(path)
-    if column not in table:
-        raise PipelineError(f"no text column '{column}' in {path} (columns: {', '.join(table)}): use --text-col")
-    return table[column]
-
-
 def summary_line(result) -> str:
-    m, run = result.manifest, result.manifest["last_run"]
-    speed = (f"{run['seconds']:.1f}s, {run['texts_per_s']:.0f} texts/s, {run['tokens_per_s']:.0f} tokens/s"
-             if run["computed_rows"] else "nothing to compute (cache reused)")
-    return (f"embedded {m['rows']} rows ({run['computed_rows']} computed, {m['rows'] - run['computed_rows']} reused), "
-            f"{m['tokens']} tokens, {m['truncated']} truncated at {m['encoder']['max_length']}; {speed}; "
-            f"device {m['device']}, dtype {m['encoder']['dtype']}; poolings {','.join(m['poolings'])}\n"
+    m, run = result.manifest, result.manifest.last_run
+    speed = (f"{run.seconds:.1f}s, {run.texts_per_s:.0f} texts/s, {run.tokens_per_s:.0f} tokens/s"
+             if run.computed_rows else "nothing to compute (cache reused)")
+    return (f"embedded {m.rows} rows ({run.computed_rows} computed, {m.rows - run.computed_rows} reused), "
+            f"{m.tokens} tokens, {m.truncated} truncated at {m.encoder.max_length}; {speed}; "
+            f"device {m.device}, dtype {m.encoder.dtype}; poolings {','.join(m.poolings)}\n"
             f"cache: {result.path}")
 
 
@@ -154,12 +120,9 @@ def main() -> None:
     except PipelineError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         click.echo(f"error: {exc.format_message()} (see --help)", err=True)
         sys.exit(exc.exit_code or 2)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
-        sys.exit(130)

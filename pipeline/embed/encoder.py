@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline.cache import EncoderSettings
 from pipeline.embed.device import dtype_name, pick_device, pick_dtype
 from pipeline.errors import PipelineError
 from pipeline.embed.models import ModelRef
@@ -53,9 +54,9 @@ class Encoder:
         self.hidden_size = int(self.model.config.hidden_size)
         self._token_types = "token_type_ids" in self.tokenizer.model_input_names
 
-    def settings(self) -> dict:
+    def settings(self) -> EncoderSettings:
         """Everything about the encoder that changes the vectors: the model, tokenizer, max length and dtype."""
-        return {"model": self.ref.identity, "max_length": self.max_length, "dtype": dtype_name(self.dtype)}
+        return EncoderSettings(self.ref.identity, self.max_length, dtype_name(self.dtype))
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.cache import ModelIdentity
 from pipeline.errors import PipelineError
 from pipeline.paths import hash_file_into
 
@@ -25,7 +26,7 @@ class ModelRef:
 
     name: str
     folder: Path
-    identity: dict
+    identity: ModelIdentity
     spec: str
 
 
@@ -54,9 +55,8 @@ def resolve_model(model: str | None) -> ModelRef:
         raise PipelineError(f"model folder not found: {model} "
                             "(give an existing folder or a hub id like bert-base-cased)")
     weights = safetensors_files(folder)
-    identity = {"name": name, "source": source, "revision": _revision(folder, source),
-                "weights_sha256": _hash_files(tuple(weights)),
-                "tokenizer_sha256": _hash_files(tuple(folder / f for f in TOKENIZER_FILES if (folder / f).exists()))}
+    identity = ModelIdentity(name, source, _revision(folder, source), _hash_files(tuple(weights)),
+                             _hash_files(tuple(folder / f for f in TOKENIZER_FILES if (folder / f).exists())))
     spec = "default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder" else name
     return ModelRef(name, folder, identity, spec)
 

@@ -12,15 +12,26 @@ import torch
 
 from pipeline.embed.encoder import EncoderOutput
 from pipeline.errors import PipelineError
+from pipeline.registry import parse_names
 
 
 @dataclass(frozen=True)
 class Pooling:
+    """A registry entry: what the pooling computes, what it needs from the forward pass, and its output shape.
+
+    `per_layer` poolings give one vector per layer (for the layer probe) rather than one per text; they are not
+    embedded by default and not trained on by 'all'."""
+
     name: str
     description: str
     fn: Callable[[EncoderOutput], torch.Tensor]
     needs_hidden_states: bool = False
     needs_pooler: bool = False
+    per_layer: bool = False
+
+    def shape(self, num_layers: int, hidden_size: int) -> list[int]:
+        """The shape of one text's output: (hidden,) or (layers + 1, hidden) with the embeddings first."""
+        return [num_layers + 1, hidden_size] if self.per_layer else [hidden_size]
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,24 +67,15 @@ POOLINGS: dict[str, Pooling] = {p.name: p for p in [
             lambda x: (masked_mean(x.hidden_states[1], x.mask) + masked_mean(x.hidden_states[-1], x.mask)) / 2,
             needs_hidden_states=True),
     Pooling("layers", "token mean of every layer (embeddings first), shape (layers + 1, hidden)", _layers,
-            needs_hidden_states=True),
+            needs_hidden_states=True, per_layer=True),
 ]}
 
-DEFAULT_POOLINGS = ("cls", "mean", "max", "pooler", "last4_mean", "first_last_mean")
+DEFAULT_POOLINGS = tuple(name for name, p in POOLINGS.items() if not p.per_layer)
 
 
-def parse_poolings(spec: str | Iterable[str], known: Iterable[str] = POOLINGS) -> list[str]:
+def parse_poolings(spec: str | Iterable[str]) -> list[str]:
     """'mean,cls' or 'all' -> validated names in registry order; unknown names are refused with the known list."""
-    known = list(known)
-    names = [n.strip() for n in (spec.split(",") if isinstance(spec, str) else spec) if n.strip()]
-    if not names:
-        raise PipelineError(f"no pooling given: choose from {', '.join(known)} or 'all'")
-    if names == ["all"]:
-        return known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise PipelineError(f"unknown pooling {', '.join(map(repr, unknown))}: choose from {', '.join(known)} or 'all'")
-    return [n for n in known if n in names]
+    return parse_names(spec, POOLINGS, "pooling")
 
 
 def pool(names: Iterable[str], inputs: EncoderOutput) -> dict[str, torch.Tensor]:

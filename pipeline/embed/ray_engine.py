@@ -90,10 +90,7 @@ def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], root: Pat
                    address: str | None = None, progress: bool = True) -> EmbedResult:
     """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
     with ray_session(root, address):
-        import ray
-
-        return embed_dataset(ds, encoder, poolings, root, shard_rows, progress,
-                             runner=lambda *args: _run_actors(ray, *args))
+        return embed_dataset(ds, encoder, poolings, root, shard_rows, progress, runner=run_actors)
 
 
 @contextmanager
@@ -112,7 +109,9 @@ def _native_logs_to(path: Path) -> Iterator[None]:
             os.close(saved)
 
 
-def _run_actors(ray, ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress: bool) -> None:
+def run_actors(ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress: bool) -> None:
+    """The Ray runner of the embed stage: the unfinished shards, each with its rows, over an actor pool."""
+    import ray
     import ray.data
     from ray.data import ActorPoolStrategy
 

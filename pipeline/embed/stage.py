@@ -1,11 +1,11 @@
 """Stage one: data -> encoder -> poolings -> cache, shard by shard, resumable, one forward pass per batch."""
 
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 import sys
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,25 +16,68 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, cache_dir, cache_key, file_sha256, shard_table
-from pipeline.data import Dataset
+from pipeline.cache import (DataInfo, EmbeddingCache, Manifest, PoolingInfo, RunStats, ShardRecord, cache_dir,
+                            cache_key, shard_table)
+from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed.device import cpu_bf16_speedup
 from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
-from pipeline.errors import PipelineError
+from pipeline.embed.models import resolve_model
 from pipeline.embed.pooling import POOLINGS, pool
+from pipeline.errors import PipelineError
+from pipeline.paths import ensure_writable
 
 DEFAULT_SHARD_ROWS = 4096
+ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
+Spans = list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
 class EmbedResult:
     path: Path
-    manifest: dict
+    manifest: Manifest
     computed_rows: int
     computed_shards: list[int]
 
 
-Runner = Callable[[Dataset, Encoder, EmbeddingCache, list, dict, bool], None]
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How to run the encoder: the settings that change vectors (max_length, dtype) and those that do not."""
+
+    max_length: int = 128
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int = 0
+
+    def load(self, model: str) -> Encoder:
+        return Encoder(resolve_model(model), self.device, self.dtype, self.max_length, self.batch_tokens)
+
+
+Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
+
+
+def embed(data: DataSpec, model: str, poolings: list[str], out: Path, options: EncoderOptions = EncoderOptions(),
+          shard_rows: int = DEFAULT_SHARD_ROWS, engine: str = "local", ray_address: str | None = None,
+          progress: bool = True) -> EmbedResult:
+    """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
+    file is read by Ray Data and the shards computed by actors, all in one Ray session."""
+    with _engine(engine, out, ray_address) as (reader, runner):
+        ds = data.load(reader)
+        ensure_writable(out)
+        return embed_dataset(ds, options.load(model), poolings, out, shard_rows, progress, runner)
+
+
+@contextmanager
+def _engine(engine: str, out: Path, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
+    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
+    if engine not in ENGINES:
+        raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
+    if engine == "local":
+        yield read_table, run_local
+        return
+    from pipeline.embed import ray_engine
+
+    with ray_engine.ray_session(out, ray_address):
+        yield ray_engine.read_table_ray, ray_engine.run_actors
 
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path,
@@ -42,29 +85,46 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path
                   ) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
     poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process)."""
-    if "pooler" in poolings and not encoder.has_pooler:
-        raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop 'pooler' from --pooling")
+    missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
+    if missing:
+        raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
     settings = encoder.settings()
     key = cache_key(settings, ds.fingerprint)
     store = EmbeddingCache(cache_dir(root, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
     with store.acquire(), _disk_errors(store):
-        shard_rows = store.start(key, {"encoder": settings, "data_fingerprint": ds.fingerprint}, shard_rows)
+        shard_rows = store.start(key, {"encoder": settings.to_json(), "data_fingerprint": ds.fingerprint},
+                                 shard_rows)
         spans = [(s, min(s + shard_rows, len(ds))) for s in range(0, len(ds), shard_rows)]
-        target, todo = _plan(store, ds, spans, poolings)
+        verified, listed = _verified_shards(store, spans, key)
+        target, todo = _plan(store, ds, spans, poolings, verified, listed)
         started = time.perf_counter()
         if todo:
             store.drop_manifest()
             (runner or run_local)(ds, encoder, store, spans, todo, progress)
-        manifest = _manifest(ds, encoder, store, spans, target, key, todo, time.perf_counter() - started)
+        kept = {i: record for i, record in verified.items() if i not in todo}
+        manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started)
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
 
 
-def _plan(store: EmbeddingCache, ds: Dataset, spans, poolings: list[str]) -> tuple[list[str], dict[int, list[str]]]:
-    """Which poolings the cache will hold (requested + any a whole shard already has), and what each shard lacks."""
-    have = [store.shard_columns(i, ds.ids[a:b]) for i, (a, b) in enumerate(spans)]
+def _verified_shards(store: EmbeddingCache, spans: Spans, key: str) -> tuple[dict[int, ShardRecord], set[str]]:
+    """Shards the previous manifest vouches for and that still hash to its record (each read once, to hash it),
+    and the poolings that manifest lists: a manifest is written only when every shard holds all of them."""
+    previous = store.previous_manifest()
+    if previous is None or previous.key != key or len(previous.shards) != len(spans):
+        return {}, set()
+    records = {i: record for i, (record, (a, b)) in enumerate(zip(previous.shards, spans))
+               if store.verified_shard(i, b - a, record)}
+    return records, set(previous.poolings)
+
+
+def _plan(store: EmbeddingCache, ds: Dataset, spans: Spans, poolings: list[str], verified: dict[int, ShardRecord],
+          listed: set[str]) -> tuple[list[str], dict[int, list[str]]]:
+    """Which poolings the cache will hold (requested + any a whole shard already has), and what each shard lacks.
+    Shards the manifest vouches for are not read again; any other is read in full, with page checksums."""
+    have = [listed if i in verified else store.shard_columns(i, ds.ids[a:b]) for i, (a, b) in enumerate(spans)]
     target = list(dict.fromkeys([*poolings, *sorted(set().union(*[h for h in have if h]))]))
     todo = {i: [p for p in target if p not in (have[i] or set())] for i in range(len(spans))}
     return target, {i: missing for i, missing in todo.items() if missing}
@@ -80,7 +140,7 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
                             "permissions, then run the same command; finished shards are kept") from None
 
 
-def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: list[tuple[int, int]],
+def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans,
               todo: dict[int, list[str]], progress: bool) -> None:
     """Compute the missing poolings of each unfinished shard; tokenise the next shard while this one runs."""
     reused = len(ds) - sum(spans[i][1] - spans[i][0] for i in todo)
@@ -135,34 +195,34 @@ def _write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int,
     store.write_shard(index, table)
 
 
-def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans, poolings: list[str], key: str,
-              todo: dict, seconds: float) -> dict:
-    shards, tokens, truncated = [], np.zeros(len(spans), dtype=np.int64), 0
-    for i, (a, b) in enumerate(spans):
-        path = store.shard_path(i)
-        meta = pq.read_table(path, columns=["n_tokens", "truncated"])
-        tokens[i] = int(meta.column("n_tokens").to_numpy().sum())
-        truncated += int(meta.column("truncated").to_numpy().sum())
-        shards.append({"file": path.name, "rows": b - a, "bytes": path.stat().st_size, "sha256": file_sha256(path)})
-    rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), int(sum(tokens[i] for i in todo))
-    run = {"seconds": seconds, "computed_rows": rows, "computed_tokens": new_tokens, "computed_shards": sorted(todo),
-           "texts_per_s": rows / seconds if rows else None, "tokens_per_s": new_tokens / seconds if rows else None}
-    return {
-        "schema": 1, "name": store.path.name, "key": key, "created": datetime.now(timezone.utc).isoformat(),
-        "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
-                 "split_counts": ds.split_counts()},
-        "rows": len(ds), "label_names": ds.label_names, "encoder": encoder.settings(), "model_ref": encoder.ref.spec,
-        "poolings": {p: {"description": POOLINGS[p].description, "shape": _shape(p, encoder),
-                         "dim": int(np.prod(_shape(p, encoder)))} for p in poolings},
-        "shards": shards, "tokens": int(tokens.sum()), "truncated": truncated,
-        "device": str(encoder.device), "batch_tokens": encoder.batch_tokens,
-        "cpu_bf16_speedup": round(cpu_bf16_speedup(), 3) if encoder.device.type == "cpu" else None,
-        "last_run": run, "versions": _versions(),
-    }
+def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans, poolings: list[str], key: str,
+              todo: dict, kept: dict[int, ShardRecord], seconds: float) -> Manifest:
+    """The finished cache's record; shards kept from the previous manifest keep their records (no rehash)."""
+    counts = [_token_counts(store, i) for i in range(len(spans))]
+    shards = [kept.get(i) or store.shard_record(i, b - a) for i, (a, b) in enumerate(spans)]
+    rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), sum(counts[i][0] for i in todo)
+    run = RunStats(seconds, rows, new_tokens, sorted(todo), rows / seconds if rows else None,
+                   new_tokens / seconds if rows else None)
+    return Manifest(
+        name=store.path.name, key=key, created=datetime.now(timezone.utc).isoformat(),
+        data=DataInfo(ds.name, ds.fingerprint, ds.split_origin, ds.split_counts()),
+        rows=len(ds), label_names=ds.label_names, encoder=encoder.settings(), model_ref=encoder.ref.spec,
+        poolings={p: _pooling_info(p, encoder) for p in poolings}, shards=shards,
+        tokens=sum(c[0] for c in counts), truncated=sum(c[1] for c in counts),
+        device=str(encoder.device), batch_tokens=encoder.batch_tokens,
+        cpu_bf16_speedup=round(cpu_bf16_speedup(), 3) if encoder.device.type == "cpu" else None,
+        last_run=run, versions=_versions())
 
 
-def _shape(pooling: str, encoder: Encoder) -> list[int]:
-    return [encoder.num_layers + 1, encoder.hidden_size] if pooling == "layers" else [encoder.hidden_size]
+def _token_counts(store: EmbeddingCache, index: int) -> tuple[int, int]:
+    """(tokens, truncated texts) of a shard, from its two small columns only."""
+    meta = pq.read_table(store.shard_path(index), columns=["n_tokens", "truncated"])
+    return int(meta.column("n_tokens").to_numpy().sum()), int(meta.column("truncated").to_numpy().sum())
+
+
+def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
+    shape = POOLINGS[name].shape(encoder.num_layers, encoder.hidden_size)
+    return PoolingInfo(POOLINGS[name].description, shape, int(np.prod(shape)))
 
 
 def _versions() -> dict:

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.paths import atomic_write_bytes  # noqa: E402
+from pipeline.train.runs import RunRecord  # noqa: E402
 
 LARGE = 30  # above this many classes: no per-cell numbers or names in the plot, top confusions in the report
 MAX_INCHES = 12.0  # the confusion plot never exceeds this (1320 px at 110 dpi), whatever the class count
@@ -23,19 +24,19 @@ def fmt(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def run_report(record: dict, metrics: dict) -> str:
+def run_report(record: RunRecord, metrics: dict) -> str:
     """Markdown for one run: headline numbers with intervals, the baseline, per-class scores, the confusion."""
-    names = record["label_names"]
+    names = record.label_names
     lo, hi = metrics["accuracy_ci95"]
     flo, fhi = metrics["macro_f1_ci95"]
     base = metrics["majority_baseline"]
     lines = [
-        f"# {record['head']} on {record['pooling']} — {record['cache']}",
+        f"# {record.head} on {record.pooling} — {record.cache}",
         "",
-        f"Model `{record['encoder']['model']['name']}`, max length {record['encoder']['max_length']}, "
-        f"dtype {record['encoder']['dtype']}. Train {record['n_train']} rows, dev {record['n_dev']}, "
-        f"test {metrics['n_test']}. Hyperparameters chosen on {record['selection']}: {record['params'] or 'fixed'}. "
-        f"Trained in {record['train_seconds']:.1f}s.",
+        f"Model `{record.encoder.model.name}`, max length {record.encoder.max_length}, "
+        f"dtype {record.encoder.dtype}. Train {record.n_train} rows, dev {record.n_dev}, "
+        f"test {metrics['n_test']}. Hyperparameters chosen on {record.selection}: {record.params or 'fixed'}. "
+        f"Trained in {record.train_seconds:.1f}s.",
         "",
         "| metric | test | 95% CI | majority baseline |",
         "|---|---|---|---|",
@@ -133,12 +134,12 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def summary_row(record: dict, metrics: dict) -> dict:
-    return {"pooling": record["pooling"], "head": record["head"], "accuracy": metrics["accuracy"],
+def summary_row(record: RunRecord, metrics: dict) -> dict:
+    return {"pooling": record.pooling, "head": record.head, "accuracy": metrics["accuracy"],
             "acc_lo": metrics["accuracy_ci95"][0], "acc_hi": metrics["accuracy_ci95"][1],
             "macro_f1": metrics["macro_f1"], "f1_lo": metrics["macro_f1_ci95"][0],
             "f1_hi": metrics["macro_f1_ci95"][1], "roc_auc": metrics["roc_auc"], "log_loss": metrics["log_loss"],
-            "ece": metrics["ece"], "train_s": record["train_seconds"], "params": record["params"]}
+            "ece": metrics["ece"], "train_s": record.train_seconds, "params": record.params}
 
 
 def update_summary(path: Path, rows: list[dict]) -> list[dict]:

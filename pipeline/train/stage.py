@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings, pooling_column
+from pipeline.cache import EmbeddingCache, Embeddings, Manifest, load_embeddings, pooling_column
 from pipeline.errors import PipelineError
-from pipeline.train.heads import HEADS, fit_head, full_proba, head_params
-from pipeline.train.metrics import classification_metrics
 from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.registry import parse_names
+from pipeline.train.heads import HEADS, HeadUnavailable, fit_head, full_proba, head_params
+from pipeline.train.metrics import classification_metrics
 from pipeline.train.report import confusion_png, run_report, summary_row, update_summary
-from pipeline.train.runs import run_dir, save_run
+from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,18 @@ class Fitted:
     n_dev: int
 
 
-def expand_poolings(spec: str, manifest: dict) -> list[str]:
-    """'all' means every pooling in the cache that is one vector per text ('layers' is for the layer probe)."""
-    names = [n.strip() for n in spec.split(",") if n.strip()]
+def expand_poolings(spec: str, manifest: Manifest) -> list[str]:
+    """Validated pooling names of the cache; 'all' means every pooling that is one vector per text (a per-layer
+    pooling such as 'layers' is trained on one layer at a time, as 'layerK')."""
+    names = parse_names(spec, None, "pooling")
     if names == ["all"]:
-        return [p for p in manifest["poolings"] if p != "layers"]
+        names = [name for name, info in manifest.poolings.items() if len(info.shape) == 1]
+        if not names:
+            raise PipelineError(f"the cache {manifest.name} holds only per-layer vectors "
+                                f"({', '.join(manifest.poolings)}): train on one layer with --pooling layerK, "
+                                "or add a pooling with `make embed POOLING=mean`")
+    for name in names:
+        pooling_column(name, manifest)
     return names
 
 
@@ -46,8 +54,11 @@ def check_splits(emb: Embeddings) -> None:
     if len(y_test) == 0:
         raise PipelineError("the test split is empty: give a split column with test rows, or drop --split-col "
                             "so a test split is held out")
+    if len(y_train) == 0:
+        raise PipelineError("the train split is empty: give a split column with train rows, or drop --split-col "
+                            "so the rows are split into train and test")
     if len(np.unique(y_train)) < 2:
-        only = emb.label_names[int(y_train[0])] if len(y_train) else "none"
+        only = emb.label_names[int(y_train[0])]
         raise PipelineError(f"the train split has only one class ({only}): a classifier needs at least two")
     unseen = sorted(set(np.unique(y_test)) - set(np.unique(y_train)))
     if unseen:
@@ -69,11 +80,10 @@ def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
 
 def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: int = 0,
                 progress: bool = True) -> list[dict]:
-    """Train every head on every pooling of one cache, write each run and the cache's runs.csv."""
+    """Train every head on every pooling of one cache, write each run and the cache's runs.csv. With several heads,
+    one that cannot be fitted on this data is skipped with a message; alone, it is an error."""
     manifest = EmbeddingCache(cache).manifest()
     names = expand_poolings(poolings, manifest)
-    for name in names:
-        pooling_column(name, manifest)
     check_splits(load_embeddings(cache, names[0]))
     rows = []
     bar = tqdm(total=len(names) * len(heads), desc="train", unit="head", disable=not progress, file=sys.stderr)
@@ -81,27 +91,31 @@ def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: i
         emb = load_embeddings(cache, pooling)
         for head in heads:
             bar.set_postfix_str(f"{pooling}/{head}")
-            fitted = fit_one(emb, pooling, head, seed)
-            rows.append(write_run(fitted, manifest, emb, out, seed))
+            try:
+                rows.append(write_run(fit_one(emb, pooling, head, seed), manifest, emb, out, seed))
+            except HeadUnavailable as exc:
+                if len(heads) == 1:
+                    raise
+                tqdm.write(f"skipped {head} on {pooling}: {exc}", file=sys.stderr)
             bar.update()
     bar.close()
-    return update_summary(Path(out) / manifest["name"] / "runs.csv", rows)
+    if not rows:
+        raise PipelineError("no head could be fitted on this data: add rows of the rarest class or use logreg")
+    return update_summary(cache_runs_dir(out, manifest.name) / "runs.csv", rows)
 
 
-def write_run(fitted: Fitted, manifest: dict, emb: Embeddings, out: Path, seed: int) -> dict:
+def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, seed: int) -> dict:
     y_train = emb.y[emb.splits == "train"]
     metrics = classification_metrics(fitted.y_test, fitted.proba, emb.label_names, y_train, seed)
-    record = {"cache": manifest["name"], "cache_key": manifest["key"], "pooling": fitted.pooling,
-              "head": fitted.head, "head_description": HEADS[fitted.head].description,
-              "label_names": emb.label_names, "encoder": manifest["encoder"], "model_ref": manifest["model_ref"],
-              "seed": seed,
-              "selection": fitted.selection, "params": head_params(fitted.model), "n_train": fitted.n_train,
-              "n_dev": fitted.n_dev, "train_seconds": fitted.seconds}
-    path = run_dir(out, manifest["name"], fitted.pooling, fitted.head)
-    save_run(path, fitted.model, record)
-    atomic_write_json(path / "metrics.json", {**record, "metrics": metrics})
+    record = RunRecord(cache=manifest.name, cache_key=manifest.key, pooling=fitted.pooling, head=fitted.head,
+                       head_description=HEADS[fitted.head].description, label_names=emb.label_names,
+                       encoder=manifest.encoder, model_ref=manifest.model_ref, seed=seed, selection=fitted.selection,
+                       params=head_params(fitted.model), n_train=fitted.n_train, n_dev=fitted.n_dev,
+                       train_seconds=fitted.seconds)
+    path = run_dir(out, manifest.name, fitted.pooling, fitted.head)
+    record = save_run(path, fitted.model, record)
+    atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics})
     atomic_write_bytes(path / "report.md", run_report(record, metrics).encode())
     confusion_png(path / "confusion.png", metrics["confusion"], emb.label_names,
                   f"{fitted.head} / {fitted.pooling}: acc {metrics['accuracy']:.3f}")
     return summary_row(record, metrics)
-
