@@ -10,12 +10,13 @@ CLI        := $(BIN)/bert-pipeline
 DATA       ?= rotten_tomatoes
 opt = $(if $($(1)),$(2) '$($(1))')
 DATA_OPTS  = --data '$(DATA)' $(call opt,MODEL,--model) $(call opt,TEXT_COL,--text-col) \
-             $(call opt,LABEL_COL,--label-col) $(call opt,ID_COL,--id-col) $(call opt,SPLIT_COL,--split-col)
+             $(call opt,LABEL_COL,--label-col) $(call opt,ID_COL,--id-col) $(call opt,SPLIT_COL,--split-col) \
+             $(call opt,TEST_SIZE,--test-size) $(call opt,SEED,--seed)
 EMBED_OPTS = $(call opt,POOLING,--pooling) $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) \
              $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine)
 TRAIN_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head)
 
-.PHONY: setup embed train demo predict test bench bench-speed eval clean
+.PHONY: setup embed train demo predict test lint bench bench-speed eval clean
 
 setup: $(STAMP)
 
@@ -24,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	@if ! $(BIN)/python -c 'import sys' >/dev/null 2>&1; then rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[test,distributed]'
+	$(BIN)/python -m pip install -q -e '.[test,distributed,lint]'
 	@touch $@
 
 embed: $(STAMP)
@@ -43,13 +44,25 @@ predict: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Style and the architecture's import rules (pyproject.toml: [tool.ruff], [tool.importlinter]).
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline tests
+	$(BIN)/lint-imports
+
 # Embeds every pooling (layers too, for the layer probe) if the cache lacks them, then ranks pooling x head.
 bench: $(STAMP)
 	$(CLI) embed $(DATA_OPTS) --pooling all $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
 	$(CLI) bench heads $(DATA_OPTS) $(call opt,HEAD,--head)
 
+# Speed on SST-2 test sentences, or with SIZES=... the scaling run on GLUE SST-2 train (one process per size);
+# DATA=... (and TEXT_COL=...) times your own texts instead.
+OWN_DATA   = $(filter-out file,$(origin DATA))
+SPEED_DATA = $(if $(OWN_DATA),$(DATA),$(if $(SIZES),../shared/data/sst2-glue/train.tsv,../shared/data/sst2))
+SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--text-col sentence,--split test)) \
+             $(call opt,SIZES,--sizes)
 bench-speed: $(STAMP)
-	$(CLI) bench speed $(call opt,MODEL,--model) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype) $(call opt,SIZES,--sizes)
+	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
+		$(call opt,DTYPE,--dtype)
 
 eval: $(STAMP)
 	$(CLI) eval --data-dir ../shared/data $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)

@@ -1,6 +1,41 @@
 """bert-pipeline: embed texts once with a BERT-family encoder, cache several poolings, train cheap heads on them.
 
-The flow runs one way: data -> encoder -> pooling -> cache -> heads -> metrics -> report.
+The flow runs one way: data -> encoder -> pooling -> cache -> heads -> metrics -> report. The names below are the
+public API for notebooks; each is imported on first use, so `import pipeline.train` never loads torch.
+
+    from pipeline import DataSpec, EncoderOptions, embed, train_cache
+    result = embed(DataSpec("reviews.csv"), "default", ["mean", "cls"], Path("artifacts/embeddings"))
+    rows = train_cache(result.path, "all", ["logreg"], Path("artifacts/runs"))
 """
 
+from importlib import import_module
+
 __version__ = "0.1.0"
+
+_API = {
+    "pipeline.data": ["ColumnSpec", "DataSpec", "Dataset", "load_dataset", "resolve_data"],
+    "pipeline.cache": ["EmbeddingCache", "Embeddings", "Manifest", "load_embeddings"],
+    "pipeline.embed.models": ["resolve_model"],
+    "pipeline.embed.encoder": ["Encoder"],
+    "pipeline.embed.pooling": ["POOLINGS", "DEFAULT_POOLINGS"],
+    "pipeline.embed.stage": ["EncoderOptions", "embed", "embed_dataset", "embed_texts"],
+    "pipeline.train.heads": ["HEADS", "fit_head"],
+    "pipeline.train.metrics": ["classification_metrics"],
+    "pipeline.train.runs": ["RunRecord", "load_run"],
+    "pipeline.train.stage": ["train_cache"],
+    "pipeline.predict": ["load_encoder_for", "predict_texts"],
+    "pipeline.bench.leaderboard": ["leaderboard", "layer_probe"],
+    "pipeline.errors": ["PipelineError"],
+}
+_WHERE = {name: module for module, names in _API.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

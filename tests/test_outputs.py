@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import sentiment_rows, write_csv
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes
+
+from conftest import sentiment_rows, write_csv
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -130,7 +131,8 @@ def test_all_classes_tested_keeps_the_old_numbers_and_tables():
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3) and m["no_test_rows"] == {}
     assert "No test rows" not in "\n".join(per_class_lines(m)) and len(per_class_lines(m)) == 6
     assert confusion_lines(m["confusion"], ["neg", "neu", "pos"])[2:] == [
-        "| | neg | neu | pos |", "|---|---|---|---|", "| neg | 1 | 1 | 0 |", "| neu | 0 | 2 | 0 |", "| pos | 1 | 0 | 1 |"]
+        "| | neg | neu | pos |", "|---|---|---|---|", "| neg | 1 | 1 | 0 |", "| neu | 0 | 2 | 0 |",
+        "| pos | 1 | 0 | 1 |"]
 
 
 # --- plots and tables of bounded size ------------------------------------------------------------------------------

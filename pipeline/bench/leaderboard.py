@@ -8,9 +8,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache import LAYERS, EmbeddingCache, load_embeddings
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.heads import HEADS, HeadUnavailable
 from pipeline.train.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
-from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.report import save_figure, write_csv
 from pipeline.train.stage import check_splits, expand_poolings, fit_one
 

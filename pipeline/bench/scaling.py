@@ -35,7 +35,7 @@ def scaling_benchmark(ds: Dataset, sizes: list[int], model: str, extra_args: lis
             with path.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(["text", "label"])
-                writer.writerows(zip(ds.texts[:size], ds.labels[:size].tolist()))
+                writer.writerows(zip(ds.texts[:size], ds.labels[:size].tolist(), strict=True))
             cmd = [sys.executable, "-c", RUNNER, "embed", "--data", str(path), "--model", model, "--pooling", "mean",
                    "--out", str(Path(tmp) / "emb"), "--no-progress", *extra_args]
             start = time.perf_counter()

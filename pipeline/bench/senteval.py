@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from pipeline.cache import Embeddings, load_embeddings
 from pipeline.data.benchmarks import TASKS, load_task
-from pipeline.embed.stage import embed_dataset
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.heads import fit_head, head_params

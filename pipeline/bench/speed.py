@@ -18,11 +18,11 @@ import torch
 
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
-from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef
-from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.embed.pooling import DEFAULT_POOLINGS
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.paths import atomic_write_bytes, atomic_write_json
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
@@ -114,14 +114,14 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
     record("seed", seconds, "encode_plus per text, pad to 64, fp32, batches of 64")
     st_vectors = None
     for name, run in st_candidates(ref, encoder.device, encoder.dtype).items():
-        seconds, vectors = time_it(lambda: run(texts), repeats)
+        seconds, vectors = time_it(lambda run=run: run(texts), repeats)
         record(name, seconds)
         st_vectors = vectors if name == "st_default" else st_vectors
     with tempfile.TemporaryDirectory() as tmp:
         for name, poolings in (("ours_all", list(DEFAULT_POOLINGS)), ("ours_mean", ["mean"])):
-            runs = iter(range(repeats + 1))
-            seconds, _ = time_it(lambda: embed_dataset(ds, encoder, poolings, Path(tmp) / f"{name}{next(runs)}",
-                                                       progress=False), repeats)
+            folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
+            seconds, _ = time_it(lambda p=poolings, f=folders: embed_dataset(ds, encoder, p, next(f), progress=False),
+                                 repeats)
             record(name, seconds, f"embed stage to a Parquet cache, poolings: {','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     return summarise(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))

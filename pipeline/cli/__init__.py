@@ -7,8 +7,16 @@ from pathlib import Path
 import click
 
 from pipeline.cli.bench import bench, eval_
-from pipeline.cli.options import (data_options, embeddings_option, encoder_options, find_cache, head_option,
-                                  model_option, pooling_option, progress_option)
+from pipeline.cli.options import (
+    data_options,
+    embeddings_option,
+    encoder_options,
+    find_cache,
+    head_option,
+    model_option,
+    pooling_option,
+    progress_option,
+)
 from pipeline.errors import PipelineError
 
 
@@ -94,8 +102,8 @@ def predict(run_path, texts, input_path, text_col, output, device, runs) -> None
         write_predictions(output, texts, labels, proba, names)
         click.echo(f"wrote {len(texts)} predictions to {output}")
         return
-    for text, label, p in zip(texts, labels, proba):
-        probs = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, p))
+    for text, label, p in zip(texts, labels, proba, strict=True):
+        probs = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))
         click.echo(f"{label}\t{probs}\t{text}")
 
 

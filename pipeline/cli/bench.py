@@ -4,8 +4,17 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import (SEEDS, data_options, embeddings_option, encoder_options, find_cache, head_option,
-                                  model_option, pooling_option, progress_option)
+from pipeline.cli.options import (
+    SEEDS,
+    data_options,
+    embeddings_option,
+    encoder_options,
+    find_cache,
+    head_option,
+    model_option,
+    pooling_option,
+    progress_option,
+)
 
 
 def _all_heads() -> list[str]:

@@ -12,8 +12,8 @@ import torch
 
 from pipeline.cache import EncoderSettings
 from pipeline.embed.device import dtype_name, pick_device, pick_dtype
-from pipeline.errors import PipelineError
 from pipeline.embed.models import ModelRef
+from pipeline.errors import PipelineError
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384}  # cpu: small batches stay in cache
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
 from pipeline.embed.device import dtype_name
-from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
 from pipeline.errors import PipelineError
 
 MIN_ACTORS_TIMEOUT_S = 600  # no actor could start (e.g. asked for GPUs nobody has): fail instead of waiting forever

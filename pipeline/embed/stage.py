@@ -16,8 +16,17 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from pipeline.cache import (DataInfo, EmbeddingCache, Manifest, PoolingInfo, RunStats, ShardRecord, cache_dir,
-                            cache_key, shard_table)
+from pipeline.cache import (
+    DataInfo,
+    EmbeddingCache,
+    Manifest,
+    PoolingInfo,
+    RunStats,
+    ShardRecord,
+    cache_dir,
+    cache_key,
+    shard_table,
+)
 from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed.device import cpu_bf16_speedup
 from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
@@ -115,7 +124,7 @@ def _verified_shards(store: EmbeddingCache, spans: Spans, key: str) -> tuple[dic
     previous = store.previous_manifest()
     if previous is None or previous.key != key or len(previous.shards) != len(spans):
         return {}, set()
-    records = {i: record for i, (record, (a, b)) in enumerate(zip(previous.shards, spans))
+    records = {i: record for i, (record, (a, b)) in enumerate(zip(previous.shards, spans, strict=True))
                if store.verified_shard(i, b - a, record)}
     return records, set(previous.poolings)
 

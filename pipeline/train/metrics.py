@@ -1,8 +1,15 @@
 """Metrics of a head's predictions on the held-out split, with seeded bootstrap intervals and a baseline."""
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score, log_loss,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
 from sklearn.preprocessing import label_binarize
 
 N_BOOTSTRAP = 1000

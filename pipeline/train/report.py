@@ -87,7 +87,7 @@ def top_confusions(matrix: np.ndarray, limit: int) -> list[tuple[int, int, int]]
     off = matrix.copy()
     np.fill_diagonal(off, 0)
     rows, cols = np.unravel_index(np.argsort(-off, axis=None, kind="stable")[:limit], off.shape)
-    return [(int(i), int(j), int(off[i, j])) for i, j in zip(rows, cols) if off[i, j] > 0]
+    return [(int(i), int(j), int(off[i, j])) for i, j in zip(rows, cols, strict=True) if off[i, j] > 0]
 
 
 def confusion_png(path: Path, confusion: list[list[int]], names: list[str], title: str) -> None:

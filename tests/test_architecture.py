@@ -1,0 +1,152 @@
+"""The house rules the code's layout promises: registries drive the CLI, typed seams check their schema, the train
+stage never loads torch, and a rerun with nothing to compute reads each shard once."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
+from pipeline.cache import EmbeddingCache, Manifest, load_embeddings
+from pipeline.data import load_dataset
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import resolve_model
+from pipeline.embed.pooling import DEFAULT_POOLINGS, POOLINGS, parse_poolings
+from pipeline.embed.stage import embed_dataset
+from pipeline.errors import PipelineError
+from pipeline.registry import parse_names, parse_sizes
+from pipeline.train.heads import HEADS
+from pipeline.train.runs import load_run
+from pipeline.train.stage import train_cache
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_bert):
+    return Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return load_dataset(write_csv(tmp_path_factory.mktemp("arch") / "toy.csv", sentiment_rows(80)))
+
+
+def test_the_train_stage_and_the_cache_never_import_torch():
+    code = "import sys, pipeline.train.stage, pipeline.cache, pipeline.data, pipeline; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("name", list(POOLINGS))
+def test_every_registered_pooling_embeds_to_its_declared_shape(name, encoder, toy, tmp_path):
+    result = embed_dataset(toy, encoder, [name], tmp_path, progress=False)
+    shape = POOLINGS[name].shape(encoder.num_layers, encoder.hidden_size)
+    assert result.manifest.poolings[name].shape == shape
+    column = f"layer{encoder.num_layers}" if POOLINGS[name].per_layer else name
+    assert load_embeddings(result.path, column).X.shape == (len(toy), encoder.hidden_size)
+    assert (name in DEFAULT_POOLINGS) == (not POOLINGS[name].per_layer)
+
+
+def test_cli_help_and_defaults_come_from_the_registries(run_cli):
+    code, out, _ = run_cli("embed", "--help")
+    assert code == 0 and all(name in out for name in POOLINGS)
+    assert ",".join(DEFAULT_POOLINGS) in out.replace("\n", "").replace(" ", "")
+    code, out, _ = run_cli("bench", "heads", "--help")
+    assert all(name in out for name in HEADS)
+
+
+@pytest.mark.parametrize("spec, message", [(",", "no pooling given"), ("mean,,meen", "unknown pooling 'meen'"),
+                                           ("", "no pooling given")])
+def test_one_parser_refuses_empty_and_unknown_names(spec, message):
+    with pytest.raises(PipelineError, match=message):
+        parse_poolings(spec)
+
+
+def test_names_keep_registry_order_and_sizes_must_be_whole_numbers():
+    assert parse_names("b, a", ["a", "b", "c"], "x") == ["a", "b"]
+    assert parse_names("all", ["a", "b"], "x") == ["a", "b"]
+    assert parse_sizes("1000,4000") == [1000, 4000]
+    with pytest.raises(PipelineError, match="size '4k' in '1000,4k' is not a positive whole number"):
+        parse_sizes("1000,4k")
+
+
+def test_manifest_round_trips_and_refuses_other_schemas_and_damage(encoder, toy, tmp_path):
+    path = embed_dataset(toy, encoder, ["mean"], tmp_path, progress=False).path
+    store = EmbeddingCache(path)
+    record = json.loads(store.manifest_path.read_text())
+    assert Manifest.from_json(record, path).to_json() == record
+    cases = {"newer than this bert-pipeline reads": {**record, "schema": 2},
+             "damaged or of an old format": {**record, "schema": 0},
+             "damaged.*KeyError": {k: v for k, v in record.items() if k != "shards"},
+             "not a plain folder name": {**record, "name": "../../.."}}
+    for message, broken in cases.items():
+        store.manifest_path.write_text(json.dumps(broken))
+        with pytest.raises(PipelineError, match=message):
+            train_cache(path, "mean", ["logreg"], tmp_path / "runs", progress=False)
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "runs.csv").exists()
+    again = embed_dataset(toy, encoder, ["mean"], tmp_path, progress=False)
+    assert again.computed_rows == 0 and again.manifest.name == path.name, "a damaged manifest is rebuilt"
+
+
+def test_a_truncated_key_file_is_rewritten_like_a_damaged_shard(encoder, toy, tmp_path):
+    first = embed_dataset(toy, encoder, ["mean"], tmp_path, progress=False)
+    key_file = first.path / "_key.json"
+    key_file.write_text(key_file.read_text()[:10])
+    again = embed_dataset(toy, encoder, ["mean"], tmp_path, progress=False)
+    assert json.loads(key_file.read_text())["key"] == first.manifest.key
+    np.testing.assert_array_equal(load_embeddings(again.path, "mean").X, load_embeddings(first.path, "mean").X)
+
+
+def test_a_rerun_with_nothing_to_compute_hashes_each_shard_once_and_reads_none(encoder, toy, tmp_path, monkeypatch):
+    from pipeline import cache
+
+    first = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path, shard_rows=20, progress=False)
+    hashed, read = [], []
+    original = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: hashed.append(p.name) or original(p))
+    monkeypatch.setattr(EmbeddingCache, "read_shard", lambda self, i: read.append(i))
+    again = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path, shard_rows=20, progress=False)
+    assert again.computed_rows == 0 and sorted(hashed) == [s.file for s in first.manifest.shards] and read == []
+    assert again.manifest.shards == first.manifest.shards and again.manifest.tokens == first.manifest.tokens
+
+
+def test_run_record_is_typed_and_checks_its_schema(encoder, toy, tmp_path):
+    cache_path = embed_dataset(toy, encoder, ["mean"], tmp_path / "emb", progress=False).path
+    train_cache(cache_path, "mean", ["logreg"], tmp_path / "runs", progress=False)
+    folder = tmp_path / "runs" / cache_path.name / "mean" / "logreg"
+    run = load_run(folder)
+    assert run.record.encoder.model.weights_sha256 == encoder.ref.identity.weights_sha256
+    record = json.loads((folder / "run.json").read_text())
+    (folder / "run.json").write_text(json.dumps({**record, "schema": 99}))
+    with pytest.raises(PipelineError, match="format version 99, newer"):
+        load_run(folder)
+
+
+def test_a_layers_only_cache_says_how_to_train_on_it(encoder, toy, tmp_path):
+    path = embed_dataset(toy, encoder, ["layers"], tmp_path / "emb", progress=False).path
+    with pytest.raises(PipelineError, match="only per-layer vectors.*--pooling layerK"):
+        train_cache(path, "all", ["logreg"], tmp_path / "runs", progress=False)
+    assert train_cache(path, "layer1", ["logreg"], tmp_path / "runs", progress=False)
+
+
+def test_calibrated_heads_fall_back_or_are_skipped_when_a_class_is_rarer_than_the_folds(encoder, tmp_path):
+    rows = sentiment_rows(40) + [("meh so so", "neutral"), ("meh fine", "neutral")]
+    ds = load_dataset(write_csv(tmp_path / "rare.csv", [(t, lab, "test" if i % 5 == 0 and lab != "neutral" else
+                                                         "train") for i, (t, lab) in enumerate(rows)],
+                                ("text", "label", "split")), __import__("pipeline.data").data.ColumnSpec(split="split"))
+    path = embed_dataset(ds, encoder, ["mean"], tmp_path / "emb", progress=False).path
+    with pytest.raises(PipelineError, match="head linear-svm calibrates.*needs at least 2 rows"):
+        train_cache(path, "mean", ["linear-svm"], tmp_path / "runs", progress=False)
+    rows_done = train_cache(path, "mean", list(HEADS), tmp_path / "runs", progress=False)
+    assert {r["head"] for r in rows_done} == {"logreg", "mlp", "knn"}
+
+
+def test_caches_are_found_by_model_identity_not_folder_name(toy, tmp_path, run_cli):
+    data = write_csv(tmp_path / "toy.csv", sentiment_rows(80))
+    a, b = write_tiny_bert(tmp_path / "a" / "model", seed=1), write_tiny_bert(tmp_path / "b" / "model", seed=2)
+    emb = tmp_path / "emb"
+    assert run_cli("embed", "--data", data, "--model", a, "--out", emb, "--pooling", "mean", "--no-progress")[0] == 0
+    code, _, err = run_cli("train", "--data", data, "--model", b, "--embeddings", emb, "--out", tmp_path / "runs",
+                           "--no-progress")
+    assert code == 2 and "no cache for data 'toy' and model 'model' (these weights)" in err
