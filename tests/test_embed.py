@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import sentiment_rows, write_csv, write_tiny_bert
 from pipeline.cache import cache_key, load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.embed.encoder import Encoder
-from pipeline.errors import PipelineError
 from pipeline.embed.models import resolve_model
 from pipeline.embed.pooling import POOLINGS, parse_poolings
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.errors import PipelineError
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
 
 ALL = list(POOLINGS)
 

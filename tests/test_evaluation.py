@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from conftest import SHARED
 from pipeline.bench import senteval as evaluation
 from pipeline.cache import Embeddings
+
+from conftest import SHARED
 
 
 def toy_embeddings(n=200, with_dev=False):

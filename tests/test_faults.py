@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import sentiment_rows, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
+
+from conftest import sentiment_rows, write_csv
 
 KILLER = """
 import os, signal, sys
@@ -118,9 +119,9 @@ def damage(path: Path, how: str) -> None:
 
 def embed_in_process(data: Path, out: Path, model: Path):
     from pipeline.data import load_dataset
-    from pipeline.embed.stage import embed_dataset
     from pipeline.embed.encoder import Encoder
     from pipeline.embed.models import resolve_model
+    from pipeline.embed.stage import embed_dataset
 
     encoder = Encoder(resolve_model(str(model)), "cpu", "fp32", batch_tokens=64)
     return embed_dataset(load_dataset(data), encoder, ["mean", "cls"], out, SHARD_ROWS, progress=False)

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED, read_sst2, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset, resolve_data
-from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import resolve_model
+from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.train.stage import train_cache
+
+from conftest import SHARED, read_sst2, write_csv
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not (SHARED / "sst2").exists(), reason="../shared/data/sst2 not present")]

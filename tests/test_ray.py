@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from conftest import sentiment_rows, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.stage import embed_dataset
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import resolve_model
+from pipeline.embed.stage import embed_dataset
+
+from conftest import sentiment_rows, write_csv
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bert-pipeline[distributed]'")
 

@@ -5,18 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from conftest import sentiment_rows, write_csv
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.stage import embed_dataset
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import resolve_model
+from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
+from pipeline.predict import load_encoder_for, predict_texts
 from pipeline.train.heads import HEADS, fit_head, parse_heads
 from pipeline.train.metrics import classification_metrics, expected_calibration_error
-from pipeline.embed.models import resolve_model
-from pipeline.predict import load_encoder_for, predict_texts
 from pipeline.train.runs import load_run
 from pipeline.train.stage import train_cache
+
+from conftest import sentiment_rows, write_csv
 
 
 @pytest.fixture(scope="module")
