@@ -22,7 +22,7 @@ def workspace(tmp_path_factory, tiny_bert):
     write_csv(files / "good.csv", GOOD)
     (files / "empty.csv").write_bytes(b"")
     write_csv(files / "blank_text.csv", GOOD[:5] + [("   ", "positive")])
-    write_csv(files / "nan_label.csv", GOOD[:5] + [("some text", "NaN")])
+    write_csv(files / "nan_label.csv", GOOD[:5] + [("some text", "")])
     (files / "latin1.csv").write_bytes("text,label\ncafé crème,positive\n".encode("latin-1"))
     write_csv(files / "dup_ids.csv", [("1", t, lab) for t, lab in GOOD[:3]], ("id", "text", "label"))
     write_csv(files / "bad_split.csv", [(t, lab, "holdout") for t, lab in GOOD[:3]], ("text", "label", "split"))
@@ -34,6 +34,21 @@ def workspace(tmp_path_factory, tiny_bert):
                                         for i, (t, _) in enumerate(GOOD)], ("text", "label", "split"))
     (files / "data.xlsx").write_bytes(b"PK\x03\x04")
     (files / "a_file").write_text("x")
+    (files / "extra_fields.csv").write_text("text,label\ngood film,positive\ngood, if long,positive\n")
+    (files / "semicolons.csv").write_text("text;label\ngood film;positive\nbad film;negative\n")
+    (files / "utf16.csv").write_bytes("text,label\ngood film,positive\n".encode("utf-16"))
+    (files / "workbook.csv").write_bytes(b"PK\x03\x04\x14\x00\x06\x00" + bytes(40))
+    (files / "binary.csv").write_bytes(b"text,label\ngood\x00\x01film,positive\n")
+    (files / "dup_header.csv").write_text("text,label,text\ngood,positive,film\n")
+    (files / "array.json").write_text(json.dumps([{"text": t, "label": lab} for t, lab in GOOD[:4]]))
+    write_csv(files / "no_train.csv", [(t, lab, "test") for t, lab in GOOD[:6]], ("text", "label", "split"))
+    __import__("os").mkfifo(files / "pipe.csv")
+    pa, pq = __import__("pyarrow"), __import__("pyarrow.parquet", fromlist=["write_table"])
+    pq.write_table(pa.table({"text": pa.array([t.encode() for t, _ in GOOD[:4]], pa.binary()),
+                             "label": [lab for _, lab in GOOD[:4]]}), files / "binary_text.parquet")
+    (files / "bad-sst2").mkdir()
+    for name, content in {"train": "1 good film\npositive great film\n", "dev": "", "test": ""}.items():
+        (files / "bad-sst2" / f"stsa.binary.{name}").write_text(content)
     pickle_only = files / "pickle-model"
     shutil.copytree(tiny_bert, pickle_only)
     (pickle_only / "model.safetensors").rename(pickle_only / "pytorch_model.bin")
@@ -85,7 +100,7 @@ CASES = {
                              "no label column 'stars'"),
     "empty file": (["embed", "--data", "in/empty.csv", "--model", M], "empty"),
     "whitespace-only text": (["embed", "--data", "in/blank_text.csv", "--model", M], "whitespace-only"),
-    "NaN label": (["embed", "--data", "in/nan_label.csv", "--model", M], "missing label"),
+    "empty label cell": (["embed", "--data", "in/nan_label.csv", "--model", M], "missing label"),
     "non-UTF-8 bytes": (["embed", "--data", "in/latin1.csv", "--model", M], "not valid UTF-8.*iconv"),
     "duplicate ids": (["embed", "--data", "in/dup_ids.csv", "--id-col", "id", "--model", M], "duplicate id"),
     "unknown split values": (["embed", "--data", "in/bad_split.csv", "--split-col", "split", "--model", M],
@@ -125,6 +140,26 @@ CASES = {
     "predict input without column": (["predict", "--input", "in/good.csv", "--text-col", "body"],
                                      "no text column 'body'"),
     "predict nothing": (["predict"], "nothing to predict"),
+    "unquoted comma in a text": (["embed", "--data", "in/extra_fields.csv", "--model", M],
+                                 r"line 3 has 3 field\(s\) but the header has 2: put a text .* in double quotes"),
+    "semicolon-separated CSV": (["embed", "--data", "in/semicolons.csv", "--model", M], "semicolon-separated"),
+    "UTF-16 CSV": (["embed", "--data", "in/utf16.csv", "--model", M], "UTF-16 text.*iconv -f utf-16 -t utf-8"),
+    "Excel workbook named .csv": (["embed", "--data", "in/workbook.csv", "--model", M],
+                                  "Excel workbook.*export it as CSV"),
+    "binary file": (["embed", "--data", "in/binary.csv", "--model", M], r"binary data \(a NUL byte on line 2\)"),
+    "duplicate header names": (["embed", "--data", "in/dup_header.csv", "--model", M],
+                               "duplicate column name 'text'"),
+    "JSON array as JSON Lines": (["embed", "--data", "in/array.json", "--model", M],
+                                 "one JSON array, not JSON Lines.*jq"),
+    "pipe as --data": (["embed", "--data", "in/pipe.csv", "--model", M],
+                       r"not a regular file \(a pipe or device\): save it to a file first"),
+    "split column without train rows": (["embed", "--data", "in/no_train.csv", "--split-col", "split", "--model", M],
+                                        r"split column 'split' has no train rows \(test=6\)"),
+    "binary text column in Parquet": (["embed", "--data", "in/binary_text.parquet", "--model", M],
+                                      "text column 'text' .* holds Arrow type binary .*store the texts as strings"),
+    "malformed benchmark line": (["embed", "--data", "in/bad-sst2", "--model", M],
+                                 "stsa.binary.train line 2 is not '<label> <sentence>'.*fix or delete"),
+    "predict input semicolon-separated": (["predict", "--input", "in/semicolons.csv"], "semicolon-separated"),
 }
 
 

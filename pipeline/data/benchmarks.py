@@ -13,13 +13,33 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import Dataset, encode_labels
+from pipeline.data.tables import not_utf8
 from pipeline.errors import PipelineError
 
 
 def read_lines(path: Path, encoding: str = "utf-8") -> list[str]:
+    """Non-blank lines of a benchmark file, without their line ends."""
+    return [line for _, line in numbered_lines(path, encoding)]
+
+
+def numbered_lines(path: Path, encoding: str = "utf-8") -> list[tuple[int, str]]:
+    """Non-blank lines with their line numbers in the file, so a bad line can be named."""
     if not path.exists():
         raise PipelineError(f"benchmark file not found: {path} (is the folder laid out like ../shared/data?)")
-    return [line.rstrip("\r") for line in path.read_text(encoding=encoding).split("\n") if line.strip()]
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path}: {exc.strerror or exc} (check that it is a readable file)") from None
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, raw, exc) from None
+    return [(number, line.rstrip("\r")) for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
+
+
+def bad_line(path: Path, number: int, line: str, expected: str) -> PipelineError:
+    """One message for every malformed benchmark line: where it is, what was expected, and the fix."""
+    return PipelineError(f"{path} line {number} is not {expected} (got {line[:60]!r}): fix or delete that line")
 
 
 def detect_task(folder: Path) -> Task:
@@ -55,22 +75,38 @@ def _read_pair(folder: Path, task: Task):
 
 def _read_label_first(folder: Path, task: Task):
     texts, labels, splits = [], [], []
-    for file, split in zip(task.files, ("train", "dev", "test")):
-        for line in read_lines(folder / file, task.encoding):
-            label, text = line.split(" ", 1)
+    for file, split in zip(task.files, ("train", "dev", "test"), strict=True):
+        for number, line in numbered_lines(folder / file, task.encoding):
+            label, text = _label_first(folder / file, number, line, len(task.label_names))
             texts.append(text)
-            labels.append(int(label))
+            labels.append(label)
             splits.append(split)
     return texts, labels, splits
 
 
+def _label_first(path: Path, number: int, line: str, n_labels: int) -> tuple[int, str]:
+    """'<label> <sentence>' with an integer label below `n_labels` (an index into the task's label names)."""
+    label, _, text = line.partition(" ")
+    expected = f"'<label> <sentence>' with an integer label 0..{n_labels - 1}"
+    try:
+        value = int(label)
+    except ValueError:
+        raise bad_line(path, number, line, expected) from None
+    if not text.strip() or not 0 <= value < n_labels:
+        raise bad_line(path, number, line, expected)
+    return value, text
+
+
 def _read_trec(folder: Path, task: Task):
     texts, labels, splits = [], [], []
-    for file, split in zip(task.files, ("train", "test")):
-        for line in read_lines(folder / file, task.encoding):
-            label, text = line.split(" ", 1)
+    for file, split in zip(task.files, ("train", "test"), strict=True):
+        for number, line in numbered_lines(folder / file, task.encoding):
+            label, _, text = line.partition(" ")
+            coarse, colon, fine = label.partition(":")
+            if not (coarse and colon and fine and text.strip()):
+                raise bad_line(folder / file, number, line, "'COARSE:fine question' (e.g. 'NUM:date When ...?')")
             texts.append(text)
-            labels.append(label.split(":")[0])
+            labels.append(coarse)
             splits.append(split)
     return texts, labels, splits
 
@@ -79,19 +115,36 @@ def _read_aligned(folder: Path, task: Task):
     texts, labels, splits = [], [], []
     for part in task.files:
         part_texts = read_lines(folder / f"{part}_text.txt")
-        part_labels = read_lines(folder / f"{part}_labels.txt")
+        part_labels = [_int_line(folder / f"{part}_labels.txt", number, line)
+                       for number, line in numbered_lines(folder / f"{part}_labels.txt")]
         if len(part_texts) != len(part_labels):
             raise PipelineError(f"{folder}/{part}_text.txt and {part}_labels.txt differ in length")
         texts += part_texts
-        labels += [int(v) for v in part_labels]
+        labels += part_labels
         splits += ["train"] * len(part_texts)
     return texts, labels, splits
 
 
+def _int_line(path: Path, number: int, line: str) -> int:
+    try:
+        return int(line)
+    except ValueError:
+        raise bad_line(path, number, line, "an integer label") from None
+
+
 def _tweet_names(folder: Path, numeric_names: list[str]) -> list[str]:
-    mapping = dict(line.split("\t") for line in read_lines(folder / "mapping.txt")) if (
-        folder / "mapping.txt").exists() else {}
+    path = folder / "mapping.txt"
+    if not path.exists():
+        return numeric_names
+    mapping = dict(_mapping_line(path, number, line) for number, line in numbered_lines(path))
     return [mapping.get(n, n) for n in numeric_names]
+
+
+def _mapping_line(path: Path, number: int, line: str) -> tuple[str, str]:
+    label, tab, name = line.partition("\t")
+    if not (tab and name.strip()):
+        raise bad_line(path, number, line, "'<label><TAB><name>'")
+    return label, name
 
 
 @dataclass(frozen=True)
@@ -99,7 +152,7 @@ class Task:
     """A benchmark folder: how to read it, and whether it has its own train/test split or is scored by CV."""
 
     name: str
-    reader: Callable[[Path, "Task"], tuple[list[str], list, list[str]]]
+    reader: Callable[[Path, Task], tuple[list[str], list, list[str]]]
     files: tuple
     label_names: tuple = ()
     encoding: str = "utf-8"
@@ -117,7 +170,8 @@ TASKS = {t.name: t for t in [
     Task("cr", _read_pair, ("custrev.pos", "custrev.neg"), ("negative", "positive"), "latin-1", "cv"),
     Task("subj", _read_pair, ("subj.subjective", "subj.objective"), ("objective", "subjective"), "latin-1", "cv"),
     Task("mpqa", _read_pair, ("mpqa.pos", "mpqa.neg"), ("negative", "positive"), "latin-1", "cv"),
-    Task("sst2", _read_label_first, ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"), ("negative", "positive")),
+    Task("sst2", _read_label_first, ("stsa.binary.train", "stsa.binary.dev", "stsa.binary.test"),
+         ("negative", "positive")),
     Task("sst5", _read_label_first, ("stsa.fine.train", "stsa.fine.dev", "stsa.fine.test"),
          ("very negative", "negative", "neutral", "positive", "very positive")),
     Task("trec", _read_trec, ("TREC.train", "TREC.test"), encoding="latin-1"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.data.tables import Columns, is_missing, read_table
+from pipeline.data.tables import Columns, is_missing, read_table, separator_hint, stored_type
 from pipeline.errors import PipelineError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
@@ -37,7 +37,7 @@ class Dataset:
 
     def split_counts(self) -> dict[str, int]:
         names, counts = np.unique(self.splits, return_counts=True)
-        return {str(n): int(c) for n, c in zip(names, counts)}
+        return {str(n): int(c) for n, c in zip(names, counts, strict=True)}
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def _fingerprint(ds: Dataset) -> str:
     """A hash of everything about the rows that changes the cached vectors or their meaning."""
     digest = hashlib.sha256()
     digest.update(json.dumps(ds.label_names).encode())
-    for row in zip(ds.ids, ds.texts, ds.labels.tolist(), ds.splits.tolist()):
+    for row in zip(ds.ids, ds.texts, ds.labels.tolist(), ds.splits.tolist(), strict=True):
         digest.update(json.dumps(row, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
@@ -70,6 +70,7 @@ def load_dataset(path: Path, cols: ColumnSpec = ColumnSpec(), test_size: float =
     ids = _ids(table, cols.id, path, len(texts))
     if cols.split:
         splits = _splits_from_column(_column(table, cols.split, path, "split"), cols.split)
+        _require_train_rows(splits, cols.split)
         origin = f"column '{cols.split}'"
     else:
         splits, origin = auto_split(texts, labels, test_size, seed), f"auto (test_size={test_size}, seed={seed})"
@@ -86,11 +87,13 @@ def _column(table: Columns, name: str, path: Path, role: str) -> list:
     if name in table:
         return table[name]
     present = ", ".join(repr(c) for c in table)
-    hint = f"pick the {role} column with --{role}-col (columns there: {present})"
-    if len(table) == 1 and "\t" in next(iter(table)):
-        hint = "the file looks tab-separated: name it .tsv"
+    separator = separator_hint(list(table))
+    if separator:
+        hint = separator
     elif any(_looks_like_data(c) for c in table):
         hint = f"the file seems to have no header row: add one (e.g. 'text,label') as its first line ({present})"
+    else:
+        hint = f"pick the {role} column with --{role}-col (columns there: {present})"
     raise PipelineError(f"no {role} column '{name}' in {path}: {hint}")
 
 
@@ -99,7 +102,16 @@ def _looks_like_data(column_name: str) -> bool:
 
 
 def _texts(table: Columns, column: str, path: Path) -> list[str]:
+    """The text column, all non-empty strings. Numbers, bytes and lists are refused, not converted: in a typed
+    format they mean the wrong column was picked or the texts were stored wrongly, and str() of them would make
+    the data's fingerprint depend on how a number or list happens to print."""
     values = _column(table, column, path, "text")
+    typed = next(((i, v) for i, v in enumerate(values) if not isinstance(v, str) and not is_missing(v)), None)
+    if typed:
+        row, value = typed
+        raise PipelineError(f"text column '{column}' of {path} holds {stored_type(path, column, value)} "
+                            f"(data row {row + 1}), not strings: store the texts as strings "
+                            "(decode bytes, join lists), or pick the text column with --text-col")
     bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
     if bad:
         rows = ", ".join(str(i + 1) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -114,6 +126,13 @@ def encode_labels(values: list, column: str = "label") -> tuple[np.ndarray, list
     Numbers sort numerically and words alphabetically; a column that mixes the two is refused, since its meaning
     ('1' vs 'positive') is ambiguous.
     """
+    if values and all(is_missing(v) for v in values):
+        raise PipelineError(f"label column '{column}' is empty in every row: fill in the labels, "
+                            "or pick the label column with --label-col")
+    nested = next((v for v in values if isinstance(v, (list, dict, bytes))), None)
+    if nested is not None:
+        raise PipelineError(f"label column '{column}' holds {type(nested).__name__} values (e.g. {nested!r:.40}): "
+                            "give one label per row, as a word or an integer")
     missing = [i for i, v in enumerate(values) if is_missing(v)]
     if missing:
         rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -124,8 +143,8 @@ def encode_labels(values: list, column: str = "label") -> tuple[np.ndarray, list
         names = [str(n) for n in sorted(set(numeric))]
         keys = [str(n) for n in numeric]
     elif any(n is not None for n in numeric):
-        example = next(v for v, n in zip(values, numeric) if n is not None)
-        word = next(v for v, n in zip(values, numeric) if n is None)
+        example = next(v for v, n in zip(values, numeric, strict=True) if n is not None)
+        word = next(v for v, n in zip(values, numeric, strict=True) if n is None)
         raise PipelineError(f"label column '{column}' mixes numbers and words (e.g. {example!r} and {word!r}): "
                             "use one kind of label throughout")
     else:
@@ -161,11 +180,21 @@ def _ids(table: Columns, column: str | None, path: Path, n: int) -> list[str]:
 
 def _splits_from_column(values: list, column: str) -> np.ndarray:
     mapped = [SPLIT_ALIASES.get(str(v).strip().lower()) for v in values]
-    unknown = sorted({str(v) for v, m in zip(values, mapped) if m is None})
+    unknown = sorted({str(v) for v, m in zip(values, mapped, strict=True) if m is None})
     if unknown:
         raise PipelineError(f"unknown value(s) {', '.join(map(repr, unknown[:5]))} in split column '{column}': "
                             "use train, dev (or validation) and test")
     return np.array(mapped, dtype=object)
+
+
+def _require_train_rows(splits: np.ndarray, column: str) -> None:
+    """A split column without train rows would embed fine and only fail at training; refuse it when loading."""
+    if (splits == "train").any():
+        return
+    names, counts = np.unique(splits, return_counts=True)
+    found = ", ".join(f"{n}={c}" for n, c in zip(names, counts, strict=True))
+    raise PipelineError(f"split column '{column}' has no train rows ({found}): mark the rows to train on as 'train' "
+                        "(or 'training'); dev/val/validation and test/testing hold rows out")
 
 
 def auto_split(texts: list[str], labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
@@ -173,7 +202,7 @@ def auto_split(texts: list[str], labels: np.ndarray, test_size: float, seed: int
     if not 0 < test_size < 1:
         raise PipelineError(f"--test-size must be between 0 and 1, got {test_size}")
     first_label = {}
-    for text, label in zip(texts, labels.tolist()):
+    for text, label in zip(texts, labels.tolist(), strict=True):
         first_label.setdefault(text, label)
     unique_texts, unique_labels = list(first_label), list(first_label.values())
     n_test = int(np.ceil(test_size * len(unique_texts)))

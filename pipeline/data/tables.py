@@ -4,7 +4,11 @@ import csv
 import io
 import json
 import math
+import re
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -13,7 +17,31 @@ from pipeline.errors import PipelineError
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
 
+if TYPE_CHECKING:
+    from _csv import Reader
+
 Columns = dict[str, list]
+T = TypeVar("T")
+
+# The csv module refuses fields over 131,072 characters; such a text is valid (JSON Lines reads it), so lift the cap
+# as far as every platform's C long allows.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
+
+RESAVE = "re-save it as UTF-8, e.g. iconv -f {source} -t utf-8 {name} > fixed{suffix}"
+EXPORT = "open it in Excel and export it as CSV (File > Save As > CSV UTF-8)"
+
+# Leading bytes of files that often get a .csv/.tsv/.jsonl name by mistake: what the file really is, and the fix
+# (UTF-32 before UTF-16, whose byte-order mark it starts with).
+SIGNATURES = (
+    (b"\xff\xfe\x00\x00", "UTF-32 text, not UTF-8", RESAVE.replace("{source}", "utf-32")),
+    (b"\x00\x00\xfe\xff", "UTF-32 text, not UTF-8", RESAVE.replace("{source}", "utf-32")),
+    (b"\xff\xfe", "UTF-16 text, not UTF-8", RESAVE.replace("{source}", "utf-16")),
+    (b"\xfe\xff", "UTF-16 text, not UTF-8", RESAVE.replace("{source}", "utf-16")),
+    (b"PK\x03\x04", "an Excel workbook (a zip archive), not a text table", EXPORT),
+    (b"\xd0\xcf\x11\xe0", "an old-style Excel workbook (.xls), not a text table", EXPORT),
+    (b"PAR1", "a Parquet file", "rename it to end in .parquet"),
+    (b"\x1f\x8b", "gzip-compressed", "unpack it first, e.g. gzip -dc {name} > unpacked{suffix}"),
+)
 
 
 def detect_format(path: Path) -> str:
@@ -27,85 +55,266 @@ def detect_format(path: Path) -> str:
 
 def read_table(path: Path) -> Columns:
     """All columns of the file as lists, in row order. Raises PipelineError for missing, empty or undecodable files."""
-    if not path.exists():
-        raise PipelineError(f"data file not found: {path} (check the path given to --data / DATA=)")
-    if not path.is_file():
-        raise PipelineError(f"--data {path} is a folder, not a file: point it at a CSV, TSV, JSONL or Parquet file")
+    _require_regular_file(path)
     fmt = detect_format(path)
     if fmt == "parquet":
         return _read_parquet(path)
-    text = _decode(path)
+    text = _decode(path, fmt)
     if not text.strip():
         raise PipelineError(f"data file is empty: {path} (it needs a header row and at least one data row)")
     columns = _read_jsonl(path, text) if fmt == "jsonl" else _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
-    if not columns or not len(next(iter(columns.values()))):
+    if not columns:
+        raise PipelineError(f"data file has no named columns: {path} (give each row fields such as text and label)")
+    if not len(next(iter(columns.values()))):
         raise PipelineError(f"data file has a header but no rows: {path}")
     return columns
 
 
-def _decode(path: Path) -> str:
+def _require_regular_file(path: Path) -> None:
+    """Only a real directory is called a folder; a pipe or device (e.g. /dev/stdin) cannot be read twice, and every
+    stage reads --data again, so it is refused rather than half-supported."""
+    if not path.exists():
+        raise PipelineError(f"data file not found: {path} (check the path given to --data / DATA=)")
+    if path.is_dir():
+        raise PipelineError(f"--data {path} is a folder, not a file: point it at a CSV, TSV, JSONL or Parquet file")
+    if not path.is_file():
+        raise PipelineError(f"{path} is not a regular file (a pipe or device): save it to a file first")
+
+
+def _decode(path: Path, fmt: str) -> str:
+    """The file as text, after refusing files that are not UTF-8 text at all (their decode error would mislead)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise PipelineError(f"cannot read {path}: {exc.strerror or exc} (check its permissions)") from None
+    _refuse_non_text(path, raw, fmt)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise PipelineError(
-            f"{path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}): re-save it as UTF-8, "
-            f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}"
-        ) from None
+        raise not_utf8(path, raw, exc) from None
+
+
+def not_utf8(path: Path, raw: bytes, exc: UnicodeDecodeError) -> PipelineError:
+    """The error for a file that is not UTF-8, naming the line and the likely real encoding (shared by all readers)."""
+    line = raw[: exc.start].count(b"\n") + 1
+    # Bytes 0x80-0x9f are control codes in latin-1 but curly quotes, dashes and the euro sign in Windows-1252.
+    source = "windows-1252" if re.search(rb"[\x80-\x9f]", raw) else "latin1"
+    fix = RESAVE.format(source=source, name=path.name, suffix=path.suffix or ".txt")
+    return PipelineError(f"{path} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} on line {line}): {fix}")
+
+
+def _refuse_non_text(path: Path, raw: bytes, fmt: str) -> None:
+    """Name what a wrong file really is (a workbook, UTF-16, binary) instead of a misleading decode or parse error."""
+    for magic, what, fix in SIGNATURES:
+        if raw.startswith(magic):
+            raise PipelineError(f"{path} is {what}: {fix.format(name=path.name, suffix=path.suffix)}")
+    nul = raw.find(b"\x00")
+    if nul < 0:
+        return
+    utf16 = _utf16_without_bom(raw)
+    if utf16:
+        fix = RESAVE.format(source=utf16, name=path.name, suffix=path.suffix)
+        raise PipelineError(f"{path} looks like UTF-16 text without a byte-order mark, not UTF-8: {fix}")
+    line = raw[:nul].count(b"\n") + 1
+    raise PipelineError(f"{path} holds binary data (a NUL byte on line {line}), not {fmt.upper()} text: "
+                        "export the data as a UTF-8 CSV, TSV or JSON Lines file")
+
+
+def _utf16_without_bom(raw: bytes) -> str | None:
+    """'utf-16be' or 'utf-16le' when the bytes look like mostly-ASCII UTF-16 (a NUL in every other byte), else None."""
+    sample = raw[:2000]
+    if len(sample) < 4:
+        return None
+    for encoding, half in (("utf-16be", sample[0::2]), ("utf-16le", sample[1::2])):
+        if half.count(0) > 0.9 * len(half):
+            return encoding
+    return None
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Columns:
+    """Every row must have the header's number of fields: an extra one is an unquoted delimiter inside a text, which
+    would otherwise cut the text short silently."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    kind = "TSV" if delimiter == "\t" else "CSV"
     try:
-        header = next(reader)
-        rows = list(reader)
+        records = _records(reader)
+        header = _header(path, records, delimiter)
+        columns: Columns = {name: [] for name in header if name}
+        for start, row in records:
+            if len(row) != len(header):
+                raise PipelineError(_field_count_message(path, start, reader.line_num, len(row), len(header), kind))
+            for name, value in zip(header, row, strict=True):
+                if name:
+                    columns[name].append(value)
     except csv.Error as exc:
-        raise PipelineError(f"cannot parse {path} as {'TSV' if delimiter == chr(9) else 'CSV'}: {exc}") from None
-    header = [name.strip() for name in header]
-    columns: Columns = {name: [] for name in header}
-    for row in rows:
-        if not row:
-            continue
-        for i, name in enumerate(header):
-            columns[name].append(row[i] if i < len(row) else None)
+        raise PipelineError(f"cannot parse {path} as {kind} (line {reader.line_num}): {exc}") from None
     return columns
 
 
+def _records(reader: "Reader") -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows with the physical line each starts on (a quoted newline makes a row span lines). Rows of only
+    empty fields (',,' as spreadsheets write below the data) count as blank."""
+    while True:
+        start = reader.line_num + 1
+        row = next(reader, None)
+        if row is None:
+            return
+        if any(field.strip() for field in row):
+            yield start, row
+
+
+def _header(path: Path, records: Iterator[tuple[int, list[str]]], delimiter: str) -> list[str]:
+    """The first non-blank row as column names, refusing headers that show the file is not what its name says."""
+    first = next(records, None)
+    if first is None:
+        raise PipelineError(f"data file is empty: {path} (it needs a header row and at least one data row)")
+    header = [name.strip() for name in first[1]]
+    line = delimiter.join(first[1]).strip()
+    if re.fullmatch(r"sep=.?", line):
+        raise PipelineError(f"{path} starts with Excel's separator line {line!r}: delete that line "
+                            "so the first line is the header")
+    hint = separator_hint(header) if len(header) == 1 else None
+    if hint:
+        raise PipelineError(f"{path} has a single column {header[0]!r}: {hint}")
+    refuse_duplicates(path, [name for name in header if name])
+    return header
+
+
+def separator_hint(names: list[str]) -> str | None:
+    """What a one-column header says about the file's real separator (None when nothing), for reader and loader."""
+    if len(names) != 1:
+        return None
+    name = names[0]
+    if "\t" in name:
+        return "the file looks tab-separated: name it .tsv"
+    if ";" in name:
+        return ("the file is semicolon-separated: re-export it with commas (.csv) or tabs (.tsv) as the separator "
+                "(or quote the header if ';' belongs in the column name)")
+    if "," in name:
+        return "the file looks comma-separated: name it .csv"
+    return None
+
+
+def refuse_duplicates(path: Path, names: list[str]) -> None:
+    """Two columns of one name would silently become one (CSV, TSV) or be unreadable (Parquet): refuse, name it."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise PipelineError(f"duplicate column name {name!r} in the header of {path}: rename one of them")
+        seen.add(name)
+
+
+def _field_count_message(path: Path, start: int, end: int, got: int, want: int, kind: str) -> str:
+    where = f"line {start}" if start == end else f"lines {start}-{end}"
+    sep = "tab" if kind == "TSV" else "comma"
+    return (f"{path} {where} has {got} field(s) but the header has {want}: put a text that contains a {sep} "
+            f"in double quotes, and give every row one value per column")
+
+
 def _read_jsonl(path: Path, text: str) -> Columns:
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path} line {number} is not valid JSON ({exc.msg}): "
-                                "one JSON object per line") from None
-        if not isinstance(record, dict):
-            raise PipelineError(f"{path} line {number} is not a JSON object: one {{...}} object per line")
-        records.append(record)
+    """JSON Lines, split on '\\n' only: str.splitlines() would also break a line at U+2028 or NEL inside a text."""
+    _refuse_single_document(path, text)
+    records = [_json_object(path, number, line)
+               for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     names = list(dict.fromkeys(key for record in records for key in record))
     return {name: [record.get(name) for record in records] for name in names}
 
 
-def _read_parquet(path: Path) -> Columns:
+def _refuse_single_document(path: Path, text: str) -> None:
+    """A .json file holding one array, or one object spread over lines, is JSON but not JSON Lines: say that rather
+    than 'line 1 is not valid JSON'. A JSON Lines file with more than one record fails this parse at line 2."""
     try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises several types for damaged files
-        raise PipelineError(f"cannot read {path} as Parquet ({exc}): check that the file is complete") from None
+        document = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    if isinstance(document, list):
+        raise PipelineError(f"{path} holds one JSON array, not JSON Lines: write one object per line, "
+                            f"e.g. jq -c '.[]' {path.name} > data.jsonl")
+    if isinstance(document, dict) and "\n" in text.strip():
+        raise PipelineError(f"{path} holds one JSON object spread over several lines, not JSON Lines: "
+                            f"write one object per line, e.g. jq -c . {path.name} > data.jsonl")
+
+
+def _json_object(path: Path, number: int, line: str) -> dict:
+    try:
+        record = json.loads(line, object_pairs_hook=lambda pairs: _unique_keys(path, number, pairs))
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} line {number} is not valid JSON ({exc.msg}): "
+                            "one JSON object per line") from None
+    if not isinstance(record, dict):
+        raise PipelineError(f"{path} line {number} is a JSON {_json_kind(record)}, not an object: "
+                            'write one {"text": ..., "label": ...} object per line')
+    return record
+
+
+def _unique_keys(path: Path, number: int, pairs: list[tuple[str, object]]) -> dict:
+    """json.loads keeps the last of two equal keys and drops the other silently; refuse instead."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        dup = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise PipelineError(f"{path} line {number} has the key {dup!r} twice: keep one of them")
+    return record
+
+
+def _json_kind(value: object) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _read_parquet(path: Path) -> Columns:
+    _refuse_non_parquet(path)
+    refuse_duplicates(path, _parquet(path, pq.read_schema).names)  # before read_table, which fails on them
+    table = _parquet(path, pq.read_table)
     if table.num_rows == 0:
         raise PipelineError(f"data file has no rows: {path}")
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
+def _refuse_non_parquet(path: Path) -> None:
+    """A text or workbook file named .parquet: say what it is instead of 'check that the file is complete'."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise PipelineError(f"cannot read {path}: {exc.strerror or exc} (check its permissions)") from None
+    if head.startswith((b"PAR1", b"PARE")):  # PARE: an encrypted footer, left to pyarrow
+        return
+    if not head:
+        raise PipelineError(f"data file is empty: {path} (write the table to it again)")
+    for magic, what, fix in SIGNATURES:
+        if head.startswith(magic) and magic != b"PAR1":
+            raise PipelineError(f"{path} is {what}: {fix.format(name=path.name, suffix='.csv')}")
+    raise PipelineError(f"{path} is not a Parquet file (it does not start with PAR1): "
+                        "give it the suffix of its real format (.csv, .tsv or .jsonl)")
+
+
+def _parquet(path: Path, read: Callable[[Path], T]) -> T:
+    try:
+        return read(path)
+    except Exception as exc:  # pyarrow raises several types for damaged files, some with multi-line messages
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PipelineError(f"cannot read {path} as Parquet ({first}): check that the file is complete") from None
+
+
+def stored_type(path: Path, column: str, value: object) -> str:
+    """How a non-text value is stored, for error messages: the Arrow type for Parquet, the JSON kind for JSON Lines.
+    Read only on the error path, so a reader need not carry types along with its columns."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt == "parquet":
+        try:
+            return f"Arrow type {pq.read_schema(path).field(column).type}"
+        except (OSError, KeyError, ValueError):  # a remote or changed file: fall back to the value's Python type
+            return f"{type(value).__name__} values"
+    return f"a JSON {_json_kind(value)}" if fmt == "jsonl" else f"{type(value).__name__} values"
+
+
 def is_missing(value: object) -> bool:
-    """True for the ways a missing value shows up across formats: None, '', 'nan', NaN."""
+    """True only for an absent value: None, a float NaN (a Parquet or JSON null), or an empty or whitespace-only cell.
+    A label spelled 'None', 'NaN', 'null' or 'NA' is a real class name (e.g. 'NA' for 'not applicable')."""
     if value is None:
         return True
     if isinstance(value, float):
         return math.isnan(value)
-    return isinstance(value, str) and value.strip().lower() in ("", "nan", "null", "none", "na")
+    return isinstance(value, str) and not value.strip()
