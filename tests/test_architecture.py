@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import sentiment_rows, write_csv, write_tiny_bert
 from pipeline.cache import EmbeddingCache, Manifest, load_embeddings
 from pipeline.data import load_dataset
 from pipeline.embed.encoder import Encoder
@@ -20,6 +19,8 @@ from pipeline.registry import parse_names, parse_sizes
 from pipeline.train.heads import HEADS
 from pipeline.train.runs import load_run
 from pipeline.train.stage import train_cache
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import SHARED, sentiment_rows, write_csv
 from pipeline.data import ColumnSpec, load_dataset, resolve_data
 from pipeline.data.benchmarks import load_task
 from pipeline.errors import PipelineError
+
+from conftest import SHARED, sentiment_rows, write_csv
 
 
 def test_csv_tsv_jsonl_parquet_give_the_same_dataset(tmp_path):
