@@ -3,9 +3,11 @@
 The flow runs one way: data -> encoder -> pooling -> cache -> heads -> metrics -> report. The names below are the
 public API for notebooks; each is imported on first use, so `import pipeline.train` never loads torch.
 
-    from pipeline import DataSpec, EncoderOptions, embed, train_cache
-    result = embed(DataSpec("reviews.csv"), "default", ["mean", "cls"], Path("artifacts/embeddings"))
-    rows = train_cache(result.path, "all", ["logreg"], Path("artifacts/runs"))
+    import pipeline
+    ds = pipeline.DataSpec("reviews.csv").load()
+    encoder = pipeline.EncoderOptions().load("default")
+    result = pipeline.embed_dataset(ds, encoder, ["mean", "cls"], Path("artifacts/embeddings"))
+    rows = pipeline.train_cache(result.path, "all", ["logreg"], Path("artifacts/runs"))
 """
 
 from importlib import import_module
@@ -18,7 +20,7 @@ _API = {
     "pipeline.embed.models": ["resolve_model"],
     "pipeline.embed.encoder": ["Encoder"],
     "pipeline.embed.pooling": ["POOLINGS", "DEFAULT_POOLINGS"],
-    "pipeline.embed.stage": ["EncoderOptions", "embed", "embed_dataset", "embed_texts"],
+    "pipeline.embed.stage": ["EncoderOptions", "embed_dataset", "embed_texts"],  # `pipeline.embed` is the package
     "pipeline.train.heads": ["HEADS", "fit_head"],
     "pipeline.train.metrics": ["classification_metrics"],
     "pipeline.train.runs": ["RunRecord", "load_run"],

@@ -151,3 +151,14 @@ def test_caches_are_found_by_model_identity_not_folder_name(toy, tmp_path, run_c
     code, _, err = run_cli("train", "--data", data, "--model", b, "--embeddings", emb, "--out", tmp_path / "runs",
                            "--no-progress")
     assert code == 2 and "no cache for data 'toy' and model 'model' (these weights)" in err
+
+
+def test_the_public_api_names_resolve_lazily():
+    import pipeline
+
+    code = "import sys, pipeline; pipeline.train_cache; pipeline.DataSpec; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    assert all(getattr(pipeline, name) is not None for name in pipeline.__all__)
+    with pytest.raises(AttributeError):
+        pipeline.no_such_name  # noqa: B018
