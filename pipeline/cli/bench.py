@@ -4,17 +4,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import (
-    SEEDS,
-    data_options,
-    embeddings_option,
-    encoder_options,
-    find_cache,
-    head_option,
-    model_option,
-    pooling_option,
-    progress_option,
-)
+from pipeline.cli import options as opt
 
 
 def _all_heads() -> list[str]:
@@ -29,20 +19,20 @@ def bench() -> None:
 
 
 @bench.command("heads")
-@data_options
-@model_option
+@opt.data_options
+@opt.model_option
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Cache folder (default: find it).")
-@head_option(_all_heads)
-@embeddings_option
+@opt.head_option(_all_heads)
+@opt.embeddings_option
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
-@progress_option
+@opt.progress_option
 def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
     """Every pooling x every head on one cache, with intervals and a paired test; plus the layer probe."""
     from pipeline.bench.leaderboard import layer_probe, leaderboard, leaderboard_markdown, write_leaderboard
     from pipeline.train.heads import parse_heads
 
     heads = parse_heads(head)
-    cache = cache or find_cache(embeddings, data, model)
+    cache = cache or opt.find_cache(embeddings, data, model)
     rows = leaderboard(cache, heads, data.seed, progress)
     probe = layer_probe(cache, data.seed, progress)
     folder = Path(out) / cache.name
@@ -56,7 +46,7 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
               help="Texts to time: a table file (only --text-col is read), a benchmark folder or the demo set.")
 @click.option("--text-col", default="text", show_default=True)
 @click.option("--split", default=None, help="Only the rows of this split (e.g. test); needs labelled data.")
-@model_option
+@opt.model_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
@@ -98,13 +88,13 @@ def _eval_poolings() -> list[str]:
 @click.option("--data-dir", default="../shared/data", show_default=True, type=click.Path(path_type=Path),
               help="Folder with mr/, cr/, subj/, mpqa/, sst2/, sst5/, trec/, tweet_eval_sentiment/ in their layouts.")
 @click.option("--tasks", default="all", show_default=True, help="Comma list of tasks or 'all'.")
-@model_option
-@pooling_option(_eval_poolings)
-@encoder_options
-@click.option("--seed", default=0, show_default=True, type=SEEDS)
-@embeddings_option
+@opt.model_option
+@opt.pooling_option(_eval_poolings)
+@opt.encoder_options
+@click.option("--seed", default=0, show_default=True, type=opt.SEEDS)
+@opt.embeddings_option
 @click.option("--out", default="artifacts/eval", show_default=True, type=click.Path(path_type=Path))
-@progress_option
+@opt.progress_option
 def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progress) -> None:
     """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
     from pipeline.bench.senteval import evaluate, find_tasks, results_markdown, write_results
