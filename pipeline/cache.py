@@ -1,6 +1,6 @@
 """The embedding cache: one folder per key, Parquet shards with one fixed-size-list column per pooling, a manifest.
 
-Layout of `<root>/<data>__<model>__<key12>/`:
+Layout of `<embeddings>/<data>__<model>__<key12>/`:
   _key.json             what the key was made of, and the shard size (written first)
   shard-00000.parquet   id, split, label, n_tokens, truncated, emb_<pooling>... (page checksums on)
   _manifest.json        model identity, poolings and dims, label names, shard list, stats (written last)
@@ -160,9 +160,9 @@ def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def cache_dir(root: Path, data_name: str, model_name: str, key: str) -> Path:
-    """A folder name a person can read; the names are sanitised so nothing escapes `root`."""
-    return root / f"{safe_name(data_name)}__{safe_name(model_name.split('/')[-1])}__{key[:12]}"
+def cache_dir(embeddings: Path, data_name: str, model_name: str, key: str) -> Path:
+    """A folder name a person can read; the names are sanitised so nothing escapes `embeddings`."""
+    return embeddings / f"{safe_name(data_name)}__{safe_name(model_name.split('/')[-1])}__{key[:12]}"
 
 
 @dataclass(frozen=True)
@@ -389,26 +389,27 @@ def _to_matrix(column: pa.ChunkedArray, shape: list[int], layer: int | None) -> 
     return matrix[:, layer] if layer is not None else matrix
 
 
-def find_cache(root: Path, data_name: str, model: ModelIdentity, data_fingerprint: str) -> Path | None:
-    """The newest finished cache of this data (same rows, labels and split) and this very model under `root`.
+def find_cache(embeddings: Path, data_name: str, model: ModelIdentity, data_fingerprint: str) -> Path | None:
+    """The newest finished cache of this data (same rows, labels and split) and this very model under `embeddings`.
 
     Matched on the model's weights and tokenizer hashes, not its folder name: two models in folders of the same
     name, or a model whose weights changed in place, never share a cache."""
     prefix = f"{safe_name(data_name)}__{safe_name(model.name.split('/')[-1])}__"
     found = []
-    for path in Path(root).glob(prefix + "*"):
+    for path in Path(embeddings).glob(prefix + "*"):
         manifest = EmbeddingCache(path).previous_manifest()
         if manifest and manifest.data.fingerprint == data_fingerprint and _same_model(manifest.encoder.model, model):
             found.append((manifest.created, path))
     return max(found)[1] if found else None
 
 
-def require_cache(root: Path, data_name: str, data_fingerprint: str, model: ModelIdentity, embed_hint: str) -> Path:
+def require_cache(embeddings: Path, data_name: str, data_fingerprint: str, model: ModelIdentity,
+                  embed_hint: str) -> Path:
     """`find_cache`, or a one-line error naming the command that makes the cache."""
-    found = find_cache(root, data_name, model, data_fingerprint)
+    found = find_cache(embeddings, data_name, model, data_fingerprint)
     if found is None:
-        raise PipelineError(f"no cache for data '{data_name}' and model '{model.name}' (these weights) under {root}: "
-                            f"run `{embed_hint}` first")
+        raise PipelineError(f"no cache for data '{data_name}' and model '{model.name}' (these weights) under "
+                            f"{embeddings}: run `{embed_hint}` first")
     return found
 
 

@@ -56,7 +56,7 @@ def test_split_protocol_selects_on_train_and_dev_only(seen_rows):
 
 def test_markdown_puts_published_figures_beside_ours():
     fold = {"accuracy": 0.8, "macro_recall": 0.79, "n": 10, "C": 0.1}
-    pools = {p: evaluation.summarise([fold] * 10, 1.0) for p in ("cls", "mean", "max")}
+    pools = {p: evaluation.fold_summary([fold] * 10, 1.0) for p in ("cls", "mean", "max")}
     record = {"model": {"name": "m"}, "tasks": {"mr": {"protocol": "10-fold CV", "poolings": pools}}}
     table = evaluation.results_markdown(record)
     assert "| mr | 10-fold CV | 80.00 ± 0.00 | 80.00 ± 0.00 | 80.00 ± 0.00 (max) | 78.68 | 78.66 |" in table

@@ -54,14 +54,14 @@ def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
             "n": int(len(y)), "C": head_params(model).get("C")}
 
 
-def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: Path, tasks: list[str] | None = None,
+def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: Path, tasks: list[str] | None = None,
              seed: int = 0, progress: bool = True) -> dict:
     """Embed each task once (cached), then score every pooling with its task's protocol."""
     results = {}
     names = find_tasks(data_dir, tasks)
     for name in tqdm(names, desc="eval", unit="task", disable=not progress, file=sys.stderr):
         ds = load_task(Path(data_dir) / name)
-        cache = embed_dataset(ds, encoder, poolings, cache_root, progress=progress).path
+        cache = embed_dataset(ds, encoder, poolings, embeddings, progress=progress).path
         protocol = TASKS[name].protocol
         results[name] = {"protocol": "10-fold CV" if protocol == "cv" else _split_protocol(ds), "rows": len(ds),
                          "classes": len(ds.label_names), "poolings": {}}
@@ -69,7 +69,7 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], cache_root: 
             started = time.perf_counter()
             emb = load_embeddings(cache, pooling)
             folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
-            results[name]["poolings"][pooling] = summarise(folds, time.perf_counter() - started)
+            results[name]["poolings"][pooling] = fold_summary(folds, time.perf_counter() - started)
     return {"model": encoder.ref.identity, "encoder": encoder.settings(), "seed": seed, "tasks": results,
             "published": PUBLISHED}
 
@@ -104,7 +104,7 @@ def _split_protocol(ds) -> str:
     return "train / dev / test" if (ds.splits == "dev").any() else "train / test (C by 5-fold CV on train)"
 
 
-def summarise(folds: list[dict], seconds: float) -> dict:
+def fold_summary(folds: list[dict], seconds: float) -> dict:
     acc = np.array([f["accuracy"] for f in folds]) * 100
     recall = np.array([f["macro_recall"] for f in folds]) * 100
     return {"accuracy": float(acc.mean()), "accuracy_std": float(acc.std()), "macro_recall": float(recall.mean()),

@@ -124,10 +124,10 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
                                  repeats)
             record(name, seconds, f"embed stage to a Parquet cache, poolings: {','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
-    return summarise(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
+    return speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
 
 
-def summarise(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
+def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
     cos = (ours_mean * st_vectors).sum(1) / np.linalg.norm(ours_mean, axis=1) / np.linalg.norm(st_vectors, axis=1)

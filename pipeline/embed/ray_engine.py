@@ -86,11 +86,11 @@ def read_table_ray(path: Path) -> Columns:
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
-def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path, shard_rows: int,
+def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Path, shard_rows: int,
                    address: str | None = None, progress: bool = True) -> EmbedResult:
     """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
-    with ray_session(root, address):
-        return embed_dataset(ds, encoder, poolings, root, shard_rows, progress, runner=run_actors)
+    with ray_session(embeddings, address):
+        return embed_dataset(ds, encoder, poolings, embeddings, shard_rows, progress, runner=run_actors)
 
 
 @contextmanager

@@ -89,7 +89,7 @@ def _engine(engine: str, out: Path, ray_address: str | None) -> Iterator[tuple[C
         yield ray_engine.read_table_ray, ray_engine.run_actors
 
 
-def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path,
+def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Path,
                   shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None
                   ) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
@@ -99,7 +99,7 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], root: Path
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
     settings = encoder.settings()
     key = cache_key(settings, ds.fingerprint)
-    store = EmbeddingCache(cache_dir(root, ds.name, encoder.ref.name, key))
+    store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
     with store.acquire(), _disk_errors(store):
         shard_rows = store.start(key, {"encoder": settings.to_json(), "data_fingerprint": ds.fingerprint},
