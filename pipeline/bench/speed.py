@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.bench.profile import profile_embed, profile_markdown
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
@@ -124,7 +125,8 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
                                  repeats)
             record(name, seconds, f"embed stage to a Parquet cache, poolings: {','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
-    return speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
+    record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
+    return {**record, "profile": profile_embed(ds, encoder, list(DEFAULT_POOLINGS))}
 
 
 def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
@@ -170,5 +172,5 @@ def speed_markdown(r: dict) -> str:
               f"**{r['speedup_vs_sentence_transformers_best']:.2f}x**; share of the {r['dtype']} matmul peak: "
               f"{r['fraction_of_peak']:.0%} (of the best peak: {r['fraction_of_best_peak']:.0%}); min cosine of our "
               f"`mean` vs sentence-transformers: {r['min_cosine_vs_sentence_transformers']:.6f}.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines) + ("\n" + profile_markdown(r["profile"]) if "profile" in r else "")
 
