@@ -65,7 +65,7 @@ bench-speed: $(STAMP)
 		$(call opt,DTYPE,--dtype)
 
 eval: $(STAMP)
-	$(CLI) eval --data-dir ../shared/data $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)
+	$(CLI) eval --data-dir $(or $(DATA_DIR),../shared/data) $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)
 
 clean:
 	rm -rf artifacts/embeddings artifacts/runs artifacts/bench artifacts/eval

@@ -85,7 +85,7 @@ def _eval_poolings() -> list[str]:
 
 
 @click.command("eval")
-@click.option("--data-dir", default="../shared/data", show_default=True, type=click.Path(path_type=Path),
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path),
               help="Folder with mr/, cr/, subj/, mpqa/, sst2/, sst5/, trec/, tweet_eval_sentiment/ in their layouts.")
 @click.option("--tasks", default="all", show_default=True, help="Comma list of tasks or 'all'.")
 @opt.model_option
