@@ -2,9 +2,11 @@
 
 Layout of `<embeddings>/<data>__<model>__<key12>/`:
   _key.json             what the key was made of, and the shard size (written first)
-  shard-00000.parquet   id, split, label, n_tokens, truncated, emb_<pooling>... (page checksums on)
+  shard-00000.parquet   id, split, label, text, n_tokens, truncated, emb_<pooling>... (page checksums on)
   _manifest.json        model identity, poolings and dims, label names, shard list, stats (written last)
-Every write goes to a temp file and is renamed into place, so a killed run leaves whole files or none.
+Every write goes to a temp file and is renamed into place, so a killed run leaves whole files or none. The `text`
+column (each row's text, so reports can quote it) is not part of the key; shards written before it existed lack it and
+still load, with `Embeddings.texts` None for their rows.
 """
 
 import hashlib
@@ -28,6 +30,7 @@ EMB_PREFIX = "emb_"
 MANIFEST_FILE = "_manifest.json"
 KEY_FILE = "_key.json"
 LAYERS = "layers"  # the per-layer column; 'layerK' names its layer K
+TEXT = "text"  # each row's text, for reports; absent from caches made before it was added
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,7 @@ class Embeddings:
     ids: np.ndarray
     splits: np.ndarray
     label_names: list[str]
+    texts: np.ndarray | None = None  # None for a cache made before shards kept their texts (None per such row)
 
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         rows = self.splits == name
@@ -299,11 +303,14 @@ def _read_json(path: Path) -> object | None:
 
 
 def shard_table(ids: list[str], splits: list[str], labels: np.ndarray, n_tokens: np.ndarray,
-                truncated: np.ndarray, vectors: dict[str, np.ndarray]) -> pa.Table:
-    """One shard as an Arrow table; vectors become fixed_size_list<float32> columns without a per-row copy."""
+                truncated: np.ndarray, vectors: dict[str, np.ndarray], texts: list[str] | None = None) -> pa.Table:
+    """One shard as an Arrow table; vectors become fixed_size_list<float32> columns without a per-row copy. The rows'
+    texts go in a `text` column (when given) so that reports can quote them without the original file."""
     columns = {"id": pa.array(ids, pa.string()), "split": pa.array(splits, pa.string()),
-               "label": pa.array(labels, pa.int64()), "n_tokens": pa.array(n_tokens, pa.int32()),
-               "truncated": pa.array(truncated, pa.bool_())}
+               "label": pa.array(labels, pa.int64())}
+    if texts is not None:
+        columns[TEXT] = pa.array(texts, pa.string())
+    columns.update({"n_tokens": pa.array(n_tokens, pa.int32()), "truncated": pa.array(truncated, pa.bool_())})
     for name, matrix in vectors.items():
         flat = np.ascontiguousarray(matrix, dtype=np.float32).reshape(len(ids), -1)
         columns[EMB_PREFIX + name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
@@ -320,17 +327,27 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
     manifest = store.manifest()
     column, layer = pooling_column(pooling, manifest)
     parts = [_read_checked(store, shard, column) for shard in manifest.shards]
-    table = pa.concat_tables(parts)
+    texts = _texts(parts)
+    table = pa.concat_tables([part.drop_columns([TEXT]) if TEXT in part.column_names else part for part in parts])
     if table.num_rows != manifest.rows:
         raise PipelineError(f"{store.path} has {table.num_rows} rows but its manifest says {manifest.rows}: "
                             "run `bert-pipeline embed` again to repair it")
     X = _to_matrix(table.column(EMB_PREFIX + column), manifest.poolings[column].shape, layer)
     result = Embeddings(X, table.column("label").to_numpy(), np.asarray(table.column("id").to_pylist(), dtype=object),
-                        np.asarray(table.column("split").to_pylist(), dtype=object), manifest.label_names)
+                        np.asarray(table.column("split").to_pylist(), dtype=object), manifest.label_names, texts)
     if split is None:
         return result
     rows = result.splits == split
-    return Embeddings(result.X[rows], result.y[rows], result.ids[rows], result.splits[rows], result.label_names)
+    return Embeddings(result.X[rows], result.y[rows], result.ids[rows], result.splits[rows], result.label_names,
+                      None if texts is None else texts[rows])
+
+
+def _texts(parts: list[pa.Table]) -> np.ndarray | None:
+    """Each row's text, None for rows of shards written before the text column existed; None if no shard has it."""
+    if not any(TEXT in part.column_names for part in parts):
+        return None
+    texts = [part.column(TEXT).to_pylist() if TEXT in part.column_names else [None] * part.num_rows for part in parts]
+    return np.asarray([t for chunk in texts for t in chunk], dtype=object)
 
 
 def pooling_source(name: str) -> tuple[str, int | None]:
@@ -365,7 +382,9 @@ def _read_checked(store: EmbeddingCache, shard: ShardRecord, column: str) -> pa.
         if problem is None and hashlib.sha256(payload).hexdigest() != shard.sha256:
             problem = "does not match its recorded sha256"
         if problem is None:
-            table = pq.read_table(pa.BufferReader(payload), columns=["id", "split", "label", EMB_PREFIX + column])
+            present = pq.read_schema(pa.BufferReader(payload)).names
+            wanted = ["id", "split", "label", *([TEXT] if TEXT in present else []), EMB_PREFIX + column]
+            table = pq.read_table(pa.BufferReader(payload), columns=wanted)
             if table.num_rows == shard.rows:
                 return table
             problem = "has the wrong row count"

@@ -2,6 +2,8 @@
 
 import csv
 import io
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +18,8 @@ from pipeline.train.runs import RunRecord  # noqa: E402
 LARGE = 30  # above this many classes: no per-cell numbers or names in the plot, top confusions in the report
 MAX_INCHES = 12.0  # the confusion plot never exceeds this (1320 px at 110 dpi), whatever the class count
 TOP_CONFUSIONS = 20
+EXAMPLES = 10  # rows per error-analysis table
+TEXT_CHARS = 100  # a text is cut to this many characters for display
 SUMMARY_FIELDS = ["pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "roc_auc",
                   "log_loss", "ece", "train_s", "params"]
 
@@ -24,21 +28,43 @@ def fmt(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def run_report(record: RunRecord, metrics: dict) -> str:
-    """Markdown for one run: headline numbers with intervals, the baseline, per-class scores, the confusion."""
+@dataclass(frozen=True)
+class Scored:
+    """The rows a report's metrics were computed on, for its error analysis: ids, texts (None where the cache was
+    made before it kept texts), true label indices and the probabilities (columns in label order)."""
+
+    ids: np.ndarray
+    texts: np.ndarray | None
+    y_true: np.ndarray
+    proba: np.ndarray
+
+
+def run_report(record: RunRecord, metrics: dict, scored: Scored | None = None, scored_on: str | None = None) -> str:
+    """Markdown for one run: headline numbers with intervals, the baseline, per-class scores, the confusion, and
+    (given the scored rows) the error analysis. `scored_on` names a labelled set that predict scored, instead of the
+    run's own test split."""
     names = record.label_names
     lo, hi = metrics["accuracy_ci95"]
     flo, fhi = metrics["macro_f1_ci95"]
     base = metrics["majority_baseline"]
+    encoder = record.encoder
+    settings = f"Model `{encoder.model.name}`, max length {encoder.max_length}, dtype {encoder.dtype}."
+    if scored_on is None:
+        title, column = f"# {record.head} on {record.pooling} — {record.cache}", "test"
+        about = (f"{settings} Train {record.n_train} rows, dev {record.n_dev}, test {metrics['n_test']}. "
+                 f"Hyperparameters chosen on {record.selection}: {record.params or 'fixed'}. "
+                 f"Trained in {record.train_seconds:.1f}s.")
+    else:
+        title, column = f"# {record.head} on {record.pooling} — scored on {scored_on}", "scored"
+        about = (f"{settings} The run was trained on {record.n_train} rows of {record.cache} (dev {record.n_dev}); "
+                 f"here it scores {metrics['n_test']} labelled rows of {scored_on}. The majority baseline always "
+                 f"predicts the run's most frequent train label.")
     lines = [
-        f"# {record.head} on {record.pooling} — {record.cache}",
+        title,
         "",
-        f"Model `{record.encoder.model.name}`, max length {record.encoder.max_length}, "
-        f"dtype {record.encoder.dtype}. Train {record.n_train} rows, dev {record.n_dev}, "
-        f"test {metrics['n_test']}. Hyperparameters chosen on {record.selection}: {record.params or 'fixed'}. "
-        f"Trained in {record.train_seconds:.1f}s.",
+        about,
         "",
-        "| metric | test | 95% CI | majority baseline |",
+        f"| metric | {column} | 95% CI | majority baseline |",
         "|---|---|---|---|",
         f"| accuracy | {fmt(metrics['accuracy'])} | {fmt(lo)} – {fmt(hi)} | {fmt(base['accuracy'])} |",
         f"| macro-F1 | {fmt(metrics['macro_f1'])} | {fmt(flo)} – {fmt(fhi)} | {fmt(base['macro_f1'])} |",
@@ -51,8 +77,51 @@ def run_report(record: RunRecord, metrics: dict) -> str:
         *per_class_lines(metrics),
         *confusion_lines(metrics["confusion"], names),
         "",
+        *(error_analysis_lines(scored, names) if scored is not None else []),
     ]
     return "\n".join(lines)
+
+
+def error_analysis_lines(scored: Scored, names: list[str], limit: int = EXAMPLES) -> list[str]:
+    """The `limit` most confident mistakes and the `limit` least confident correct predictions: where the head is
+    sure and wrong (label noise, a blind spot) and where it barely gets it right. Ties keep row order."""
+    confidence, predicted = scored.proba.max(axis=1), scored.proba.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != scored.y_true)
+    right = np.flatnonzero(predicted == scored.y_true)
+    mistakes = wrong[np.argsort(-confidence[wrong], kind="stable")][:limit]
+    unsure = right[np.argsort(confidence[right], kind="stable")][:limit]
+    lines = ["## Error analysis", ""]
+    if scored.texts is None or any(scored.texts[i] is None for i in [*mistakes, *unsure]):
+        lines += ["Rows marked '(not in cache)' have no text here: their cache was made before caches kept each "
+                  "row's text (delete the cache folder and embed again to see them).", ""]
+    lines += _examples(scored, names, mistakes, f"Most confident mistakes ({len(mistakes)} of {len(wrong)} wrong rows)",
+                       "none, every row is right")
+    lines += _examples(scored, names, unsure,
+                       f"Least confident correct predictions ({len(unsure)} of {len(right)} right rows)",
+                       "none, every row is wrong")
+    return lines
+
+
+def _examples(scored: Scored, names: list[str], rows: np.ndarray, heading: str, none: str) -> list[str]:
+    if not len(rows):
+        return [f"{heading}: {none}.", ""]
+    confidence, predicted = scored.proba.max(axis=1), scored.proba.argmax(axis=1)
+    return [f"{heading}:", "", "| row | text | true | predicted | confidence |", "|---|---|---|---|---|",
+            *[f"| {_cell(str(scored.ids[i]))} | {_display(scored.texts, i)} | {_cell(names[scored.y_true[i]])} "
+              f"| {_cell(names[predicted[i]])} | {confidence[i]:.3f} |" for i in rows], ""]
+
+
+def _display(texts: np.ndarray | None, row: int) -> str:
+    """A text as one short Markdown table cell: whitespace collapsed, cut to TEXT_CHARS, pipes escaped."""
+    text = None if texts is None else texts[row]
+    if text is None:
+        return "(not in cache)"
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return _cell(text if len(text) <= TEXT_CHARS else text[: TEXT_CHARS - 1].rstrip() + "…")
+
+
+def _cell(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def per_class_lines(metrics: dict) -> list[str]:

@@ -14,7 +14,7 @@ from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.registry import parse_names
 from pipeline.train.heads import HEADS, HeadUnavailable, fit_head, full_proba, head_params
 from pipeline.train.metrics import classification_metrics
-from pipeline.train.report import confusion_png, run_report, summary_row, update_summary
+from pipeline.train.report import Scored, confusion_png, run_report, summary_row, update_summary
 from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
 
 
@@ -115,7 +115,9 @@ def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, se
     path = run_dir(out, manifest.name, fitted.pooling, fitted.head)
     record = save_run(path, fitted.model, record)
     atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics})
-    atomic_write_bytes(path / "report.md", run_report(record, metrics).encode())
+    tested = emb.splits == "test"
+    scored = Scored(emb.ids[tested], None if emb.texts is None else emb.texts[tested], fitted.y_test, fitted.proba)
+    atomic_write_bytes(path / "report.md", run_report(record, metrics, scored).encode())
     confusion_png(path / "confusion.png", metrics["confusion"], emb.label_names,
                   f"{fitted.head} / {fitted.pooling}: acc {metrics['accuracy']:.3f}")
     return summary_row(record, metrics)
