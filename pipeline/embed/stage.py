@@ -197,10 +197,10 @@ def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dic
 
 
 def _write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int, tokens, vectors) -> None:
-    """Write a shard with its new poolings merged into the ones it already had (if it was whole)."""
+    """Write a shard with its new poolings merged into the ones it already had (if it was whole), and its texts."""
     old = store.shard_vectors(index, ds.ids[a:b]) or {}
     table = shard_table(ds.ids[a:b], list(ds.splits[a:b]), ds.labels[a:b], tokens.lengths, tokens.truncated,
-                        {**old, **vectors})
+                        {**old, **vectors}, ds.texts[a:b])
     store.write_shard(index, table)
 
 
