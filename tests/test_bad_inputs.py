@@ -53,6 +53,17 @@ def workspace(tmp_path_factory, tiny_bert):
     shutil.copytree(tiny_bert, pickle_only)
     (pickle_only / "model.safetensors").rename(pickle_only / "pytorch_model.bin")
     write_tiny_bert(files / "no-pooler", pooler=False)
+    for name, change in {"remote-code-model": {"auto_map": {"AutoModel": "modeling_x.BertX"}},
+                         "unknown-type-model": {"model_type": "not-a-real-type"}}.items():
+        shutil.copytree(tiny_bert, files / name)
+        (files / name / "config.json").write_text(json.dumps({**json.loads((tiny_bert / "config.json").read_text()),
+                                                              **change}))
+    shutil.copytree(tiny_bert, files / "no-tokenizer-model", ignore=shutil.ignore_patterns("tok*", "vocab*", "spec*"))
+    shutil.copytree(tiny_bert, files / "bad-config-model")
+    (files / "bad-config-model" / "config.json").write_text('{"model_type": "bert",')
+    shutil.copytree(tiny_bert, files / "truncated-model")
+    weights = (tiny_bert / "model.safetensors").read_bytes()
+    (files / "truncated-model" / "model.safetensors").write_bytes(weights[: len(weights) // 3])
     return root
 
 
@@ -121,6 +132,19 @@ CASES = {
     "model folder missing": (["embed", "--data", "in/good.csv", "--model", "./models/none"], "model folder not found"),
     "hub id offline": (["embed", "--data", "in/good.csv", "--model", "someone/not-cached-model"],
                        "cannot get model 'someone/not-cached-model'"),
+    "model asks for custom code": (["embed", "--data", "in/good.csv", "--model", "in/remote-code-model"],
+                                   "^error: remote-code-model needs custom code \\(trust_remote_code\\), which "
+                                   "bert-pipeline never runs: use a model that transformers supports natively$"),
+    "model type unknown to transformers": (["embed", "--data", "in/good.csv", "--model", "in/unknown-type-model"],
+                                           "unknown-type-model needs custom code .* supports natively$"),
+    "model without tokenizer files": (["embed", "--data", "in/good.csv", "--model", "in/no-tokenizer-model"],
+                                      r"has no tokenizer files \(tokenizer.json, or a vocabulary such as vocab.txt\)"),
+    "model config not JSON": (["embed", "--data", "in/good.csv", "--model", "in/bad-config-model"],
+                              "config.json is not valid JSON .*restore the model's original config.json"),
+    "truncated model weights": (["embed", "--data", "in/good.csv", "--model", "in/truncated-model"],
+                                r"model.safetensors is truncated \(\d+ bytes; its header needs \d+\)"),
+    "a file as the model folder": (["embed", "--data", "in/good.csv", "--model", "in/good.csv"],
+                                   "--model in/good.csv is a file, not a model folder"),
     "pooler without pooler": (["embed", "--data", "in/good.csv", "--model", "in/no-pooler", "--pooling", "pooler"],
                               "no trained pooler"),
     "output folder unwritable": (["embed", "--data", "in/good.csv", "--out", "in/a_file/emb", "--model", M],

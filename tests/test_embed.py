@@ -201,3 +201,55 @@ def test_a_second_writer_is_stopped_by_the_lock(encoder, toy, tmp_path):
     with EmbeddingCache(path).acquire():
         with pytest.raises(PipelineError, match="another run is writing"):
             embed_dataset(toy, encoder, ["mean"], tmp_path / "g", progress=False)
+
+
+@pytest.mark.parametrize("flags, machine, bf16", [
+    ({"sse4_2", "avx2", "avx512f", "avx512_bf16"}, "x86_64", True),  # AMD Zen 4, Intel Cooper Lake
+    ({"sse4_2", "avx2", "fma"}, "x86_64", False),  # AVX2 only: bf16 is emulated, several times slower
+    ({"avx2", "avx512f", "amx_tile", "amx_bf16"}, "x86_64", True),  # Intel Sapphire Rapids
+    ({"avx2", "avx512f", "avx512_vnni"}, "AMD64", False),
+    ({"fp", "asimd", "bf16"}, "aarch64", True),  # Graviton 3, Neoverse V1
+    ({"fp", "asimd"}, "aarch64", False),
+    ({"avx512_bf16", "bf16"}, "riscv64", False),
+])
+def test_the_cpu_dtype_rule_reads_flags_not_timings(flags, machine, bf16):
+    from pipeline.embed.device import cpu_prefers_bf16
+
+    assert cpu_prefers_bf16(frozenset(flags), machine) is bf16
+
+
+def test_cpu_flags_are_those_every_core_reports(tmp_path):
+    from pipeline.embed.device import cpu_flags
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_bf16\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n")
+    assert cpu_flags(x86) == {"fpu", "avx2"}
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd bf16 i8mm\n")
+    assert cpu_flags(arm) == {"fp", "asimd", "bf16", "i8mm"}
+
+
+def test_auto_dtype_on_cpu_is_the_same_every_time_and_follows_the_flags(monkeypatch, tiny_bert):
+    from pipeline.embed import device as device_module
+
+    cpu = torch.device("cpu")
+    expected = torch.bfloat16 if device_module.cpu_prefers_bf16(device_module.cpu_flags(), __import__(
+        "platform").machine()) else torch.float32
+    assert {device_module.pick_dtype("auto", cpu) for _ in range(5)} == {expected}
+    keys = {Encoder(resolve_model(str(tiny_bert)), "cpu", "auto", 16).settings() for _ in range(2)}
+    assert len(keys) == 1 and next(iter(keys)).dtype == device_module.dtype_name(expected)
+    for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
+        assert device_module.pick_dtype("auto", cpu) == dtype
+        assert device_module.pick_dtype("fp32", cpu) == torch.float32
+
+
+def test_the_manifest_no_longer_records_a_timing_and_old_ones_still_load(encoder, toy, tmp_path):
+    result = embed_dataset(toy, encoder, ["mean"], tmp_path / "h", progress=False)
+    manifest_path = result.path / "_manifest.json"
+    record = json.loads(manifest_path.read_text())
+    assert record["cpu_bf16_speedup"] is None
+    manifest_path.write_text(json.dumps({**record, "cpu_bf16_speedup": 0.72}))  # as written by earlier versions
+    assert load_embeddings(result.path, "mean").X.shape == (60, 32)
+    again = embed_dataset(toy, encoder, ["mean"], tmp_path / "h", progress=False)
+    assert again.computed_rows == 0 and again.path == result.path

@@ -1,7 +1,9 @@
-"""Pick the device and compute dtype: the fastest that is right on this machine, measured rather than assumed."""
+"""Pick the device and compute dtype: the fastest that is right on this machine, decided from what the hardware
+reports (never from a timing, which varies from run to run and would change the cache key)."""
 
-import time
+import platform
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -10,7 +12,9 @@ from pipeline.errors import PipelineError
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-CPU_BF16_MIN_SPEEDUP = 1.5
+X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native bf16 dot products / tile matmuls
+X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+ARM64 = frozenset({"aarch64", "arm64", "armv8", "armv9"})
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -36,7 +40,8 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """'auto': bf16 on GPUs that support it (else fp16); on CPU bf16 only where it measures faster than fp32."""
+    """'auto': bf16 on GPUs that support it (else fp16); on CPU bf16 only where the CPU has native bf16 matmul
+    instructions (see cpu_prefers_bf16), else fp32. The same machine always gets the same dtype, hence the same key."""
     requested = (requested or "auto").strip().lower()
     if requested != "auto":
         if requested not in DTYPES:
@@ -46,24 +51,41 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "mps":
         return torch.float16
-    return torch.bfloat16 if cpu_bf16_speedup() >= CPU_BF16_MIN_SPEEDUP else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def cpu_prefers_bf16(flags: frozenset[str] | set[str], machine: str) -> bool:
+    """The CPU dtype rule, pure over the CPU's feature flags and architecture so that it can be tested anywhere:
+    x86 with AVX512-BF16 or AMX-BF16 -> bf16; arm64 with the 'bf16' feature -> bf16; anything else -> fp32 (there
+    bf16 autocast is emulated and runs several times slower than fp32)."""
+    machine = machine.strip().lower()
+    if machine in X86:
+        return bool(X86_BF16_FLAGS & set(flags))
+    if machine in ARM64:
+        return "bf16" in flags
+    return False
 
 
 @lru_cache(maxsize=1)
-def cpu_bf16_speedup() -> float:
-    """How much faster a BERT-sized matmul runs under bf16 autocast than in fp32 on this CPU (e.g. 4.0 with AMX,
-    0.1 where bf16 is emulated). The margin either way is wide, so the choice is stable from run to run."""
-    layer, x = torch.nn.Linear(384, 1536), torch.randn(1024, 384)
-    return _seconds(layer, x, torch.float32) / _seconds(layer, x, torch.bfloat16)
+def cpu_has_native_bf16() -> bool:
+    return cpu_prefers_bf16(cpu_flags(), platform.machine())
 
 
-def _seconds(layer: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype, reps: int = 5) -> float:
-    with torch.inference_mode(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        layer(x)
-        start = time.perf_counter()
-        for _ in range(reps):
-            layer(x)
-        return (time.perf_counter() - start) / reps
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The feature flags every core reports: Linux /proc/cpuinfo ('flags' on x86, 'Features' on arm64).
+    Where there is no /proc/cpuinfo (macOS, Windows), torch's own x86 check stands in for AVX512-BF16 (every CPU
+    with AMX-BF16 so far also has AVX512-BF16); arm64 outside Linux reports nothing, so it stays on fp32."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+        try:
+            return frozenset({"avx512_bf16"}) if probe is not None and probe() else frozenset()
+        except Exception:  # a private torch helper: any failure means "not known to be there"
+            return frozenset()
+    per_cpu = [frozenset(value.split()) for key, _, value in (line.partition(":") for line in text.splitlines())
+               if key.strip().lower() in ("flags", "features")]
+    return frozenset.intersection(*per_cpu) if per_cpu else frozenset()  # what every core has
 
 
 def dtype_name(dtype: torch.dtype) -> str:

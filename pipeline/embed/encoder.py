@@ -4,7 +4,9 @@ The encoder knows nothing of poolings or caches: it yields, per batch, the row i
 pooling needs (hidden states of every layer only when asked for).
 """
 
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,10 +14,11 @@ import torch
 
 from pipeline.cache import EncoderSettings
 from pipeline.embed.device import dtype_name, pick_device, pick_dtype
-from pipeline.embed.models import ModelRef
+from pipeline.embed.models import ModelRef, custom_code_error, first_line, read_config
 from pipeline.errors import PipelineError
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384}  # cpu: small batches stay in cache
+PLACEHOLDER_TOKENS, REAL_VOCAB = 100, 1000  # a tokenizer under 100 tokens for a model of over 1000 is a stand-in
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,11 @@ class Encoder:
         self.ref = ref
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        config = _load_config(ref)
         self.tokenizer = _load_tokenizer(ref)
-        self.model, self.has_pooler = _load_model(ref, self.device)
-        self.max_length = _check_max_length(max_length, self.model.config)
+        _check_vocab(ref, self.tokenizer, config)
+        self.model, self.has_pooler = _load_model(ref, config, self.device)
+        self.max_length = _check_max_length(max_length, self.model, ref.name)
         self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[self.device.type], self.max_length)
         self.num_layers = int(self.model.config.num_hidden_layers)
         self.hidden_size = int(self.model.config.hidden_size)
@@ -104,36 +109,80 @@ class Encoder:
         return {k: t.to(self.device) for k, t in tensors.items()}
 
 
-def _quiet_transformers() -> None:
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers talks through its logger and through warnings.warn, both on stderr; while it loads a model, only
+    our own one-line PipelineError may reach the user."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _load_config(ref: ModelRef):
+    """The model's config, never with remote code: a model_type transformers does not know needs custom code."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = read_config(ref.folder, ref.name).get("model_type")
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
+        raise custom_code_error(ref.name)
+    with _quiet():
+        try:
+            return AutoConfig.from_pretrained(ref.folder, trust_remote_code=False)
+        except Exception as exc:
+            raise PipelineError(f"cannot read the config of {ref.name} in {ref.folder} ({first_line(exc)}): restore "
+                                "the model's original config.json") from None
 
 
 def _load_tokenizer(ref: ModelRef):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(ref.folder, use_fast=True, trust_remote_code=False)
-    except Exception as exc:
-        raise PipelineError(f"cannot load the tokenizer of {ref.name} from {ref.folder} ({exc})") from None
+    with _quiet():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(ref.folder, use_fast=True, trust_remote_code=False)
+        except Exception as exc:
+            raise PipelineError(f"cannot load the tokenizer of {ref.name} from {ref.folder} "
+                                f"({first_line(exc)})") from None
     if not tokenizer.is_fast:
         raise PipelineError(f"{ref.name} has no fast tokenizer (tokenizer.json): add one to the model folder")
     return tokenizer
 
 
-def _load_model(ref: ModelRef, device: torch.device) -> tuple[torch.nn.Module, bool]:
+def _check_vocab(ref: ModelRef, tokenizer, config) -> None:
+    """Refuse a tokenizer that cannot be the model's own. The rule, with N = config.json's vocab_size (the rows of
+    the embedding matrix): every token id must be below N, else some token has no embedding (an index error
+    mid-run, or the wrong rows); fewer tokens than N is fine (many models pad the matrix, e.g. to a multiple of 8);
+    and fewer than 100 tokens while N > 1000 is a placeholder, not a real vocabulary (every word would be [UNK])."""
+    rows = getattr(config, "vocab_size", None)
+    if not isinstance(rows, int) or rows <= 0:
+        return
+    vocab = tokenizer.get_vocab()
+    needed = max(vocab.values(), default=-1) + 1
+    fix = "put the tokenizer files the model was trained with in its folder"
+    if needed > rows:
+        raise PipelineError(f"the tokenizer of {ref.name} has token ids up to {needed - 1}, but the model has "
+                            f"embeddings for only {rows} (vocab_size in config.json): the tokenizer belongs to "
+                            f"another model; {fix}")
+    if len(vocab) < PLACEHOLDER_TOKENS and rows > REAL_VOCAB:
+        raise PipelineError(f"the tokenizer of {ref.name} has only {len(vocab)} tokens for a model with {rows}: it "
+                            f"is a placeholder, not the model's vocabulary; {fix}")
+
+
+def _load_model(ref: ModelRef, config, device: torch.device) -> tuple[torch.nn.Module, bool]:
     """Load safetensors weights only, never remote code; refuse a checkpoint whose encoder weights are missing."""
     from transformers import AutoModel
 
-    _quiet_transformers()
-    try:
-        model, info = AutoModel.from_pretrained(ref.folder, use_safetensors=True, trust_remote_code=False,
-                                                output_loading_info=True)
-    except Exception as exc:
-        raise PipelineError(f"cannot load model {ref.name} from {ref.folder} ({type(exc).__name__}: {exc})") from None
+    with _quiet():
+        try:
+            model, info = AutoModel.from_pretrained(ref.folder, config=config, use_safetensors=True,
+                                                    trust_remote_code=False, output_loading_info=True)
+        except Exception as exc:
+            raise PipelineError(f"cannot load model {ref.name} from {ref.folder} ({type(exc).__name__}: "
+                                f"{first_line(exc)})") from None
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler")]
     if missing:
         raise PipelineError(f"{ref.name} lacks trained weights for {len(missing)} tensors (e.g. {missing[0]}): "
@@ -143,10 +192,22 @@ def _load_model(ref: ModelRef, device: torch.device) -> tuple[torch.nn.Module, b
     return model.eval().to(device), has_pooler
 
 
-def _check_max_length(max_length: int, config) -> int:
-    limit = int(getattr(config, "max_position_embeddings", 512))
+def position_limit(model) -> int:
+    """Tokens per text the model has position embeddings for. RoBERTa-style models (RoBERTa, XLM-R, MPNet) number
+    positions from padding_idx + 1, so 514 embeddings hold 512 tokens; BERT-style models use all of them."""
+    limit = int(getattr(model.config, "max_position_embeddings", None) or 512)
+    embeddings = getattr(model, "embeddings", None)
+    pad = getattr(embeddings, "padding_idx", None)
+    if isinstance(pad, int) and getattr(embeddings, "position_embeddings", None) is not None:
+        limit -= pad + 1
+    return limit
+
+
+def _check_max_length(max_length: int, model, name: str) -> int:
+    limit = position_limit(model)
     if not 2 <= max_length <= limit:
-        raise PipelineError(f"--max-length {max_length} is out of range: use 2..{limit} for this model")
+        raise PipelineError(f"--max-length {max_length} is out of range: use 2..{limit} for this model ({name} has "
+                            f"position embeddings for {limit} tokens)")
     return max_length
 
 

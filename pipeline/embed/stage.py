@@ -28,7 +28,6 @@ from pipeline.cache import (
     shard_table,
 )
 from pipeline.data import Dataset, DataSpec, read_table
-from pipeline.embed.device import cpu_bf16_speedup
 from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
 from pipeline.embed.models import resolve_model
 from pipeline.embed.pooling import POOLINGS, pool
@@ -219,7 +218,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
         poolings={p: _pooling_info(p, encoder) for p in poolings}, shards=shards,
         tokens=sum(c[0] for c in counts), truncated=sum(c[1] for c in counts),
         device=str(encoder.device), batch_tokens=encoder.batch_tokens,
-        cpu_bf16_speedup=round(cpu_bf16_speedup(), 3) if encoder.device.type == "cpu" else None,
+        cpu_bf16_speedup=None,  # no longer measured: the CPU dtype follows its bf16 flags (encoder.dtype)
         last_run=run, versions=_versions())
 
 
