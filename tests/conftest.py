@@ -27,6 +27,12 @@ def write_tiny_bert(folder: Path, seed: int = 0, pooler: bool = True) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def private_hash_memo(tmp_path_factory, monkeypatch):
+    """Model hashes are remembered under $XDG_CACHE_HOME; tests keep theirs out of the user's real cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
