@@ -79,7 +79,7 @@ def ws(workspace, tiny_bert, run_cli, monkeypatch):
         run = next(Path("artifacts/runs").glob("*/mean/logreg"))
         tampered, moved = Path("in/tampered-run"), Path("in/moved-model-run")
         shutil.copytree(run, tampered)
-        with (tampered / "head.joblib").open("ab") as handle:
+        with (tampered / "head.skops").open("ab") as handle:
             handle.write(b"junk")
         shutil.copytree(run, moved)
         record = json.loads((moved / "run.json").read_text())

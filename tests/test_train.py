@@ -95,7 +95,7 @@ def test_a_tampered_head_file_is_refused(cache, tmp_path):
     train_cache(cache, "mean", ["logreg"], tmp_path / "runs", progress=False)
     run = tmp_path / "runs" / cache.name / "mean" / "logreg"
     assert load_run(run).model is not None
-    with (run / "head.joblib").open("ab") as handle:
+    with (run / "head.skops").open("ab") as handle:
         handle.write(b"\0")
     with pytest.raises(PipelineError, match="does not match its recorded sha256"):
         load_run(run)
@@ -134,3 +134,48 @@ def test_unknown_head_and_missing_pooling_name_the_choices(cache, tmp_path):
         parse_heads("svm")
     with pytest.raises(PipelineError, match="not in the cache.*it has: cls, layers, mean"):
         train_cache(cache, "max", ["logreg"], tmp_path / "runs", progress=False)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_every_head_saves_without_pickle_and_loads_with_the_allowlist(head, tmp_path):
+    from pipeline.train.runs import HEAD_FILE, _load_head
+
+    X, y = blobs()
+    for X_dev, y_dev in ((None, None), (X[200:250], y[200:250])):
+        model = fit_head(head, X[:200], y[:200], X_dev, y_dev)
+        loaded = _load_head(tmp_path / HEAD_FILE, __import__("skops.io").io.dumps(model))
+        np.testing.assert_array_equal(loaded.predict_proba(X[250:]), model.predict_proba(X[250:]))
+
+
+def test_a_head_file_with_foreign_types_is_refused_and_old_pickled_runs_still_load(cache, tmp_path):
+    import hashlib
+    import io
+    import os
+
+    import joblib
+    import skops.io
+
+    from pipeline.train.runs import HEAD_FILE, LEGACY_HEAD_FILE
+
+    train_cache(cache, "mean", ["logreg"], tmp_path / "runs", progress=False)
+    run = tmp_path / "runs" / cache.name / "mean" / "logreg"
+    record = json.loads((run / "run.json").read_text())
+
+    def plant(name: str, payload: bytes) -> None:
+        for old in (HEAD_FILE, LEGACY_HEAD_FILE):
+            for suffix in ("", ".sha256"):
+                (run / f"{old}{suffix}").unlink(missing_ok=True)
+        digest = hashlib.sha256(payload).hexdigest()
+        (run / name).write_bytes(payload)
+        (run / f"{name}.sha256").write_text(f"{digest}  {name}\n")
+        (run / "run.json").write_text(json.dumps({**record, "head_sha256": digest}))
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    plant(HEAD_FILE, skops.io.dumps(FunctionTransformer(func=os.system)))  # a crafted head that would run code
+    with pytest.raises(PipelineError, match="holds types no head of bert-pipeline is made of"):
+        load_run(run)
+    buffer = io.BytesIO()
+    joblib.dump({"model": fit_head("logreg", *blobs()), "label_names": []}, buffer)
+    plant(LEGACY_HEAD_FILE, buffer.getvalue())
+    assert load_run(run).model.predict(blobs()[0][:5]).shape == (5,)

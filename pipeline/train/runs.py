@@ -1,7 +1,9 @@
-"""A trained run on disk: the fitted head (joblib) guarded by its sha256, and the record of what it belongs to.
+"""A trained run on disk: the fitted head, its sha256, and the record of what it belongs to (run.json).
 
-joblib files are pickles, which can run code when loaded: a head is loaded only when its bytes hash to the value
-recorded at training time. Never load run folders from sources you do not trust.
+Heads are saved with skops, not pickle: its loader builds only the types on an allowlist (TRUSTED_TYPES: what this
+project's heads are made of), so a crafted head file cannot run code. The sha256 beside the head catches damage,
+not intent: whoever can write the folder can rewrite both. Runs written before skops (head.joblib, a pickle) still
+load when their sha256 matches; load those only from sources you trust.
 """
 
 import hashlib
@@ -10,14 +12,22 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import joblib
+import skops.io
 
 from pipeline.cache import SCHEMA_VERSION, EncoderSettings, check_schema
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
 
-HEAD_FILE = "head.joblib"
-HASH_FILE = "head.joblib.sha256"
+HEAD_FILE = "head.skops"
+LEGACY_HEAD_FILE = "head.joblib"  # a pickle: runs made before heads were saved with skops
+# Beyond skops' default trust (scikit-learn estimators, numpy, builtins): the helpers the registered heads hold.
+TRUSTED_TYPES = [
+    "sklearn.calibration._CalibratedClassifier", "sklearn.calibration._SigmoidCalibration",
+    "sklearn.metrics._classification.accuracy_score", "sklearn.metrics._scorer._Scorer",
+    "sklearn.metrics._dist_metrics.EuclideanDistance64", "sklearn.neighbors._kd_tree.KDTree",
+    "sklearn.neighbors._ball_tree.BallTree", "sklearn.model_selection._split.PredefinedSplit",
+    "sklearn.model_selection._split.StratifiedKFold", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+]
 RUN_FILE = "run.json"
 
 
@@ -74,13 +84,10 @@ def run_dir(root: Path, cache_name: str, pooling: str, head: str) -> Path:
 
 def save_run(path: Path, model, record: RunRecord) -> RunRecord:
     """Write head, its hash and run.json atomically; returns the record with the head file's sha256."""
-    buffer = io.BytesIO()
-    joblib.dump({"model": model, "label_names": record.label_names, "pooling": record.pooling,
-                 "cache_key": record.cache_key, "model_identity": asdict(record.encoder.model)}, buffer)
-    payload = buffer.getvalue()
+    payload = skops.io.dumps(model)
     digest = hashlib.sha256(payload).hexdigest()
     atomic_write_bytes(path / HEAD_FILE, payload)
-    atomic_write_bytes(path / HASH_FILE, f"{digest}  {HEAD_FILE}\n".encode())
+    atomic_write_bytes(path / f"{HEAD_FILE}.sha256", f"{digest}  {HEAD_FILE}\n".encode())
     record = replace(record, head_sha256=digest)
     atomic_write_json(path / RUN_FILE, record.to_json())
     return record
@@ -89,21 +96,38 @@ def save_run(path: Path, model, record: RunRecord) -> RunRecord:
 def load_run(path: Path) -> Run:
     """Load a run after checking the head file's sha256 against the recorded one; a mismatch is refused."""
     path = Path(path)
+    head = next((path / name for name in (HEAD_FILE, LEGACY_HEAD_FILE) if (path / name).is_file()), path / HEAD_FILE)
     try:
         raw = json.loads((path / RUN_FILE).read_text())
-        payload = (path / HEAD_FILE).read_bytes()
+        payload = head.read_bytes()
     except (FileNotFoundError, NotADirectoryError):
         raise PipelineError(f"{path} is not a run folder (needs {RUN_FILE} and {HEAD_FILE}): "
                             "train one with `make train`") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PipelineError(f"{path / RUN_FILE} is damaged: retrain with `make train`") from None
     record = RunRecord.from_json(raw, path / RUN_FILE)
-    recorded = (path / HASH_FILE).read_text().split()[0] if (path / HASH_FILE).exists() else None
+    hash_file = head.with_name(f"{head.name}.sha256")
+    recorded = hash_file.read_text().split()[0] if hash_file.exists() else None
     actual = hashlib.sha256(payload).hexdigest()
     if recorded is None or actual != recorded or actual != record.head_sha256:
-        raise PipelineError(f"{path / HEAD_FILE} does not match its recorded sha256: refusing to unpickle it "
+        raise PipelineError(f"{head} does not match its recorded sha256: refusing to load it "
                             "(retrain with `make train`)")
-    return Run(path, record, joblib.load(io.BytesIO(payload))["model"])
+    return Run(path, record, _load_head(head, payload))
+
+
+def _load_head(head: Path, payload: bytes):
+    """skops with the allowlist; a legacy pickle only after its hash matched (see the module's docstring)."""
+    if head.name == LEGACY_HEAD_FILE:
+        import joblib
+
+        return joblib.load(io.BytesIO(payload))["model"]
+    try:
+        return skops.io.loads(payload, trusted=TRUSTED_TYPES)
+    except skops.io.exceptions.UntrustedTypesFoundException as exc:
+        raise PipelineError(f"{head} holds types no head of bert-pipeline is made of ({exc}): refusing to load it; "
+                            "retrain with `make train`") from None
+    except Exception as exc:  # a damaged zip or schema: skops raises several types
+        raise PipelineError(f"{head} is damaged ({type(exc).__name__}): retrain with `make train`") from None
 
 
 def newest_run(root: Path) -> Path:
