@@ -153,7 +153,9 @@ CASES = {
     "pooling not in cache": (["train", "--data", "in/good.csv", "--pooling", "layers3", "--model", M],
                              "not in the cache.*it has"),
     "no cache for settings": (["train", "--data", "in/good.csv", "--test-size", "0.3", "--model", M],
-                              "no cache for data 'good'.*make embed DATA=in/good.csv"),
+                              "no cache for data 'good'.*make embed DATA=in/good.csv TEST_SIZE=0.3 MODEL="),
+    "train with another seed": (["train", "--data", "in/good.csv", "--seed", "3", "--model", M],
+                                "no cache for data 'good'.*make embed DATA=in/good.csv SEED=3 MODEL="),
     "one class in train": (["train", "--data", "in/one_class.csv", "--split-col", "split", "--model", M],
                            "only one class"),
     "tampered head": (["predict", "--run", "in/tampered-run", "--text", "good"], "does not match its recorded sha256"),
@@ -184,6 +186,17 @@ CASES = {
     "malformed benchmark line": (["embed", "--data", "in/bad-sst2", "--model", M],
                                  "stsa.binary.train line 2 is not '<label> <sentence>'.*fix or delete"),
     "predict input semicolon-separated": (["predict", "--input", "in/semicolons.csv"], "semicolon-separated"),
+    "negative seed": (["embed", "--data", "in/good.csv", "--seed", "-1", "--model", M], "--seed.*0<=x<=4294967295"),
+    "seed too large": (["train", "--data", "in/good.csv", "--seed", str(2**32), "--model", M], "--seed"),
+    "pooling list of commas": (["embed", "--data", "in/good.csv", "--pooling", ",", "--model", M],
+                               "no pooling given in ','.*choose from"),
+    "head list of commas": (["train", "--data", "in/good.csv", "--head", ",,", "--model", M], "no head given"),
+    "sizes typo": (["bench", "speed", "--data", "in/good.csv", "--sizes", "1000,4k", "--model", M],
+                   "size '4k' in '1000,4k' is not a positive whole number"),
+    "unknown eval task": (["eval", "--data-dir", "in", "--tasks", "sst3", "--model", M], "unknown task 'sst3'"),
+    "unknown engine": (["embed", "--data", "in/good.csv", "--engine", "spark", "--model", M],
+                       "unknown engine 'spark': choose from local, ray"),
+    "test size out of range": (["embed", "--data", "in/good.csv", "--test-size", "1.5", "--model", M], "--test-size"),
 }
 
 
