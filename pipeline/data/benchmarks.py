@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.dataset import Dataset, encode_labels
-from pipeline.data.tables import not_utf8
+from pipeline.data.sniff import not_utf8
 from pipeline.errors import PipelineError
 
 

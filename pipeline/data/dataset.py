@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.data.tables import Columns, is_missing, read_table, separator_hint, stored_type
+from pipeline.data.sniff import separator_hint
+from pipeline.data.tables import Columns, is_missing, read_table, stored_type
 from pipeline.errors import PipelineError
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
