@@ -8,6 +8,8 @@ public API for notebooks; each is imported on first use, so `import pipeline.tra
     encoder = pipeline.EncoderOptions().load("default")
     result = pipeline.embed_dataset(ds, encoder, ["mean", "cls"], Path("artifacts/embeddings"))
     rows = pipeline.train_cache(result.path, "all", ["logreg"], Path("artifacts/runs"))
+    clf = pipeline.load_classifier(Path("artifacts/runs") / result.path.name / "mean" / "logreg")
+    clf.predict(["a gorgeous, witty, seductive movie"]), clf.predict_proba(["dull"])
 """
 
 from importlib import import_module
@@ -25,7 +27,7 @@ _API = {
     "pipeline.train.metrics": ["classification_metrics"],
     "pipeline.train.runs": ["RunRecord", "load_run"],
     "pipeline.train.stage": ["train_cache"],
-    "pipeline.predict": ["load_encoder_for", "predict_texts"],
+    "pipeline.predict": ["Classifier", "load_classifier", "load_encoder_for", "predict_file", "predict_texts"],
     "pipeline.bench.leaderboard": ["leaderboard", "layer_probe"],
     "pipeline.errors": ["PipelineError"],
 }

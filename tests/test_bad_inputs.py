@@ -166,6 +166,16 @@ CASES = {
     "predict input without column": (["predict", "--input", "in/good.csv", "--text-col", "body"],
                                      "no text column 'body'"),
     "predict nothing": (["predict"], "nothing to predict"),
+    "predict labels the run never saw": (["predict", "--input", "in/bad_split.csv", "--label-col", "split",
+                                          "--output", "out/s.csv"],
+                                         "label.*'holdout' in column 'split' .* never occur in the run's labels"),
+    "predict mixed label kinds": (["predict", "--input", "in/mixed.csv", "--label-col", "label", "--output",
+                                   "out/s.csv"], "mixes numbers and words"),
+    "predict labelled without output": (["predict", "--input", "in/good.csv", "--label-col", "label"],
+                                        "writes its report beside the output: give --output"),
+    "predict text and input": (["predict", "--text", "good", "--input", "in/good.csv"], "not both"),
+    "predict unknown engine": (["predict", "--input", "in/good.csv", "--engine", "spark"], "unknown engine 'spark'"),
+    "export to a non-onnx name": (["export", "--out", "in/model.txt"], "should end in .onnx"),
     "unquoted comma in a text": (["embed", "--data", "in/extra_fields.csv", "--model", M],
                                  r"line 3 has 3 field\(s\) but the header has 2: put a text .* in double quotes"),
     "semicolon-separated CSV": (["embed", "--data", "in/semicolons.csv", "--model", M], "semicolon-separated"),
@@ -223,8 +233,10 @@ def test_predict_prints_and_writes_label_and_probabilities(ws, run_cli):
     import pandas as pd
 
     preds = pd.read_csv(ws / "out" / "preds.csv")
-    assert list(preds.columns) == ["text", "label", "p_negative", "p_positive"] and len(preds) == len(GOOD)
-    assert (preds["label"] == [label for _, label in GOOD]).mean() > 0.6
+    assert list(preds.columns) == ["text", "label", "predicted_label", "confidence", "p_negative", "p_positive"]
+    assert preds["text"].tolist() == [text for text, _ in GOOD], "every row, in order"
+    assert preds["label"].tolist() == [label for _, label in GOOD], "the user's labels are kept"
+    assert (preds["predicted_label"] == preds["label"]).mean() > 0.6
 
 
 def test_long_and_duplicate_texts_work_and_truncation_is_reported(ws, run_cli, tiny_bert):

@@ -17,6 +17,7 @@ from pipeline.cli.options import (
     pooling_option,
     progress_option,
 )
+from pipeline.cli.use import export, predict
 from pipeline.errors import PipelineError
 
 
@@ -76,37 +77,6 @@ def train(data, model, cache, pooling, head, embeddings, out, progress) -> None:
     click.echo(f"runs: {Path(out) / cache.name} (runs.csv, and report.md + confusion.png per run)")
 
 
-@cli.command()
-@click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
-              help="Run folder (artifacts/runs/<cache>/<pooling>/<head>); default: the newest run.")
-@click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="A CSV/TSV/JSONL/Parquet file of texts to classify.")
-@click.option("--text-col", default="text", show_default=True, help="Text column of --input.")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Write predictions here (.csv or .parquet) instead of printing them.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
-@click.option("--runs", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path),
-              help="Where to look for the newest run.")
-def predict(run_path, texts, input_path, text_col, output, device, runs) -> None:
-    """Classify new texts with a trained run (same model, max length and pooling as in training)."""
-    from pipeline.data import read_texts
-    from pipeline.predict import load_encoder_for, predict_texts, write_predictions
-    from pipeline.train.runs import load_run, newest_run
-
-    texts = list(texts) + (read_texts(input_path, text_col) if input_path else [])
-    run = load_run(run_path or newest_run(runs))
-    labels, proba = predict_texts(run, load_encoder_for(run, device), texts)
-    names = run.record.label_names
-    if output:
-        write_predictions(output, texts, labels, proba, names)
-        click.echo(f"wrote {len(texts)} predictions to {output}")
-        return
-    for text, label, p in zip(texts, labels, proba, strict=True):
-        probs = ", ".join(f"{n}={v:.3f}" for n, v in zip(names, p, strict=True))
-        click.echo(f"{label}\t{probs}\t{text}")
-
-
 def summary_line(result) -> str:
     m, run = result.manifest, result.manifest.last_run
     speed = (f"{run.seconds:.1f}s, {run.texts_per_s:.0f} texts/s, {run.tokens_per_s:.0f} tokens/s"
@@ -119,6 +89,8 @@ def summary_line(result) -> str:
 
 cli.add_command(bench)
 cli.add_command(eval_)
+cli.add_command(predict)
+cli.add_command(export)
 
 
 def main() -> None:

@@ -1,0 +1,331 @@
+"""Export a run for serving: encoder + the run's pooling + its head as one ONNX graph, with the tokenizer and labels.
+
+The graph takes `input_ids` and `attention_mask` (int64, batch x tokens, any sizes) and returns `probabilities`
+(float32, batch x labels, columns in label order). Beside `<name>.onnx` go `<name>.json` (label names and settings)
+and `<name>.tokenizer/` (the run's tokenizer; its tokenizer.json truncates at the run's max length and pads to the
+longest text, so `tokenizers.Tokenizer.from_file` serves as-is). The head becomes plain tensor arithmetic taken from
+the fitted scikit-learn objects: standardisation, then a linear model (logreg), calibrated linear SVMs (linear-svm)
+or the MLP's layers (mlp). Before anything is written, onnxruntime runs the graph on probe texts and its
+probabilities must equal the classifier's.
+"""
+
+import contextlib
+import io
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.embed.encoder import EncoderOutput
+from pipeline.embed.pooling import POOLINGS
+from pipeline.errors import PipelineError
+from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.predict.classifier import Classifier
+
+EXPORTABLE = ("logreg", "linear-svm", "mlp")
+INPUTS, OUTPUT = ["input_ids", "attention_mask"], "probabilities"
+OPSET = 18
+TOLERANCE = 1e-4
+PROBES = ["a gorgeous, witty, seductive movie", "the plot is thin and the acting is wooden, a dull and slow film",
+          "fine", "not bad at all", "I expected more from this director; the first half drags but the ending is a "
+          "genuine surprise and the score is lovely", "terrible"]
+
+
+@dataclass(frozen=True)
+class Exported:
+    onnx: Path
+    meta: Path
+    tokenizer: Path
+    max_abs_diff: float
+    bytes: int
+
+
+def export_onnx(clf: Classifier, out: Path) -> Exported:
+    """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run; refuse heads that do not export."""
+    out = Path(out)
+    if clf.head not in EXPORTABLE:
+        raise PipelineError(f"head {clf.head} does not export to ONNX: only {', '.join(EXPORTABLE)} do "
+                            f"(train one with --head logreg)")
+    if out.suffix.lower() != ".onnx":
+        raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
+                            ".tokenizer/ beside it)")
+    if out.is_dir():
+        raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
+    _require_onnx()
+    graph = ExportGraph(clf)
+    payload = _to_onnx(graph, _example_inputs(clf))
+    diff = _check(payload, clf)
+    meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
+    atomic_write_bytes(out, payload)
+    _write_tokenizer(clf, tokenizer)
+    atomic_write_json(meta, _meta(clf, out, tokenizer, diff))
+    return Exported(out, meta, tokenizer, diff, len(payload))
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as exc:
+        raise PipelineError(f"export needs {exc.name}: pip install 'bert-pipeline[serve]' "
+                            "(onnx, onnxscript, onnxruntime)") from None
+
+
+class ExportGraph(nn.Module):
+    """input_ids, attention_mask -> probabilities: the run's encoder in fp32, its pooling, its head."""
+
+    def __init__(self, clf: Classifier) -> None:
+        super().__init__()
+        self.model = clf.encoder.model.float().eval()
+        self.source, self.layer = clf.source
+        self.pooling = POOLINGS[self.source]
+        self.token_types = "token_type_ids" in clf.encoder.tokenizer.model_input_names
+        self.has_pooler = clf.encoder.has_pooler
+        self.head = head_module(clf.run.model, len(clf.label_names))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
+        hidden = self.pooling.needs_hidden_states
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden,
+                         return_dict=True, **extra)
+        pooler = getattr(out, "pooler_output", None) if self.has_pooler else None
+        pooled = self.pooling.fn(EncoderOutput(out.last_hidden_state, attention_mask,
+                                               out.hidden_states if hidden else None, pooler))
+        return self.head(pooled[:, self.layer] if self.layer is not None else pooled)
+
+
+def head_module(model, n_labels: int) -> nn.Module:
+    """A fitted head (GridSearchCV or Pipeline of a scaler and a classifier) as torch ops, ending in one probability
+    column per label like `full_proba` (labels the head never saw get 0)."""
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import Pipeline
+
+    if isinstance(model, GridSearchCV):
+        model = model.best_estimator_
+    steps = [step for _, step in model.steps] if isinstance(model, Pipeline) else [model]
+    layers = [_scaler(step) for step in steps[:-1]]
+    final = steps[-1]
+    layers.append(_classifier(final))
+    spread = np.zeros((len(final.classes_), n_labels), dtype=np.float32)
+    spread[np.arange(len(final.classes_)), np.asarray(final.classes_, dtype=int)] = 1
+    layers.append(_MatMul(spread))
+    return nn.Sequential(*layers)
+
+
+def _f32(array) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.float32))
+
+
+class _Scale(nn.Module):
+    def __init__(self, mean, scale) -> None:
+        super().__init__()
+        self.register_buffer("mean", _f32(mean))
+        self.register_buffer("scale", _f32(scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+
+class _MatMul(nn.Module):
+    def __init__(self, matrix) -> None:
+        super().__init__()
+        self.register_buffer("matrix", _f32(matrix))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.matrix
+
+
+def _two_columns(p1: torch.Tensor) -> torch.Tensor:
+    """Binary heads give P(second class); the table wants both columns."""
+    return torch.cat([1 - p1, p1], dim=1)
+
+
+class _Logistic(nn.Module):
+    """LogisticRegression: sigmoid of the decision for two classes, softmax for more (as predict_proba does)."""
+
+    def __init__(self, coef, intercept) -> None:
+        super().__init__()
+        self.register_buffer("weight", _f32(coef).T.contiguous())
+        self.register_buffer("bias", _f32(intercept))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x @ self.weight + self.bias
+        return _two_columns(torch.sigmoid(z)) if z.shape[1] == 1 else torch.softmax(z, dim=1)
+
+
+class _SigmoidCalibrated(nn.Module):
+    """CalibratedClassifierCV(method='sigmoid') over linear models: per fold, each class's decision goes through
+    its Platt sigmoid 1 / (1 + exp(a*f + b)); two classes take 1 - p for the first, more are normalised to sum to
+    one; the folds' probabilities are averaged."""
+
+    def __init__(self, calibrated) -> None:
+        super().__init__()
+        n_classes = len(calibrated.classes_)
+        weights, biases, a, b, spreads = [], [], [], [], []
+        for fold in calibrated.calibrated_classifiers_:
+            if fold.method != "sigmoid" or not hasattr(fold.estimator, "coef_"):
+                raise PipelineError(f"cannot export a {fold.method} calibration of {type(fold.estimator).__name__}:"
+                                    f" only sigmoid-calibrated linear models export")
+            positions = np.searchsorted(fold.classes, fold.estimator.classes_)
+            if n_classes == 2:
+                positions = np.array([1])
+            spread = np.zeros((len(fold.calibrators), n_classes), dtype=np.float32)
+            spread[np.arange(len(fold.calibrators)), positions[:len(fold.calibrators)]] = 1
+            weights.append(np.atleast_2d(fold.estimator.coef_).T)
+            biases.append(np.atleast_1d(fold.estimator.intercept_))
+            a.append([c.a_ for c in fold.calibrators])
+            b.append([c.b_ for c in fold.calibrators])
+            spreads.append(spread)
+        if len({w.shape for w in weights}) > 1:
+            raise PipelineError("cannot export this linear-svm: its calibration folds saw different classes")
+        self.binary = n_classes == 2
+        for name, values in (("weight", weights), ("bias", biases), ("a", a), ("b", b), ("spread", spreads)):
+            self.register_buffer(name, _f32(np.stack(values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folds = []
+        for k in range(self.weight.shape[0]):
+            p = torch.sigmoid(-((x @ self.weight[k] + self.bias[k]) * self.a[k] + self.b[k])) @ self.spread[k]
+            if self.binary:
+                p = _two_columns(p[:, 1:2])
+            else:
+                total = p.sum(dim=1, keepdim=True)
+                p = torch.where(total > 0, p / torch.where(total > 0, total, 1), 1.0 / p.shape[1])
+            folds.append(p)
+        return torch.stack(folds).mean(dim=0)
+
+
+class _MLP(nn.Module):
+    """MLPClassifier's forward pass: its hidden activation between layers, logistic or softmax at the end."""
+
+    ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "identity": lambda x: x}
+
+    def __init__(self, mlp) -> None:
+        super().__init__()
+        if mlp.activation not in self.ACTIVATIONS or mlp.out_activation_ not in ("logistic", "softmax"):
+            raise PipelineError(f"cannot export an MLP with {mlp.activation} / {mlp.out_activation_} activations")
+        self.activation, self.softmax = mlp.activation, mlp.out_activation_ == "softmax"
+        self.weights = nn.ParameterList([nn.Parameter(_f32(w), requires_grad=False) for w in mlp.coefs_])
+        self.biases = nn.ParameterList([nn.Parameter(_f32(b), requires_grad=False) for b in mlp.intercepts_])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = x @ w + b
+            if i < last:
+                x = self.ACTIVATIONS[self.activation](x)
+        return torch.softmax(x, dim=1) if self.softmax else _two_columns(torch.sigmoid(x))
+
+
+def _scaler(step) -> nn.Module:
+    from sklearn.preprocessing import StandardScaler
+
+    if not isinstance(step, StandardScaler):
+        raise PipelineError(f"cannot export a head with a {type(step).__name__} step: only {', '.join(EXPORTABLE)} "
+                            "heads export")
+    dim = step.n_features_in_
+    mean = step.mean_ if step.with_mean else np.zeros(dim)
+    scale = step.scale_ if step.with_std else np.ones(dim)
+    return _Scale(mean, scale)
+
+
+def _classifier(step) -> nn.Module:
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.neural_network import MLPClassifier
+
+    if isinstance(step, (LogisticRegression, LogisticRegressionCV)):
+        return _Logistic(step.coef_, step.intercept_)
+    if isinstance(step, CalibratedClassifierCV):
+        return _SigmoidCalibrated(step)
+    if isinstance(step, MLPClassifier):
+        return _MLP(step)
+    raise PipelineError(f"cannot export a {type(step).__name__} head: only {', '.join(EXPORTABLE)} heads export")
+
+
+def _example_inputs(clf: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two texts of different lengths, padded: the batch and token axes stay symbolic in the graph."""
+    tokens = clf.encoder.tokenize(PROBES[:2]).input_ids
+    width = max(len(t) for t in tokens)
+    pad = clf.encoder.tokenizer.pad_token_id or 0
+    ids = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.int64)
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tokens], dtype=torch.int64)
+    return ids, mask
+
+
+def _to_onnx(graph: ExportGraph, example: tuple[torch.Tensor, torch.Tensor]) -> bytes:
+    """The traced graph as ONNX bytes (torch.export), with the exporter's progress output kept off the terminal."""
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    shapes = {name: {0: batch, 1: tokens} for name in INPUTS}
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        quiet.setLevel(logging.ERROR)
+        try:
+            program = torch.onnx.export(graph, example, None, input_names=INPUTS,
+                                        output_names=[OUTPUT], dynamic_shapes=shapes, opset_version=OPSET,
+                                        dynamo=True, verbose=False)
+        except Exception as exc:  # the exporter's errors are long; the first line says what failed
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise PipelineError(f"the ONNX exporter failed on this model ({type(exc).__name__}: {first})") from None
+        finally:
+            quiet.setLevel(level)
+    return program.model_proto.SerializeToString()
+
+
+def _check(payload: bytes, clf: Classifier) -> float:
+    """Run the graph with onnxruntime on the probe texts; its probabilities must equal the classifier's."""
+    import onnxruntime as ort
+
+    tokenizer = _serving_tokenizer(clf)
+    batch = tokenizer.encode_batch(PROBES)
+    feed = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64)}
+    got = ort.InferenceSession(payload, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    want = clf.predict_proba(PROBES)
+    diff = float(np.abs(got - want).max())
+    if clf.run.record.encoder.dtype == "fp32" and not diff <= TOLERANCE:
+        raise PipelineError(f"the exported graph's probabilities differ from predict's by {diff:.2e} "
+                            f"(more than {TOLERANCE:g}): nothing was written; please report this")
+    return diff
+
+
+def _serving_tokenizer(clf: Classifier):
+    """The run's fast tokenizer as a `tokenizers.Tokenizer` that truncates at the run's max length and pads to the
+    longest text in a batch: what the graph expects, with no settings left to the server."""
+    from tokenizers import Tokenizer
+
+    hf = clf.encoder.tokenizer
+    tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    tokenizer.enable_truncation(clf.encoder.max_length)
+    tokenizer.enable_padding(pad_id=hf.pad_token_id or 0, pad_token=hf.pad_token or "[PAD]")
+    return tokenizer
+
+
+def _write_tokenizer(clf: Classifier, folder: Path) -> None:
+    """The tokenizer's files (AutoTokenizer.from_pretrained reads the folder), each written atomically; its
+    tokenizer.json carries the serving truncation and padding."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clf.encoder.tokenizer.save_pretrained(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            if path.is_file() and path.name != "tokenizer.json":
+                atomic_write_bytes(folder / path.name, path.read_bytes())
+    atomic_write_bytes(folder / "tokenizer.json", _serving_tokenizer(clf).to_str().encode())
+
+
+def _meta(clf: Classifier, out: Path, tokenizer: Path, diff: float) -> dict:
+    record = clf.run.record
+    return {"onnx": out.name, "tokenizer": tokenizer.name, "inputs": INPUTS, "output": OUTPUT,
+            "labels": clf.label_names, "max_length": record.encoder.max_length, "pooling": record.pooling,
+            "head": record.head, "run": str(clf.path), "model": record.encoder.to_json()["model"],
+            "run_dtype": record.encoder.dtype, "graph_dtype": "fp32", "opset": OPSET,
+            "check": {"texts": len(PROBES), "max_abs_diff": diff, "tolerance": TOLERANCE,
+                      "onnxruntime": metadata.version("onnxruntime")}}
