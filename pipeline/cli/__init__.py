@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli.bench import bench, eval_
+from pipeline.cli.finetune import finetune
 from pipeline.cli.options import (
     data_options,
     embeddings_option,
@@ -89,6 +90,7 @@ def summary_line(result) -> str:
 
 cli.add_command(bench)
 cli.add_command(eval_)
+cli.add_command(finetune)
 cli.add_command(predict)
 cli.add_command(export)
 

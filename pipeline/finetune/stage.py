@@ -1,0 +1,170 @@
+"""The fine-tune stage: read data as embed does, run a method, write the tuned model folder (loadable with --model
+by every command) and a run folder in the train stage's format, beside the frozen runs of the same data and model.
+
+Layout of `<out>/<data>__<model>__<method>__<key12>/`:
+  config.json, model.safetensors, tokenizer files   the tuned encoder (a Hugging Face model folder)
+  README.md                                          the model card: base model, data, method, settings, metrics
+  finetune.json                                      the record, written last: its presence means "finished"
+  checkpoint/state.pt                                while training only: the resume point
+"""
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pipeline.cache import EncoderSettings, cache_dir, cache_key
+from pipeline.data import Dataset, DataSpec
+from pipeline.embed.device import dtype_name, pick_device, pick_dtype
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import ModelRef, resolve_model
+from pipeline.embed.pooling import POOLINGS
+from pipeline.errors import PipelineError
+from pipeline.finetune.card import model_card
+from pipeline.finetune.checkpoint import Checkpoints, seed_everything
+from pipeline.finetune.data import Rows, split_rows
+from pipeline.finetune.full import Outcome, train_full
+from pipeline.finetune.setfit import train_setfit
+from pipeline.finetune.settings import METHODS, FinetuneSettings, check_method
+from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish, safe_name
+from pipeline.train.metrics import classification_metrics
+from pipeline.train.report import confusion_png, run_report, summary_row, update_summary
+from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
+
+RECORD_FILE = "finetune.json"
+RUNNERS = {"full": train_full, "setfit": train_setfit}
+
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    model_dir: Path
+    run_dir: Path
+    reused: bool
+    record: dict  # finetune.json: settings, data, epochs, seconds, dev and test scores
+
+
+def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, runs: Path,
+             device: str = "auto", progress: bool = True) -> FinetuneResult:
+    """The whole stage. A finished fine-tune of the same key (data, base model, every setting) is reused as is."""
+    check_method(settings.method)
+    ds = data.load()
+    ref = resolve_model(model)
+    check_pooling(settings.pooling)
+    torch_device = pick_device(device)
+    settings = settings.resolved(dtype_name(pick_dtype(settings.dtype, torch_device)))
+    rows = split_rows(ds, settings.shots, settings.seed, hold_out=settings.method == "full")
+    key = settings.key(ds.fingerprint, asdict(ref.identity))
+    folder = Path(out) / f"{safe_name(ds.name)}__{safe_name(ref.name.split('/')[-1])}__{settings.method}__{key[:12]}"
+    finished = _finished(folder, key, runs)
+    if finished is not None:
+        return finished
+    ensure_writable(Path(out))
+    ensure_writable(Path(runs))
+    encoder = Encoder(ref, device, settings.dtype, settings.max_length)
+    checkpoints = Checkpoints(folder / "checkpoint", key)
+    outcome = run_method(encoder, ds, rows, settings, checkpoints, progress)
+    record = _record(ds, ref, encoder, settings, rows, outcome, key, folder)
+    _save_model(encoder, folder)
+    record["run"] = str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs))
+    atomic_write_bytes(folder / "README.md", model_card(record).encode())
+    atomic_write_json(folder / RECORD_FILE, record)
+    checkpoints.clear()
+    return FinetuneResult(folder, Path(record["run"]), False, record)
+
+
+def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSettings, checkpoints: Checkpoints,
+               progress: bool = True) -> Outcome:
+    """Train with the method's runner (settings already resolved); the learning curve calls this directly. Seeded
+    first: the new head's initial weights come from the seed too."""
+    seed_everything(settings.seed)
+    return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
+
+
+def check_pooling(name: str) -> None:
+    if name not in POOLINGS or POOLINGS[name].per_layer:
+        known = [n for n, p in POOLINGS.items() if not p.per_layer]
+        raise PipelineError(f"cannot fine-tune on pooling {name!r}: choose one of {', '.join(known)}")
+
+
+def _finished(folder: Path, key: str, runs: Path) -> FinetuneResult | None:
+    """The finished fine-tune of this key, if its record and its run are both there."""
+    try:
+        record = json.loads((folder / RECORD_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    run = Path(record.get("run", ""))
+    inside = Path(runs).resolve() in run.resolve().parents
+    if record.get("key") != key or not inside or not (run / "metrics.json").exists():
+        return None
+    return FinetuneResult(folder, run, True, record)
+
+
+def _record(ds: Dataset, ref: ModelRef, encoder: Encoder, settings: FinetuneSettings, rows: Rows, outcome: Outcome,
+            key: str, folder: Path) -> dict:
+    y_test = ds.labels[rows.test]
+    test_acc = float((outcome.proba_test.argmax(axis=1) == y_test).mean())
+    loop = outcome.loop
+    return {"key": key, "name": folder.name, "created": datetime.now(timezone.utc).isoformat(),
+            "base_model": {"name": ref.name, "spec": ref.spec, **asdict(ref.identity)},
+            "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
+                     "split_counts": ds.split_counts()},
+            "method": settings.method, "method_description": METHODS[settings.method].description,
+            "settings": asdict(settings), "device": str(encoder.device), "label_names": ds.label_names,
+            "rows": {"train": len(rows.train), "select": len(rows.select), "test": len(rows.test)},
+            "selection": rows.select_origin, "epochs": loop.epochs, "best_epoch": loop.best_epoch,
+            "steps": loop.steps, "seconds": round(loop.seconds, 1), "resumed_at_step": loop.resumed_at,
+            "history": loop.history, "dev_accuracy": outcome.dev_score, "test_accuracy": test_acc}
+
+
+def _save_model(encoder: Encoder, folder: Path) -> None:
+    """Weights, config and tokenizer via save_pretrained into a temp folder, then each file renamed into place
+    (atomic per file). finetune.json, written after the run and the model card, marks the folder finished."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".save-") as tmp:
+        encoder.model.save_pretrained(tmp, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            if path.is_file():
+                publish(path, folder / path.name)
+
+
+def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Rows, outcome: Outcome, key: str,
+               folder: Path, record: dict, runs: Path) -> Path:
+    """A run in the train stage's format, in the runs folder of the frozen cache of the same data, base model and
+    settings, so runs.csv lists frozen and fine-tuned rows side by side and `predict --run` uses it as any run."""
+    tuned = resolve_model(str(folder))
+    frozen = EncoderSettings(ref.identity, settings.max_length, settings.dtype)
+    cache_name = cache_dir(Path("."), ds.name, ref.name, cache_key(frozen, ds.fingerprint)).name
+    y_test, y_train = ds.labels[rows.test], ds.labels[rows.train]
+    metrics = classification_metrics(y_test, outcome.proba_test, ds.label_names, y_train, settings.seed)
+    params = {"lr": settings.lr, "epochs": record["epochs"], "best_epoch": record["best_epoch"],
+              **({"shots": settings.shots} if settings.shots else {})}
+    run_record = RunRecord(cache=cache_name, cache_key=key, pooling=settings.pooling, head=settings.head_name(),
+                           head_description=f"fine-tuned: {METHODS[settings.method].description}",
+                           label_names=ds.label_names, encoder=EncoderSettings(tuned.identity, settings.max_length,
+                                                                               settings.dtype),
+                           model_ref=str(folder.resolve()), seed=settings.seed, selection=rows.select_origin,
+                           params=params, n_train=len(rows.train), n_dev=len(rows.select),
+                           train_seconds=round(outcome.loop.seconds, 1))
+    path = run_dir(runs, cache_name, settings.pooling, settings.head_name())
+    run_record = save_run(path, outcome.head, run_record)
+    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics, "finetune": record})
+    atomic_write_bytes(path / "report.md", run_report(run_record, metrics).encode())
+    confusion_png(path / "confusion.png", metrics["confusion"], ds.label_names,
+                  f"{settings.head_name()} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
+    update_summary(cache_runs_dir(runs, cache_name) / "runs.csv", [summary_row(run_record, metrics)])
+    return path
+
+
+def reuse_line(result: FinetuneResult) -> str:
+    return f"reused the finished fine-tune {result.model_dir} (same data, base model and settings): nothing computed"
+
+
+def summary_line(result: FinetuneResult) -> str:
+    r = result.record
+    dev = "n/a" if r["dev_accuracy"] is None else f"{r['dev_accuracy']:.4f}"
+    best = f" (kept epoch {r['best_epoch']})" if r["best_epoch"] and r["best_epoch"] != r["epochs"] else ""
+    return (f"fine-tuned {r['method']} on {r['data']['name']}: {r['epochs']} epochs{best}, {r['steps']} steps, "
+            f"{r['seconds']:.0f}s on {r['device']} ({r['settings']['dtype']}); dev accuracy {dev}, test accuracy "
+            f"{r['test_accuracy']:.4f}\nmodel: {result.model_dir}\nrun: {result.run_dir}")
