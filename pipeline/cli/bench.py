@@ -111,3 +111,48 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
     write_results(folder, record)
     click.echo(results_markdown(record))
     click.echo(f"written: {folder}/results.json, results.md")
+
+
+@bench.command("curve")
+@opt.data_options
+@opt.model_option
+@click.option("--pooling", default=None,
+              help="Pooling of the frozen heads; default: the best of an earlier `bench heads` on this cache, else "
+                   "mean.")
+@opt.head_option(_all_heads)
+@click.option("--ks", default="8,16,32,64,128,256,all", show_default=True,
+              help="Labelled train rows per class (capped by the data).")
+@click.option("--seeds", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Draws per k for the frozen heads.")
+@click.option("--setfit-ks", default="8,16,32,64", show_default=True, help="ks for SetFit ('' for none).")
+@click.option("--full-ks", default="64,256,all", show_default=True, help="ks for full fine-tuning ('' for none).")
+@click.option("--tuned-seeds", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Draws per k for SetFit and full fine-tuning (they run the encoder: minutes per point on a CPU).")
+@click.option("--device", default="auto", show_default=True, help="Device for embedding and fine-tuning.")
+@opt.embeddings_option
+@click.option("--models", default="artifacts/models", show_default=True, type=click.Path(path_type=Path),
+              help="Tuned models root (the k = all fine-tune is the `finetune` command's, reused if finished).")
+@click.option("--runs", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
+@opt.progress_option
+def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned_seeds, device, embeddings, models,
+                runs, out, progress) -> None:
+    """Accuracy vs labelled rows per class: every frozen head, SetFit and full fine-tuning, one plot."""
+    from pipeline.bench.curve import CurvePlan, curve_markdown, default_pooling, learning_curve, parse_ks
+    from pipeline.cache import EmbeddingCache
+    from pipeline.embed.stage import EncoderOptions
+    from pipeline.embed.stage import embed as embed_stage
+    from pipeline.paths import ensure_writable
+    from pipeline.train.heads import parse_heads
+
+    plan = CurvePlan(ks=parse_ks(ks), seeds=seeds, heads=parse_heads(head),
+                     setfit_ks=parse_ks(setfit_ks) if setfit_ks.strip() else [],
+                     full_ks=parse_ks(full_ks) if full_ks.strip() else [], tuned_seeds=tuned_seeds)
+    first = embed_stage(data, model, ["mean"], embeddings, EncoderOptions(device=device), progress=progress)
+    pooling = pooling or default_pooling(Path(out) / first.path.name)
+    cache = embed_stage(data, model, [pooling], embeddings, EncoderOptions(device=device), progress=progress).path
+    folder = ensure_writable(Path(out) / cache.name)
+    points = learning_curve(data, model, cache, pooling, plan, folder, models, runs, device, progress)
+    n_test = EmbeddingCache(cache).manifest().data.split_counts.get("test", 0)
+    click.echo(curve_markdown(points, plan, pooling, cache.name, n_test))
+    click.echo(f"written: {folder}/curve.csv, curve.md, curve.png")
