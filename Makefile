@@ -15,8 +15,13 @@ DATA_OPTS  = --data '$(DATA)' $(call opt,MODEL,--model) $(call opt,TEXT_COL,--te
 EMBED_OPTS = $(call opt,POOLING,--pooling) $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) \
              $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine)
 TRAIN_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head)
+FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt,EPOCHS,--epochs) $(call opt,LR,--lr) \
+             $(call opt,POOLING,--pooling) $(call opt,BATCH_TOKENS,--batch-tokens) \
+             $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
+CURVE_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head) $(call opt,KS,--ks) $(call opt,SEEDS,--seeds) \
+             $(call opt,TUNED_SEEDS,--tuned-seeds) $(call opt,DEVICE,--device)
 
-.PHONY: setup embed train demo predict test lint bench bench-speed eval clean
+.PHONY: setup embed train demo predict test lint bench bench-speed finetune curve eval clean
 
 setup: $(STAMP)
 
@@ -63,6 +68,16 @@ SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--te
 bench-speed: $(STAMP)
 	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
 		$(call opt,DTYPE,--dtype)
+
+# Fine-tune the encoder itself (METHOD=full|setfit, SHOTS=N rows per class, EPOCHS, LR): a model folder under
+# artifacts/models (usable as MODEL=...) and a run beside the frozen runs of the same data in artifacts/runs.
+finetune: $(STAMP)
+	$(CLI) finetune $(DATA_OPTS) $(FINETUNE_OPTS)
+
+# Learning curve: accuracy vs labelled rows per class for the frozen heads, SetFit and full fine-tuning (embeds
+# first if needed); under artifacts/bench/<cache>/curve.*. Run `make finetune` first to reuse its k = all point.
+curve: $(STAMP)
+	$(CLI) bench curve $(DATA_OPTS) $(CURVE_OPTS)
 
 eval: $(STAMP)
 	$(CLI) eval --data-dir $(or $(DATA_DIR),../shared/data) $(call opt,MODEL,--model) $(call opt,POOLING,--pooling)
