@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.bench import curve as curve_module
-from pipeline.bench.curve import ALL, CurvePlan, capped, draw, learning_curve, parse_ks, winners
+from pipeline.bench.curve import ALL, CurvePlan, capped, draw, learning_curve, parse_ks
+from pipeline.bench.curve_report import summarise, winners
 from pipeline.data import ColumnSpec, DataSpec
 from pipeline.embed.stage import EncoderOptions, embed
 from pipeline.errors import PipelineError
@@ -41,7 +42,7 @@ def test_the_sentence_names_the_winner_by_k():
     points = [{"method": m, "k": k, "accuracy": a} for m, k, a in [
         ("frozen logreg", "8", 0.7), ("setfit", "8", 0.8), ("frozen logreg", "64", 0.8), ("setfit", "64", 0.78),
         ("full", "64", 0.82), ("frozen logreg", ALL, 0.84), ("full", ALL, 0.9)]]
-    sentence = winners(curve_module.summarise(points))
+    sentence = winners(summarise(points))
     assert "setfit at k = 8; full at k = 64–all" in sentence
     assert "full beats the best frozen head from k = 64 on" in sentence
     assert "setfit beats the best frozen head only at k = 8 (measured at k = 8, 64)" in sentence

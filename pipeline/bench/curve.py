@@ -9,7 +9,6 @@ command does (`make train`: fit_one with dev selection; `make finetune`: early s
 equal the commands' figures. Points are written as they finish; a rerun skips the ones it already has.
 """
 
-import csv
 import hashlib
 import json
 import sys
@@ -21,17 +20,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.bench.curve_report import ALL, read_csv, write_curve
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
 from pipeline.data import DataSpec, subset
 from pipeline.errors import PipelineError
 from pipeline.finetune.data import draw_per_class, split_rows
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.paths import atomic_write_bytes
 from pipeline.train.heads import HEADS, HeadUnavailable
-from pipeline.train.report import save_figure, write_csv
+from pipeline.train.report import write_csv
 from pipeline.train.stage import check_splits, fit_one
 
-ALL = "all"
 FIELDS = ["method", "k", "rows_per_class", "seed", "accuracy", "seconds", "protocol"]
 
 
@@ -162,7 +160,7 @@ def learning_curve(data: DataSpec, model: str, cache: Path, pooling: str, plan: 
     protocol = hashlib.sha256(json.dumps({"cache": manifest.key, "pooling": pooling, "plan": asdict(plan),
                                           "seed": data.seed}, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = out / "curve.csv"
-    points = [p for p in _read(path) if p["protocol"] == protocol]
+    points = [p for p in read_csv(path) if p["protocol"] == protocol]
     done = {(p["method"], p["k"], int(p["seed"])) for p in points}
     counts = manifest.data.split_counts
     smallest = int(np.bincount(load_embeddings(cache, pooling, "train").y).min())
@@ -172,109 +170,20 @@ def learning_curve(data: DataSpec, model: str, cache: Path, pooling: str, plan: 
         points.append({"method": method, "k": str(k), "rows_per_class": per_class_all if k == ALL else k,
                        "seed": seed, "accuracy": accuracy, "seconds": round(seconds, 1), "protocol": protocol})
         write_csv(path, points, FIELDS)
+        if not method.startswith("frozen"):  # a costly point: the table and plot so far, in case of a stop
+            write_curve(out, points, plan, pooling, manifest.name, counts.get("test", 0))
 
     bar = tqdm(total=count_points(plan, smallest), desc="curve", unit="point", disable=not progress,
                file=sys.stderr)
     frozen_points(cache, pooling, plan, data.seed, done, write, bar)
+    write_curve(out, points, plan, pooling, manifest.name, counts.get("test", 0))
     tuned_points(data, model, plan, models, runs, device, done, write, bar, progress)
     bar.close()
     write_curve(out, points, plan, pooling, manifest.name, counts.get("test", 0))
     return points
 
 
-def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def summarise(points: list[dict]) -> dict[str, dict]:
-    """method -> k -> (mean, std, min, max, n) over seeds."""
-    table: dict[str, dict] = {}
-    for p in points:
-        table.setdefault(p["method"], {}).setdefault(p["k"], []).append(float(p["accuracy"]))
-    return {m: {k: (float(np.mean(v)), float(np.std(v)), min(v), max(v), len(v)) for k, v in by_k.items()}
-            for m, by_k in table.items()}
-
-
-def _order(ks) -> list[str]:
-    return sorted(ks, key=lambda k: (k == ALL, int(k) if k != ALL else 0))
-
-
-def winners(summary: dict[str, dict]) -> str:
-    """The sentence that answers the question: which method is best at which k, and from which k each fine-tuning
-    method beats the best frozen head."""
-    ks = _order({k for by_k in summary.values() for k in by_k})
-    best = {k: max((m for m in summary if k in summary[m]), key=lambda m: summary[m][k][0]) for k in ks}
-    spans, start = [], 0
-    for i in range(1, len(ks) + 1):
-        if i == len(ks) or best[ks[i]] != best[ks[start]]:
-            span = ks[start] if i - 1 == start else f"{ks[start]}–{ks[i - 1]}"
-            spans.append(f"{best[ks[start]]} at k = {span}")
-            start = i
-    lines = ["Best method by k: " + "; ".join(spans) + "."]
-    frozen = [m for m in summary if m.startswith("frozen")]
-    for method in [m for m in summary if not m.startswith("frozen")]:
-        beats = [k for k in _order(summary[method])
-                 if summary[method][k][0] > max((summary[f][k][0] for f in frozen if k in summary[f]), default=0)]
-        measured = _order(summary[method])
-        tail = next((k for i, k in enumerate(measured) if all(m in beats for m in measured[i:])), None)
-        where = (f"from k = {tail} on" if tail else f"only at k = {', '.join(beats)}" if beats else "at none of")
-        lines.append(f"{method} beats the best frozen head {where} (measured at k = {', '.join(measured)}).")
-    return " ".join(lines)
-
-
-def curve_markdown(points: list[dict], plan: CurvePlan, pooling: str, title: str, n_test: int) -> str:
-    summary = summarise(points)
-    ks = _order({k for by_k in summary.values() for k in by_k})
-    lines = [f"## Learning curve: {title}", "",
-             f"Test accuracy (mean ± std over seeds; n = seeds) on the full test split ({n_test} rows) against k "
-             f"labelled train rows per class. Frozen heads on the `{pooling}` pooling with {plan.seeds} seeds; "
-             f"setfit and full fine-tuning (pooling `{plan.finetune.pooling}`) with {plan.tuned_seeds}. Rows are "
-             "drawn per class from train only (seeded, stratified); below k = all a point uses only its drawn rows "
-             f"(heads: C by CV on them; setfit: no selection; full: at least {plan.small_k_steps} steps, no early "
-             "stopping); at k = all each method runs as its own command (make train, make finetune: dev for "
-             "selection).", "",
-             "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
-    for method, by_k in sorted(summary.items(), key=lambda kv: (not kv[0].startswith("frozen"), kv[0])):
-        cells = [f"{by_k[k][0]:.4f} ± {by_k[k][1]:.3f} (n={by_k[k][4]})" if k in by_k else "—" for k in ks]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", winners(summary), ""])
-
-
-def write_curve(folder: Path, points: list[dict], plan: CurvePlan, pooling: str, title: str, n_test: int) -> None:
-    atomic_write_bytes(folder / "curve.md", curve_markdown(points, plan, pooling, title, n_test).encode())
-    _plot(folder / "curve.png", points, title)
-
-
-def _plot(path: Path, points: list[dict], title: str) -> None:
-    import matplotlib.pyplot as plt
-
-    x_of = {p["k"]: float(p["rows_per_class"]) for p in points}
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for method, by_k in sorted(summarise(points).items()):
-        ks = _order(by_k)
-        x = [x_of[k] for k in ks]
-        mean, lo, hi = ([by_k[k][i] for k in ks] for i in (0, 2, 3))
-        style = "--" if method.startswith("frozen") else "-"
-        line, = ax.plot(x, mean, style, marker="o", markersize=3, label=method,
-                        linewidth=1 if method.startswith("frozen") else 2)
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
-    ax.set_xscale("log")
-    ticks = sorted(set(x_of.values()))
-    ax.set_xticks(ticks, [ALL if k == ALL else k for k in sorted(x_of, key=lambda k: x_of[k])])
-    ax.minorticks_off()
-    ax.set_xlabel("labelled train rows per class (k, log scale)")
-    ax.set_ylabel("test accuracy (band: min–max over seeds)")
-    ax.set_title(f"Learning curve: {title}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path)
-
-
 def default_pooling(bench_folder: Path) -> str:
     """The best pooling of an earlier `bench heads` run on this cache (its leaderboard.csv), else 'mean'."""
-    board = bench_folder / "leaderboard.csv"
-    rows = _read(board)
+    rows = read_csv(bench_folder / "leaderboard.csv")
     return rows[0]["pooling"] if rows else "mean"

@@ -138,7 +138,8 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
 def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned_seeds, device, embeddings, models,
                 runs, out, progress) -> None:
     """Accuracy vs labelled rows per class: every frozen head, SetFit and full fine-tuning, one plot."""
-    from pipeline.bench.curve import CurvePlan, curve_markdown, default_pooling, learning_curve, parse_ks
+    from pipeline.bench.curve import CurvePlan, default_pooling, learning_curve, parse_ks
+    from pipeline.bench.curve_report import curve_markdown
     from pipeline.cache import EmbeddingCache
     from pipeline.embed.stage import EncoderOptions
     from pipeline.embed.stage import embed as embed_stage

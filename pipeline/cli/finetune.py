@@ -31,7 +31,7 @@ class MethodChoice(click.ParamType):
 @click.option("--pooling", default="mean", show_default=True, help="The pooling the head reads (one name).")
 @click.option("--shots", default=None, type=click.IntRange(min=1),
               help="Train on N rows per class drawn from train (seeded, stratified); default: all of train.")
-@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Epochs (default: 4 full, 1 setfit).")
+@click.option("--epochs", default=None, type=click.IntRange(min=1), help="Epochs (default: 3 full, 1 setfit).")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate (default: 5e-5 full, 2e-5 setfit).")
 @click.option("--batch-tokens", default=0, type=click.IntRange(min=0),

@@ -21,7 +21,7 @@ class Method:
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("full", "the encoder plus a linear head on the pooling, trained end to end with cross-entropy "
-                   "(AdamW, warm-up + linear decay, early stopping on dev)", 5e-5, 4, "finetune"),
+                   "(AdamW, warm-up + linear decay, early stopping on dev)", 5e-5, 3, "finetune"),
     Method("setfit", "SetFit: contrastive fine-tuning of the encoder on sentence pairs (same label positive, "
                      "different label negative; CosineSimilarityLoss), then the logreg head on the tuned vectors",
            2e-5, 1, "setfit"),
