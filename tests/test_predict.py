@@ -229,7 +229,7 @@ def test_error_analysis_lists_the_most_confident_mistakes_and_least_confident_ri
     assert table("Most confident mistakes (10 of 10 wrong rows)") == [str(r) for r in mistakes]
     assert table("Least confident correct predictions (10 of 20 right rows)") == [str(r) for r in right]
     assert "text 27 \\| with a pipe long" in text and "…" in text and "long " * 40 not in text
-    assert f"| 27 | text 27 " in text and f"| pos | neg | {confidence[27]:.3f} |" in text
+    assert "| 27 | text 27 " in text and f"| pos | neg | {confidence[27]:.3f} |" in text
     old = "\n".join(error_analysis_lines(Scored(np.arange(n).astype(str), None, y, proba), ["neg", "pos"]))
     assert "(not in cache)" in old and "made before caches kept each row's text" in old
 
