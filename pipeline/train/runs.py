@@ -12,8 +12,6 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import skops.io
-
 from pipeline.cache import SCHEMA_VERSION, EncoderSettings, check_schema
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
@@ -84,6 +82,8 @@ def run_dir(root: Path, cache_name: str, pooling: str, head: str) -> Path:
 
 def save_run(path: Path, model, record: RunRecord) -> RunRecord:
     """Write head, its hash and run.json atomically; returns the record with the head file's sha256."""
+    import skops.io  # here, not at the top: importing skops walks all of scikit-learn (and loads torch through it)
+
     payload = skops.io.dumps(model)
     digest = hashlib.sha256(payload).hexdigest()
     atomic_write_bytes(path / HEAD_FILE, payload)
@@ -121,6 +121,8 @@ def _load_head(head: Path, payload: bytes):
         import joblib
 
         return joblib.load(io.BytesIO(payload))["model"]
+    import skops.io
+
     try:
         return skops.io.loads(payload, trusted=TRUSTED_TYPES)
     except skops.io.exceptions.UntrustedTypesFoundException as exc:
