@@ -275,3 +275,14 @@ def test_report_csv_and_figures_go_through_the_same_writer(tmp_path):
         report.write_csv(tmp_path, [{"a": 1}], ["a"])
     with pytest.raises(PipelineError, match="is a folder"):
         report.confusion_png(tmp_path, [[1, 0], [0, 1]], ["a", "b"], "t")
+
+
+def test_bootstrap_in_blocks_gives_the_same_interval_as_one_draw(monkeypatch):
+    from pipeline.train import metrics
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 900)
+    pred = np.where(rng.random(900) < 0.8, y, rng.integers(0, 3, 900))
+    whole = metrics.bootstrap_ci(y, pred, metrics.accuracy_batch, seed=3)
+    monkeypatch.setattr(metrics, "BLOCK_CELLS", 900 * 7 + 5)  # 7 resamples a block, the last one shorter
+    assert metrics.bootstrap_ci(y, pred, metrics.accuracy_batch, seed=3) == whole

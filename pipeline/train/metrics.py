@@ -13,6 +13,7 @@ from sklearn.metrics import (
 from sklearn.preprocessing import label_binarize
 
 N_BOOTSTRAP = 1000
+BLOCK_CELLS = 4_000_000  # resample indices held at once (32 MB of int64)
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: list[str], y_train: np.ndarray,
@@ -100,21 +101,26 @@ def macro_f1_batch(t: np.ndarray, p: np.ndarray, classes) -> np.ndarray:
     return np.mean(scores, axis=0)
 
 
-def bootstrap_indices(n: int, seed: int, reps: int = N_BOOTSTRAP) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(reps, n))
+def bootstrap_values(stat, n: int, seed: int, reps: int = N_BOOTSTRAP) -> np.ndarray:
+    """`stat(idx)` for `reps` seeded resamples of n rows, drawn in blocks of about BLOCK_CELLS indices: memory stays
+    bounded for large test sets (1000 x 67k indices would be half a GB). Drawing the rows block by block gives the
+    same indices as one draw, so the values do not depend on the block size."""
+    rng = np.random.default_rng(seed)
+    step = max(1, min(reps, BLOCK_CELLS // max(n, 1)))
+    return np.concatenate([stat(rng.integers(0, n, size=(min(step, reps - start), n)))
+                           for start in range(0, reps, step)])
 
 
 def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, stat, seed: int = 0) -> list[float]:
     """Seeded 95% percentile interval of `stat` over test-set resamples."""
-    idx = bootstrap_indices(len(y_true), seed)
-    values = stat(y_true[idx], y_pred[idx])
+    values = bootstrap_values(lambda idx: stat(y_true[idx], y_pred[idx]), len(y_true), seed)
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
 def paired_bootstrap_p(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, seed: int = 0) -> float:
     """Share of resamples in which A (the best row) does not beat B on accuracy: a one-sided paired p-value."""
-    idx = bootstrap_indices(len(y_true), seed)
-    diff = accuracy_batch(y_true[idx], pred_a[idx]) - accuracy_batch(y_true[idx], pred_b[idx])
+    diff = bootstrap_values(lambda idx: accuracy_batch(y_true[idx], pred_a[idx]) -
+                            accuracy_batch(y_true[idx], pred_b[idx]), len(y_true), seed)
     return float((diff <= 0).mean())
 
 
