@@ -100,7 +100,7 @@ def test_a_truncated_key_file_is_rewritten_like_a_damaged_shard(encoder, toy, tm
 
 
 def test_a_rerun_with_nothing_to_compute_hashes_each_shard_once_and_reads_none(encoder, toy, tmp_path, monkeypatch):
-    from pipeline import cache
+    from pipeline.cache import store as cache
 
     first = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path, shard_rows=20, progress=False)
     hashed, read = [], []

@@ -1,20 +1,11 @@
-"""The embedding cache: one folder per key, Parquet shards with one fixed-size-list column per pooling, a manifest.
-
-Layout of `<embeddings>/<data>__<model>__<key12>/`:
-  _key.json             what the key was made of, and the shard size (written first)
-  shard-00000.parquet   id, split, label, text, n_tokens, truncated, emb_<pooling>... (page checksums on)
-  _manifest.json        model identity, poolings and dims, label names, shard list, stats (written last)
-Every write goes to a temp file and is renamed into place, so a killed run leaves whole files or none. The `text`
-column (each row's text, so reports can quote it) is not part of the key; shards written before it existed lack it and
-still load, with `Embeddings.texts` None for their rows.
-"""
+"""Reading and writing one cache folder: the shards, the key file, the manifest, the lock, and finding a cache."""
 
 import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,145 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from pipeline.cache.records import MANIFEST_FILE, Manifest, ModelIdentity, ShardRecord
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_json, hash_file_into, publish, safe_name
 
-SCHEMA_VERSION = 1
 EMB_PREFIX = "emb_"
-MANIFEST_FILE = "_manifest.json"
 KEY_FILE = "_key.json"
 LAYERS = "layers"  # the per-layer column; 'layerK' names its layer K
 TEXT = "text"  # each row's text, for reports; absent from caches made before it was added
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """What identifies a model's files: part of every cache key and run record."""
-
-    name: str
-    source: str
-    revision: str | None
-    weights_sha256: str
-    tokenizer_sha256: str
-
-
-@dataclass(frozen=True)
-class EncoderSettings:
-    """Everything about the encoder that changes the vectors: the model, max length and compute dtype."""
-
-    model: ModelIdentity
-    max_length: int
-    dtype: str
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: dict) -> "EncoderSettings":
-        return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]))
-
-
-@dataclass(frozen=True)
-class PoolingInfo:
-    """One cached pooling: what it means and the shape of its vector per text."""
-
-    description: str
-    shape: list[int]
-    dim: int
-
-
-@dataclass(frozen=True)
-class ShardRecord:
-    """A finished shard as the manifest vouches for it."""
-
-    file: str
-    rows: int
-    bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    name: str
-    fingerprint: str
-    split_origin: str
-    split_counts: dict[str, int]
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """What the last embed run computed, and how fast (None speeds when it only reused shards)."""
-
-    seconds: float
-    computed_rows: int
-    computed_tokens: int
-    computed_shards: list[int]
-    texts_per_s: float | None
-    tokens_per_s: float | None
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """The contract between the stages: a finished cache's identity, poolings, labels and shards (_manifest.json)."""
-
-    name: str
-    key: str
-    created: str
-    data: DataInfo
-    rows: int
-    label_names: list[str]
-    encoder: EncoderSettings
-    model_ref: str
-    poolings: dict[str, PoolingInfo]
-    shards: list[ShardRecord]
-    tokens: int
-    truncated: int
-    device: str
-    batch_tokens: int
-    cpu_bf16_speedup: float | None
-    last_run: RunStats
-    versions: dict[str, str | None]
-    schema: int = field(default=SCHEMA_VERSION)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, record: dict, where: Path) -> "Manifest":
-        """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix."""
-        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
-        try:
-            manifest = cls(**{**record, "data": DataInfo(**record["data"]),
-                              "encoder": EncoderSettings.from_json(record["encoder"]),
-                              "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
-                              "shards": [ShardRecord(**s) for s in record["shards"]],
-                              "last_run": RunStats(**record["last_run"])})
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise PipelineError(f"the manifest of {where} is damaged ({type(exc).__name__}: {exc}): run the same "
-                                "`bert-pipeline embed` command again to rebuild it") from None
-        if manifest.name != safe_name(manifest.name, 200):
-            raise PipelineError(f"the manifest of {where} names the cache {manifest.name!r}, which is not a plain "
-                                "folder name: it was edited or crafted; run `bert-pipeline embed` again")
-        return manifest
-
-
-def check_schema(record: object, path: Path, rebuild: str) -> None:
-    """Refuse a record written by another version of this tool's format, saying which way to go."""
-    version = record.get("schema", 1) if isinstance(record, dict) else None
-    if version == SCHEMA_VERSION:
-        return
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
-                            f"({SCHEMA_VERSION}): upgrade bert-pipeline, or run {rebuild}")
-    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {SCHEMA_VERSION}): "
-                        f"run {rebuild}")
-
-
-def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:
-    """sha256 of everything that changes the vectors: model and tokenizer identity, max length, dtype, the data."""
-    blob = json.dumps({"schema": SCHEMA_VERSION, "encoder": settings.to_json(), "data": data_fingerprint},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def cache_dir(embeddings: Path, data_name: str, model_name: str, key: str) -> Path:

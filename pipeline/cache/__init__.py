@@ -1,0 +1,45 @@
+"""The embedding cache: one folder per key, Parquet shards with one fixed-size-list column per pooling, a manifest.
+
+Layout of `<embeddings>/<data>__<model>__<key12>/`:
+  _key.json             what the key was made of, and the shard size (written first)
+  shard-00000.parquet   id, split, label, text, n_tokens, truncated, emb_<pooling>... (page checksums on)
+  _manifest.json        model identity, poolings and dims, label names, shard list, stats (written last)
+Every write goes to a temp file and is renamed into place, so a killed run leaves whole files or none. The `text`
+column (each row's text, so reports can quote it) is not part of the key; shards written before it existed lack it and
+still load, with `Embeddings.texts` None for their rows.
+"""
+
+from pipeline.cache.records import (
+                                    MANIFEST_FILE,
+                                    SCHEMA_VERSION,
+                                    DataInfo,
+                                    EncoderSettings,
+                                    Manifest,
+                                    ModelIdentity,
+                                    PoolingInfo,
+                                    RunStats,
+                                    ShardRecord,
+                                    cache_key,
+                                    check_schema,
+)
+from pipeline.cache.store import (
+                                    EMB_PREFIX,
+                                    KEY_FILE,
+                                    LAYERS,
+                                    TEXT,
+                                    EmbeddingCache,
+                                    Embeddings,
+                                    cache_dir,
+                                    file_sha256,
+                                    find_cache,
+                                    load_embeddings,
+                                    pooling_column,
+                                    pooling_source,
+                                    require_cache,
+                                    shard_table,
+)
+
+__all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "KEY_FILE", "LAYERS",
+           "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION", "ShardRecord",
+           "TEXT", "cache_dir", "cache_key", "check_schema", "file_sha256", "find_cache", "load_embeddings",
+           "pooling_column", "pooling_source", "require_cache", "shard_table"]

@@ -1,0 +1,146 @@
+"""The typed records that cross the seam between the stages: what identifies a model and an encoder's settings
+(both part of every cache key), and the manifest that vouches for a finished cache. Each has to_json/from_json and a
+schema version that is checked on read.
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.paths import safe_name
+
+MANIFEST_FILE = "_manifest.json"
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What identifies a model's files: part of every cache key and run record."""
+
+    name: str
+    source: str
+    revision: str | None
+    weights_sha256: str
+    tokenizer_sha256: str
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """Everything about the encoder that changes the vectors: the model, max length and compute dtype."""
+
+    model: ModelIdentity
+    max_length: int
+    dtype: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "EncoderSettings":
+        return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]))
+
+
+@dataclass(frozen=True)
+class PoolingInfo:
+    """One cached pooling: what it means and the shape of its vector per text."""
+
+    description: str
+    shape: list[int]
+    dim: int
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished shard as the manifest vouches for it."""
+
+    file: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    fingerprint: str
+    split_origin: str
+    split_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """What the last embed run computed, and how fast (None speeds when it only reused shards)."""
+
+    seconds: float
+    computed_rows: int
+    computed_tokens: int
+    computed_shards: list[int]
+    texts_per_s: float | None
+    tokens_per_s: float | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The contract between the stages: a finished cache's identity, poolings, labels and shards (_manifest.json)."""
+
+    name: str
+    key: str
+    created: str
+    data: DataInfo
+    rows: int
+    label_names: list[str]
+    encoder: EncoderSettings
+    model_ref: str
+    poolings: dict[str, PoolingInfo]
+    shards: list[ShardRecord]
+    tokens: int
+    truncated: int
+    device: str
+    batch_tokens: int
+    cpu_bf16_speedup: float | None
+    last_run: RunStats
+    versions: dict[str, str | None]
+    schema: int = field(default=SCHEMA_VERSION)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict, where: Path) -> "Manifest":
+        """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix."""
+        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
+        try:
+            manifest = cls(**{**record, "data": DataInfo(**record["data"]),
+                              "encoder": EncoderSettings.from_json(record["encoder"]),
+                              "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
+                              "shards": [ShardRecord(**s) for s in record["shards"]],
+                              "last_run": RunStats(**record["last_run"])})
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise PipelineError(f"the manifest of {where} is damaged ({type(exc).__name__}: {exc}): run the same "
+                                "`bert-pipeline embed` command again to rebuild it") from None
+        if manifest.name != safe_name(manifest.name, 200):
+            raise PipelineError(f"the manifest of {where} names the cache {manifest.name!r}, which is not a plain "
+                                "folder name: it was edited or crafted; run `bert-pipeline embed` again")
+        return manifest
+
+
+def check_schema(record: object, path: Path, rebuild: str) -> None:
+    """Refuse a record written by another version of this tool's format, saying which way to go."""
+    version = record.get("schema", 1) if isinstance(record, dict) else None
+    if version == SCHEMA_VERSION:
+        return
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
+                            f"({SCHEMA_VERSION}): upgrade bert-pipeline, or run {rebuild}")
+    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {SCHEMA_VERSION}): "
+                        f"run {rebuild}")
+
+
+def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:
+    """sha256 of everything that changes the vectors: model and tokenizer identity, max length, dtype, the data."""
+    blob = json.dumps({"schema": SCHEMA_VERSION, "encoder": settings.to_json(), "data": data_fingerprint},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
