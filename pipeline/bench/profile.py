@@ -21,8 +21,8 @@ STEPS = {
     "forward (model)": [("forward", "encoder.py")],
     "pooling": [("pool", "pooling.py")],
     "copy to host (fp32 numpy)": [("_pool_chunk", "stage.py")],
-    "Parquet write": [("write_shard", "cache.py")],
-    "hashing (sha256)": [("file_sha256", "cache.py")],
+    "Parquet write": [("write_shard", "cache/store.py")],
+    "hashing (sha256)": [("file_sha256", "cache/store.py")],
     "plan (reading finished shards)": [("_plan", "stage.py")],
 }
 
