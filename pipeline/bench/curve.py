@@ -157,7 +157,8 @@ def learning_curve(data: DataSpec, model: str, cache: Path, pooling: str, plan: 
     """Measure every point (skipping those already in curve.csv for the same protocol) and write curve.csv, .md
     and .png under `out`; returns the points."""
     manifest = EmbeddingCache(cache).manifest()
-    protocol = hashlib.sha256(json.dumps({"cache": manifest.key, "pooling": pooling, "plan": asdict(plan),
+    what = {k: v for k, v in asdict(plan).items() if k not in ("seeds", "tuned_seeds")}  # more seeds add points
+    protocol = hashlib.sha256(json.dumps({"cache": manifest.key, "pooling": pooling, "plan": what,
                                           "seed": data.seed}, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = out / "curve.csv"
     points = [p for p in read_csv(path) if p["protocol"] == protocol]

@@ -149,9 +149,11 @@ def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned
     plan = CurvePlan(ks=parse_ks(ks), seeds=seeds, heads=parse_heads(head),
                      setfit_ks=parse_ks(setfit_ks) if setfit_ks.strip() else [],
                      full_ks=parse_ks(full_ks) if full_ks.strip() else [], tuned_seeds=tuned_seeds)
-    first = embed_stage(data, model, ["mean"], embeddings, EncoderOptions(device=device), progress=progress)
-    pooling = pooling or default_pooling(Path(out) / first.path.name)
-    cache = embed_stage(data, model, [pooling], embeddings, EncoderOptions(device=device), progress=progress).path
+    options = EncoderOptions(device=device)
+    if pooling is None:  # the cache's name (not its poolings) finds an earlier leaderboard
+        first = embed_stage(data, model, ["mean"], embeddings, options, progress=progress)
+        pooling = default_pooling(Path(out) / first.path.name)
+    cache = embed_stage(data, model, [pooling], embeddings, options, progress=progress).path
     folder = ensure_writable(Path(out) / cache.name)
     points = learning_curve(data, model, cache, pooling, plan, folder, models, runs, device, progress)
     n_test = EmbeddingCache(cache).manifest().data.split_counts.get("test", 0)
