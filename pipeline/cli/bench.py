@@ -113,6 +113,42 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
     click.echo(f"written: {folder}/results.json, results.md")
 
 
+@bench.command("models")
+@opt.data_options
+@click.option("--models", default="default,all-mpnet-base-v2", show_default=True,
+              help="Comma list of models to compare: 'default', all-mpnet-base-v2 (from PyPI, offline), local "
+                   "folders or hub ids.")
+@click.option("--model", default=None, hidden=True)  # `make bench-models MODEL=...` passes it: say what to use
+@opt.head_option(_all_heads)
+@opt.encoder_options
+@click.option("--speed-texts", default=500, show_default=True, type=click.IntRange(min=1),
+              help="Texts of the data (a seeded sample) timed per model for the embed cost.")
+@click.option("--speed-repeats", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Rounds timing every model in turn; each model's fastest pass counts (load only slows a pass).")
+@opt.embeddings_option
+@click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
+@opt.progress_option
+def bench_models(data, models, model, head, options, speed_texts, speed_repeats, embeddings, out, progress) -> None:
+    """Which encoder: per model, embed cost, cache size and the best pooling x head, compared (table and plot)."""
+    from pipeline.bench.models import models_benchmark, models_markdown, parse_models, write_models
+    from pipeline.errors import PipelineError
+    from pipeline.paths import ensure_writable, safe_name
+    from pipeline.train.heads import parse_heads
+
+    if model is not None:
+        raise PipelineError(f"bench models compares several models: list them with --models (make bench-models "
+                            f"MODELS=default,{model}) instead of --model")
+    heads = parse_heads(head)
+    ds = data.load()  # the data and the models are checked before anything is embedded
+    refs = parse_models(models)
+    folder = ensure_writable(Path(out) / "models" / safe_name(ds.name))
+    record = models_benchmark(ds, refs, options, embeddings, heads, data.seed, speed_texts, speed_repeats, progress,
+                              log=lambda line: click.echo(line, err=True))
+    written = write_models(folder, record)
+    click.echo(models_markdown(record))
+    click.echo(f"written: {', '.join(map(str, written))}")
+
+
 @bench.command("curve")
 @opt.data_options
 @opt.model_option

