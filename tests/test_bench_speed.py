@@ -29,3 +29,18 @@ def test_bench_speed_needs_no_label_column(tmp_path, run_cli):
     assert len(ds) == 10 and ds.label_names == ["unlabelled"]
     code, _, err = run_cli("bench", "speed", "--data", path, "--text-col", "nope")
     assert code == 2 and "no text column 'nope'" in err and "label" not in err
+
+
+def test_scaling_runs_embed_and_predict_in_fresh_processes(tiny_bert, tmp_path, run_cli):
+    from pipeline.bench.scaling import embed_command, predict_command, scaling_benchmark
+
+    ds = load_dataset(write_csv(tmp_path / "t.csv", sentiment_rows(60)))
+    rows = scaling_benchmark(ds, [20, 60], embed_command(str(tiny_bert), ["--dtype", "fp32"]), log=lambda _: None)
+    assert [r["texts"] for r in rows] == [20, 60] and all(r["peak_rss_mb"] > 0 for r in rows)
+    data = write_csv(tmp_path / "train.csv", sentiment_rows(60))
+    common = ["--data", data, "--model", tiny_bert, "--no-progress"]
+    assert run_cli("embed", *common, "--pooling", "mean", "--out", tmp_path / "emb")[0] == 0
+    assert run_cli("train", *common, "--embeddings", tmp_path / "emb", "--out", tmp_path / "runs")[0] == 0
+    run = next((tmp_path / "runs").glob("*/mean/logreg"))
+    rows = scaling_benchmark(ds, [30], predict_command(run), log=lambda _: None)
+    assert rows[0]["texts"] == 30 and rows[0]["seconds"] > 0

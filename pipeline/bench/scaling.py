@@ -1,4 +1,5 @@
-"""Does the embed stage stream? Time and peak memory (RSS) of `embed` on growing slices of one data set.
+"""Do the embed and predict stages stream? Time and peak memory (RSS) of `embed` or `predict` on growing slices of
+one data set.
 
 Each size runs in its own process, so its peak RSS is its own: time should grow linearly and memory stay flat.
 """
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.data import Dataset
@@ -24,8 +26,23 @@ finally:
 """
 
 
-def scaling_benchmark(ds: Dataset, sizes: list[int], model: str, extra_args: list[str], log=print) -> list[dict]:
-    """One fresh `bert-pipeline embed` process per size (mean pooling, new cache each), timed, peak RSS read."""
+Command = Callable[[Path, Path], list[str]]  # (the slice's CSV, a scratch folder) -> bert-pipeline arguments
+
+
+def embed_command(model: str, extra_args: list[str]) -> Command:
+    """`embed` of the slice with mean pooling into a new cache."""
+    return lambda data, tmp: ["embed", "--data", str(data), "--model", model, "--pooling", "mean", "--out",
+                              str(tmp / "emb"), "--no-progress", *extra_args]
+
+
+def predict_command(run: Path) -> Command:
+    """`predict` of the slice with a trained run: embedded into a new cache shard by shard, then scored."""
+    return lambda data, tmp: ["predict", "--run", str(run), "--input", str(data), "--output",
+                              str(tmp / f"{data.stem}.parquet"), "--embeddings", str(tmp / "emb"), "--no-progress"]
+
+
+def scaling_benchmark(ds: Dataset, sizes: list[int], command: Command, log=print) -> list[dict]:
+    """One fresh `bert-pipeline` process per size (a new cache each), timed, its peak RSS read."""
     if max(sizes) > len(ds):
         raise PipelineError(f"--sizes asks for {max(sizes)} texts but the data has {len(ds)}")
     rows = []
@@ -36,13 +53,13 @@ def scaling_benchmark(ds: Dataset, sizes: list[int], model: str, extra_args: lis
                 writer = csv.writer(handle)
                 writer.writerow(["text", "label"])
                 writer.writerows(zip(ds.texts[:size], ds.labels[:size].tolist(), strict=True))
-            cmd = [sys.executable, "-c", RUNNER, "embed", "--data", str(path), "--model", model, "--pooling", "mean",
-                   "--out", str(Path(tmp) / "emb"), "--no-progress", *extra_args]
             start = time.perf_counter()
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-c", RUNNER, *command(path, Path(tmp) / str(size))],
+                                  capture_output=True, text=True)
             seconds = time.perf_counter() - start
             if done.returncode != 0:
-                raise PipelineError(f"embed of {size} texts failed: {done.stderr.strip().splitlines()[-1:]}")
+                last = (done.stderr.strip().splitlines()[-2:-1] or ["no output"])[0]  # the final line is the RSS
+                raise PipelineError(f"the run on {size} texts failed: {last}")
             rss = int(done.stderr.strip().splitlines()[-1].split()[-1]) / 1024
             rows.append({"texts": size, "seconds": seconds, "texts_per_s": size / seconds, "peak_rss_mb": rss})
             log(f"{size:>7} texts {seconds:8.1f}s {size / seconds:8.1f} texts/s  peak RSS {rss:7.0f} MB")

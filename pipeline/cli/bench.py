@@ -53,8 +53,10 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
 @click.option("--limit", default=0, type=click.IntRange(min=0), help="Use only the first N texts (0: all).")
 @click.option("--sizes", default=None,
               help="Scaling run instead: comma list of sizes, e.g. 1000,4000,16000,67000 (one process each).")
+@click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
+              help="With --sizes: time and measure `predict` with this run instead of `embed`.")
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
-def bench_speed(data, text_col, split, model, device, dtype, repeats, limit, sizes, out) -> None:
+def bench_speed(data, text_col, split, model, device, dtype, repeats, limit, sizes, run_path, out) -> None:
     """Embed speed against the seed's flow and sentence-transformers, in one process on the same texts."""
     from pipeline.data import ColumnSpec, DataSpec, load_texts, subset
     from pipeline.registry import parse_sizes
@@ -62,11 +64,13 @@ def bench_speed(data, text_col, split, model, device, dtype, repeats, limit, siz
     ds = load_texts(DataSpec(data, ColumnSpec(text_col)), split)
     ds = subset(ds, slice(0, limit)) if limit else ds
     if sizes:
-        from pipeline.bench.scaling import scaling_benchmark, scaling_markdown, write_scaling
+        from pipeline.bench import scaling
 
-        rows = scaling_benchmark(ds, parse_sizes(sizes), model, ["--device", device, "--dtype", dtype])
-        written = write_scaling(out, rows)
-        click.echo(scaling_markdown(rows))
+        embed_args = ["--device", device, "--dtype", dtype]
+        command = scaling.predict_command(run_path) if run_path else scaling.embed_command(model, embed_args)
+        rows = scaling.scaling_benchmark(ds, parse_sizes(sizes), command)
+        written = scaling.write_scaling(out, rows)
+        click.echo(scaling.scaling_markdown(rows))
     else:
         from pipeline.bench.speed import speed_benchmark, speed_markdown, write_speed
         from pipeline.embed.models import resolve_model
