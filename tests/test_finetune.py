@@ -132,10 +132,10 @@ def _kill_at(monkeypatch, step: int) -> list[int]:
 
 def test_a_killed_fine_tune_resumes_where_it_stopped_and_ends_as_an_unbroken_one(run_cli, tiny_bert, toy_split,
                                                                                 tmp_path, monkeypatch):
-    args = ["finetune", "--data", toy_split, "--split-col", "split", "--model", tiny_bert, "--batch-tokens", "128",
-            *FAST]
-    monkeypatch.setattr(loop_module, "SAVE_EVERY_S", 0.0)  # a checkpoint after every step, not only every epoch
+    args = ["finetune", "--data", toy_split, "--split-col", "split", "--model", tiny_bert, "--batch-tokens", "160",
+            *FAST, "--epochs", "2"]
     assert run_cli(*args, *_cli(tmp_path / "unbroken"))[0] == 0
+    monkeypatch.setattr(loop_module, "SAVE_EVERY_S", 0.0)  # a checkpoint after every step, not only every epoch
     unbroken = json.loads(next((tmp_path / "unbroken" / "models").glob("*/finetune.json")).read_text())
     per_epoch = unbroken["steps"] // unbroken["epochs"]
     calls = _kill_at(monkeypatch, per_epoch + 3)  # killed in epoch 2, after 2 of its steps

@@ -48,7 +48,7 @@ class FinetuneSettings:
     max_grad_norm: float = 1.0
     min_steps: int = 0  # at least this many optimisation steps: more epochs on small data (the learning curve's k)
     pair_batch: int = 16  # setfit: sentence pairs per step (SetFit's default batch size)
-    pairs_per_row: int = 20  # setfit: pairs drawn per training row and epoch (SetFit's num_iterations x 2 / 2)
+    pairs_per_row: int = 20  # setfit: pairs per training row and epoch (SetFit's num_iterations=10: 2 per iteration)
     max_pairs: int = 20_000  # setfit: hard cap on pairs per epoch (SetFit's O(n^2) pair blow-up)
 
     def resolved(self, dtype_name: str) -> "FinetuneSettings":
