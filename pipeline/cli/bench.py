@@ -49,6 +49,7 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
 @opt.model_option
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
+@click.option("--batch-tokens", default=0, type=click.IntRange(min=0), help="Token budget of our stage (0: default).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--limit", default=0, type=click.IntRange(min=0), help="Use only the first N texts (0: all).")
 @click.option("--sizes", default=None,
@@ -56,7 +57,8 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
 @click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
               help="With --sizes: time and measure `predict` with this run instead of `embed`.")
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
-def bench_speed(data, text_col, split, model, device, dtype, repeats, limit, sizes, run_path, out) -> None:
+def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repeats, limit, sizes, run_path,
+                out) -> None:
     """Embed speed against the seed's flow and sentence-transformers, in one process on the same texts."""
     from pipeline.data import ColumnSpec, DataSpec, load_texts, subset
     from pipeline.registry import parse_sizes
@@ -75,7 +77,7 @@ def bench_speed(data, text_col, split, model, device, dtype, repeats, limit, siz
         from pipeline.bench.speed import speed_benchmark, speed_markdown, write_speed
         from pipeline.embed.models import resolve_model
 
-        record = speed_benchmark(ds, resolve_model(model), device, dtype, repeats, log=click.echo)
+        record = speed_benchmark(ds, resolve_model(model), device, dtype, repeats, click.echo, batch_tokens)
         written = write_speed(out, record)
         click.echo(speed_markdown(record))
     click.echo(f"written: {', '.join(map(str, written))}")
