@@ -68,14 +68,14 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Path, options: E
           progress: bool = True) -> EmbedResult:
     """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
     file is read by Ray Data and the shards computed by actors, all in one Ray session."""
-    with _engine(engine, out, ray_address) as (reader, runner):
+    with engine_session(engine, out, ray_address) as (reader, runner):
         ds = data.load(reader)
         ensure_writable(out)
         return embed_dataset(ds, options.load(model), poolings, out, shard_rows, progress, runner)
 
 
 @contextmanager
-def _engine(engine: str, out: Path, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
+def engine_session(engine: str, out: Path, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
     """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")

@@ -7,6 +7,7 @@ import numpy as np
 
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
+from pipeline.train.stage import check_split_labels
 
 
 @dataclass(frozen=True)
@@ -39,20 +40,7 @@ def split_rows(ds: Dataset, shots: int | None, seed: int, hold_out: bool = True,
 
 def check_rows(ds: Dataset, train: np.ndarray, test: np.ndarray) -> None:
     """The same refusals as the train stage: empty splits, one class, test labels unseen in train."""
-    if len(test) == 0:
-        raise PipelineError("the test split is empty: give a split column with test rows, or drop --split-col so "
-                            "a test split is held out")
-    if len(train) == 0:
-        raise PipelineError("the train split is empty: give a split column with train rows, or drop --split-col so "
-                            "the rows are split into train and test")
-    present = np.unique(ds.labels[train])
-    if len(present) < 2:
-        raise PipelineError(f"the train split has only one class ({ds.label_names[int(present[0])]}): "
-                            "fine-tuning a classifier needs at least two")
-    unseen = sorted(set(np.unique(ds.labels[test])) - set(present))
-    if unseen:
-        raise PipelineError(f"test labels {', '.join(ds.label_names[i] for i in unseen)} never occur in train: "
-                            "move some of those rows into train or relabel them")
+    check_split_labels(ds.labels[train], ds.labels[test], ds.label_names)
 
 
 def draw_per_class(labels: np.ndarray, rows: np.ndarray, k: int, seed: int) -> np.ndarray:

@@ -7,8 +7,7 @@ metrics and report for this set are written beside it (<output>.report.md, .metr
 """
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache import EmbeddingCache, EncoderSettings, cache_dir, cache_key, pooling_column
-from pipeline.data import Dataset, read_table, unlabelled
+from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
-from pipeline.embed.stage import DEFAULT_SHARD_ROWS, ENGINES, embed_dataset, run_local
+from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier, check_texts
@@ -68,7 +67,7 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
     for path in [output, *(report_paths(output) if output is not None and label_col else [])]:
         if path is not None and path.is_dir():
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
-    with _engine(engine, embeddings, ray_address) as (reader, runner):
+    with engine_session(engine, embeddings, ray_address) as (reader, runner):
         columns = reader(input_path)
         texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
         _refuse_clashes(columns, clf.label_names, input_path)
@@ -101,20 +100,6 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
         return store.path, 0
     result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner)
     return result.path, result.computed_rows
-
-
-@contextmanager
-def _engine(engine: str, embeddings: Path, ray_address: str | None) -> Iterator[tuple[Callable, Callable]]:
-    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
-    if engine not in ENGINES:
-        raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
-    if engine == "local":
-        yield read_table, run_local
-        return
-    from pipeline.embed import ray_engine
-
-    with ray_engine.ray_session(embeddings, ray_address):
-        yield ray_engine.read_table_ray, ray_engine.run_actors
 
 
 def _column(columns: Columns, name: str, path: Path, role: str) -> list:

@@ -50,7 +50,11 @@ def expand_poolings(spec: str, manifest: Manifest) -> list[str]:
 
 def check_splits(emb: Embeddings) -> None:
     """Refuse data a head cannot be honestly trained and scored on."""
-    y_train, y_test = emb.y[emb.splits == "train"], emb.y[emb.splits == "test"]
+    check_split_labels(emb.y[emb.splits == "train"], emb.y[emb.splits == "test"], emb.label_names)
+
+
+def check_split_labels(y_train: np.ndarray, y_test: np.ndarray, label_names: list[str]) -> None:
+    """Empty splits, one class in train, test labels unseen in train: the refusals every trainer shares."""
     if len(y_test) == 0:
         raise PipelineError("the test split is empty: give a split column with test rows, or drop --split-col "
                             "so a test split is held out")
@@ -58,11 +62,11 @@ def check_splits(emb: Embeddings) -> None:
         raise PipelineError("the train split is empty: give a split column with train rows, or drop --split-col "
                             "so the rows are split into train and test")
     if len(np.unique(y_train)) < 2:
-        only = emb.label_names[int(y_train[0])]
+        only = label_names[int(y_train[0])]
         raise PipelineError(f"the train split has only one class ({only}): a classifier needs at least two")
     unseen = sorted(set(np.unique(y_test)) - set(np.unique(y_train)))
     if unseen:
-        raise PipelineError(f"test labels {', '.join(emb.label_names[i] for i in unseen)} never occur in train: "
+        raise PipelineError(f"test labels {', '.join(label_names[i] for i in unseen)} never occur in train: "
                             "move some of those rows into train or relabel them")
 
 
