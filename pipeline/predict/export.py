@@ -4,8 +4,8 @@ The graph takes `input_ids` and `attention_mask` (int64, batch x tokens, any siz
 (float32, batch x labels, columns in label order). Beside `<name>.onnx` go `<name>.json` (label names and settings)
 and `<name>.tokenizer/` (the run's tokenizer; its tokenizer.json truncates at the run's max length and pads to the
 longest text, so `tokenizers.Tokenizer.from_file` serves as-is). The head becomes plain tensor arithmetic taken from
-the fitted scikit-learn objects (torch_heads.py). Before anything is written, onnxruntime runs the graph on probe texts and its
-probabilities must equal the classifier's.
+the fitted scikit-learn objects (torch_heads.py). Before anything is written, onnxruntime runs the graph on probe
+texts and its probabilities must equal the classifier's.
 """
 
 import contextlib
