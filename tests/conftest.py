@@ -118,3 +118,15 @@ def write_tiny_mpnet(folder: Path, seed: int = 0, pooler: bool = False, position
                          intermediate_size=37, max_position_embeddings=positions, pad_token_id=1)
     MPNetModel(config, add_pooling_layer=pooler).save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def train_once(folder: Path, run_cli, monkeypatch, model: Path, data: str, embed_args=(), train_args=()) -> bool:
+    """chdir into `folder` (hub offline) and, the first time only, embed `data` and train on it through the CLI.
+    True when this call did the training, so a fixture can add its own files once."""
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    if Path("artifacts/runs").exists():
+        return False
+    assert run_cli("embed", "--data", data, "--model", model, *embed_args, "--no-progress")[0] == 0
+    assert run_cli("train", "--data", data, "--model", model, *train_args, "--no-progress")[0] == 0
+    return True

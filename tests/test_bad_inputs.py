@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import sentiment_rows, write_csv, write_tiny_bert
+from conftest import sentiment_rows, train_once, write_csv, write_tiny_bert
 
 GOOD = sentiment_rows(40)
 
@@ -69,11 +69,7 @@ def workspace(tmp_path_factory, tiny_bert):
 
 @pytest.fixture
 def ws(workspace, tiny_bert, run_cli, monkeypatch):
-    monkeypatch.chdir(workspace)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if not Path("artifacts/runs").exists():
-        assert run_cli("embed", "--data", "in/good.csv", "--model", tiny_bert, "--no-progress")[0] == 0
-        assert run_cli("train", "--data", "in/good.csv", "--model", tiny_bert, "--no-progress")[0] == 0
+    if train_once(workspace, run_cli, monkeypatch, tiny_bert, "in/good.csv"):
         assert run_cli("embed", "--data", "in/one_class.csv", "--split-col", "split", "--model", tiny_bert,
                        "--pooling", "mean", "--no-progress")[0] == 0
         run = next(Path("artifacts/runs").glob("*/mean/logreg"))

@@ -14,7 +14,7 @@ import pytest
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes
 
-from conftest import sentiment_rows, write_csv
+from conftest import sentiment_rows, train_once, write_csv
 
 
 def leftovers(folder: Path) -> list[Path]:
@@ -231,13 +231,7 @@ def trained(tmp_path_factory, tiny_bert):
 
 @pytest.fixture
 def project(trained, tiny_bert, run_cli, monkeypatch):
-    monkeypatch.chdir(trained)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if not Path("artifacts/runs").exists():
-        assert run_cli("embed", "--data", "in/good.csv", "--model", tiny_bert, "--pooling", "mean",
-                       "--no-progress")[0] == 0
-        assert run_cli("train", "--data", "in/good.csv", "--model", tiny_bert, "--head", "logreg",
-                       "--no-progress")[0] == 0
+    train_once(trained, run_cli, monkeypatch, tiny_bert, "in/good.csv", ("--pooling", "mean"), ("--head", "logreg"))
     return trained
 
 

@@ -19,7 +19,7 @@ from pipeline.train.metrics import classification_metrics
 from pipeline.train.report import Scored, error_analysis_lines
 from pipeline.train.stage import train_cache
 
-from conftest import sentiment_rows, write_csv
+from conftest import sentiment_rows, train_once, write_csv
 
 ADDED = ["predicted_label", "confidence", "p_negative", "p_positive"]
 
@@ -47,12 +47,8 @@ def project(tmp_path_factory, tiny_bert):
 
 @pytest.fixture
 def ws(project, tiny_bert, run_cli, monkeypatch):
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    if not Path("artifacts/runs").exists():
-        assert run_cli("embed", "--data", "train.csv", "--model", tiny_bert, "--pooling", "mean,max,layers",
-                       "--dtype", "fp32", "--no-progress")[0] == 0
-        assert run_cli("train", "--data", "train.csv", "--model", tiny_bert, "--no-progress")[0] == 0
+    embed_args = ("--pooling", "mean,max,layers", "--dtype", "fp32")
+    train_once(project, run_cli, monkeypatch, tiny_bert, "train.csv", embed_args)
     return project
 
 
