@@ -112,6 +112,19 @@ def test_a_rerun_with_nothing_to_compute_hashes_each_shard_once_and_reads_none(e
     assert again.manifest.shards == first.manifest.shards and again.manifest.tokens == first.manifest.tokens
 
 
+def test_a_fresh_run_hashes_each_shard_once_as_it_writes_it(encoder, toy, tmp_path, monkeypatch):
+    from pipeline.cache import store as cache
+
+    hashed = []
+    original = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda p: hashed.append(p) or original(p))
+    result = embed_dataset(toy, encoder, ["mean", "cls"], tmp_path, shard_rows=20, progress=False)
+    assert len(hashed) == len(result.manifest.shards) > 1 and all(p.suffix == ".tmp" for p in hashed)
+    for index, record in enumerate(result.manifest.shards):
+        path = result.path / record.file
+        assert (record.bytes, record.sha256) == (path.stat().st_size, original(path)) and index == int(path.stem[-5:])
+
+
 def test_run_record_is_typed_and_checks_its_schema(encoder, toy, tmp_path):
     cache_path = embed_dataset(toy, encoder, ["mean"], tmp_path / "emb", progress=False).path
     train_cache(cache_path, "mean", ["logreg"], tmp_path / "runs", progress=False)
