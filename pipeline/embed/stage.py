@@ -1,13 +1,16 @@
 """Stage one: data -> encoder -> poolings -> cache, shard by shard, resumable, one forward pass per batch."""
 
+import os
 import platform
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -35,6 +38,9 @@ from pipeline.errors import PipelineError
 from pipeline.paths import ensure_writable
 
 DEFAULT_SHARD_ROWS = 4096
+# Shards written at once, each in its own thread: one on small machines (the model needs the cores); a GPU host's
+# spare cores write several, since there the Parquet write and sha256, not the model, set the pace.
+WRITERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
 Spans = list[tuple[int, int]]
 
@@ -150,19 +156,26 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
 
 def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans,
               todo: dict[int, list[str]], progress: bool) -> None:
-    """Compute the missing poolings of each unfinished shard; tokenise the next shard while this one runs."""
+    """Compute the missing poolings of each unfinished shard. Three things overlap: the next shard is tokenised and
+    the previous ones written (Parquet, sha256) in other threads while this one runs on the model. At most WRITERS
+    shards wait to be written, so memory stays flat whichever side is slower."""
     reused = len(ds) - sum(spans[i][1] - spans[i][0] for i in todo)
     bar = tqdm(total=len(ds), initial=reused, unit="text", desc="embed", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     order = sorted(todo)
-    with ThreadPoolExecutor(max_workers=1) as prefetch:
+    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=WRITERS) as writer:
         tokenize = lambda i: encoder.tokenize(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
-        pending = prefetch.submit(tokenize, order[0])
+        pending, writing = prefetch.submit(tokenize, order[0]), deque()
         for n, index in enumerate(order):
             tokens = pending.result()
             if n + 1 < len(order):
                 pending = prefetch.submit(tokenize, order[n + 1])
-            compute_shard(ds, encoder, store, index, spans[index], todo[index], tokens, bar)
+            vectors = _pool_chunk(encoder, tokens, todo[index], bar)
+            while len(writing) >= WRITERS:
+                writing.popleft().result()
+            writing.append(writer.submit(_write_shard, store, index, ds, *spans[index], tokens, vectors))
+        for written in writing:
+            written.result()
     bar.close()
 
 
@@ -219,7 +232,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
         tokens=sum(c[0] for c in counts), truncated=sum(c[1] for c in counts),
         device=str(encoder.device), batch_tokens=encoder.batch_tokens,
         cpu_bf16_speedup=None,  # no longer measured: the CPU dtype follows its bf16 flags (encoder.dtype)
-        last_run=run, versions=_versions())
+        last_run=run, versions=dict(_versions()))
 
 
 def _token_counts(store: EmbeddingCache, index: int) -> tuple[int, int]:
@@ -233,6 +246,7 @@ def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
     return PoolingInfo(POOLINGS[name].description, shape, int(np.prod(shape)))
 
 
+@lru_cache(maxsize=1)
 def _versions() -> dict:
     names = ["bert-pipeline", "torch", "transformers", "tokenizers", "numpy", "pyarrow"]
     found = {}
