@@ -207,7 +207,7 @@ def test_a_model_with_fewer_positions_than_the_default_max_length_says_which_lim
 def test_an_mpnet_model_without_token_type_ids_embeds_like_its_unpadded_reference(tiny_mpnet):
     encoder = Encoder(resolve_model(str(tiny_mpnet)), "cpu", "fp32", max_length=38)
     assert "token_type_ids" not in encoder.tokenizer.model_input_names
-    assert "token_type_ids" not in encoder._pad([[0, 5, 2]])
+    assert "token_type_ids" not in encoder.prepare([[0, 5, 2]])
     texts = ["the movie was great fun", "bad", "the plot was very slow and the actor was dull " * 3]
     vectors = embed_texts(encoder, texts, ["cls", "mean"])
     for i, text in enumerate(texts):

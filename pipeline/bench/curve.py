@@ -137,7 +137,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                     settings = replace(settings, min_steps=plan.small_k_steps if method == "full" else 0)
                     settings = settings.resolved(dtype)
                     rows = split_rows(part, None, s, hold_out=False)
-                    encoder = Encoder(ref, device, settings.dtype, settings.max_length)
+                    encoder = Encoder(ref, device, settings.dtype, settings.max_length, training=True)
                     outcome = run_method(encoder, part, rows, settings, Checkpoints(None, ""), progress)
                     accuracy = float((outcome.proba_test.argmax(axis=1) == part.labels[rows.test]).mean())
                 write(method, k, s, accuracy, time.perf_counter() - started)

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import torch
@@ -45,7 +46,9 @@ class Encoder:
     """A loaded model and tokenizer on one device, with the settings that change its vectors."""
 
     def __init__(self, ref: ModelRef, device: str = "auto", dtype: str = "auto", max_length: int = 128,
-                 batch_tokens: int = 0) -> None:
+                 batch_tokens: int = 0, training: bool = False) -> None:
+        """`training` keeps fp32 weights everywhere (low precision then comes from autocast); for inference on a GPU
+        the weights themselves are cast to the low-precision dtype, which runs faster there than autocast."""
         self.ref = ref
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
@@ -53,6 +56,8 @@ class Encoder:
         self.tokenizer = _load_tokenizer(ref)
         _check_vocab(ref, self.tokenizer, config)
         self.model, self.has_pooler = _load_model(ref, config, self.device)
+        if not training and self.device.type != "cpu" and self.dtype != torch.float32:
+            self.model.to(self.dtype)
         self.max_length = _check_max_length(max_length, self.model, ref.name)
         self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[self.device.type], self.max_length)
         self.num_layers = int(self.model.config.num_hidden_layers)
@@ -81,32 +86,33 @@ class Encoder:
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
         """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""
-        inputs = self._to_device(self._pad(input_ids))
-        use_autocast = self.dtype != torch.float32
+        inputs = self.prepare(input_ids)
+        use_autocast = self.dtype != next(self.model.parameters()).dtype  # CPU: bf16 autocast over fp32 weights
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=use_autocast):
             out = self.model(**inputs, output_hidden_states=hidden_states, return_dict=True)
         pooler = getattr(out, "pooler_output", None) if self.has_pooler else None
         return EncoderOutput(out.last_hidden_state, inputs["attention_mask"],
                              out.hidden_states if hidden_states else None, pooler)
 
-    def _pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
-        width = max(len(ids) for ids in input_ids)
-        ids = np.full((len(input_ids), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
-        mask = np.zeros((len(input_ids), width), dtype=np.int64)
-        for row, seq in enumerate(input_ids):
-            ids[row, : len(seq)] = seq
-            mask[row, : len(seq)] = 1
-        arrays = {"input_ids": ids, "attention_mask": mask}
-        if self._token_types:
-            arrays["token_type_ids"] = np.zeros_like(ids)
-        return arrays
+    def prepare(self, input_ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        """A batch of token ids as the model's padded inputs, on the device."""
+        return self._to_device(self.pad(input_ids))
+
+    def pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
+        """Right-padded ids and mask, built in numpy without a loop over rows (a GPU eats batches faster than a
+        Python loop over thousands of rows fills them)."""
+        lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
+        mask = np.arange(int(lengths.max())) < lengths[:, None]
+        ids = np.full(mask.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
+        return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
 
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """On CUDA, copy from pinned memory without blocking so the copy overlaps the previous batch's compute."""
-        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-        if self.device.type == "cuda":
-            return {k: t.pin_memory().to(self.device, non_blocking=True) for k, t in tensors.items()}
-        return {k: t.to(self.device) for k, t in tensors.items()}
+        """The batch on the device; token type ids (all zeros for one-segment texts) are made there, not copied."""
+        tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
+        if self._token_types:
+            tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
+        return tensors
 
 
 @contextmanager

@@ -62,8 +62,8 @@ def pool_batch(body: torch.nn.Module, pooling, inputs: dict[str, torch.Tensor]) 
 
 def collate(encoder: Encoder, input_ids: list[list[int]]) -> dict[str, torch.Tensor]:
     """Pad a batch exactly as the embed stage does (same pad id, mask and token types) and move it to the device:
-    the Encoder's own helpers, so training and embedding can never pad differently."""
-    return encoder._to_device(encoder._pad(input_ids))
+    the Encoder's own helper, so training and embedding can never pad differently."""
+    return encoder.prepare(input_ids)
 
 
 def train_full(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSettings, checkpoints: Checkpoints,

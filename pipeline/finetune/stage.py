@@ -61,7 +61,7 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
         return finished
     ensure_writable(Path(out))
     ensure_writable(Path(runs))
-    encoder = Encoder(ref, device, settings.dtype, settings.max_length)
+    encoder = Encoder(ref, device, settings.dtype, settings.max_length, training=True)
     checkpoints = Checkpoints(folder / "checkpoint", key)
     outcome = run_method(encoder, ds, rows, settings, checkpoints, progress)
     record = _record(ds, ref, encoder, settings, rows, outcome, key, folder)
