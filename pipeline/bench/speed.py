@@ -1,9 +1,9 @@
 """How fast the embed stage is, side by side with the obvious alternatives, in one process on the same texts.
 
 Contenders: the seed's flow (encode_plus per text, padding to 64, fp32, batches of 64), sentence-transformers'
-`encode` with its defaults and at its best on this device, and this project's embed stage (all poolings, and mean
-alone, written to a cache). Reported per contender: texts/s, tokens/s (real tokens, no padding) and model GFLOP/s,
-against this machine's matmul peak measured in the same run.
+`encode` with its defaults and at its best on this device, ONNX Runtime on CPU (fp32 and dynamic int8, onnx_peer.py),
+and this project's embed stage (all poolings, and mean alone, written to a cache). Reported per contender: texts/s,
+tokens/s (real tokens, no padding) and model GFLOP/s, against this machine's matmul peak measured in the same run.
 """
 
 import platform
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.bench.profile import profile_embed, profile_markdown
+from pipeline.bench.onnx_peer import ort_candidates
+from pipeline.bench.profile import profile_embed, profile_markdown, sync
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
@@ -28,21 +29,16 @@ from pipeline.paths import atomic_write_bytes, atomic_write_json
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
     """Best GFLOP/s of a square matmul in `dtype` on `device` within about `seconds`."""
-    n = 2048 if device.type == "cuda" else 1024
+    n = 8192 if device.type == "cuda" else 1024  # a GPU needs large products to reach its peak
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline or best == 0.0:
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def model_flops(lengths: np.ndarray, config) -> float:
@@ -50,6 +46,11 @@ def model_flops(lengths: np.ndarray, config) -> float:
     h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     n = lengths.astype(np.float64)
     return float(layers * (2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h).sum())
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine between two sets of vectors of the same texts: how far one bends from the other."""
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
 
 
 def time_it(run: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -80,18 +81,25 @@ def seed_flow(encoder: Encoder, texts: list[str]) -> np.ndarray:
     return torch.cat(outs).numpy()
 
 
+# Batch sizes tried for sentence-transformers' best, per device type: a GPU wants far larger batches than a CPU.
+ST_BATCHES = {"cpu": {"fp32": (64, 128), "low": (64,)}, "cuda": {"fp32": (128,), "low": (64, 256, 1024)}}
+
+
 def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) -> dict[str, Callable]:
-    """sentence-transformers with its defaults, and the configurations that could be its best here."""
+    """sentence-transformers with its defaults, and the configurations that could be its best here: fp32 and the
+    low-precision dtype (weights cast, as its docs advise) at the batch sizes of ST_BATCHES."""
     from sentence_transformers import SentenceTransformer
 
+    batches = ST_BATCHES.get(device.type, ST_BATCHES["cpu"])
     default = SentenceTransformer(str(ref.folder), device=str(device))
     found = {"st_default": lambda texts: default.encode(texts, convert_to_numpy=True)}
-    for batch in (64, 128):
+    for batch in batches["fp32"]:
         found[f"st_fp32_bs{batch}"] = lambda texts, b=batch: default.encode(texts, batch_size=b, convert_to_numpy=True)
     if fast_dtype != torch.float32:
         low = SentenceTransformer(str(ref.folder), device=str(device), model_kwargs={"torch_dtype": fast_dtype})
-        found[f"st_{dtype_name(fast_dtype)}_bs64"] = lambda texts: low.encode(texts, batch_size=64,
-                                                                                 convert_to_numpy=True)
+        for batch in batches["low"]:
+            found[f"st_{dtype_name(fast_dtype)}_bs{batch}"] = lambda texts, b=batch: low.encode(
+                texts, batch_size=b, convert_to_numpy=True)
     return found
 
 
@@ -118,6 +126,10 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
         seconds, vectors = time_it(lambda run=run: run(texts), repeats)
         record(name, seconds)
         st_vectors = vectors if name == "st_default" else st_vectors
+    for name, run in ort_candidates(fp32).items():
+        seconds, vectors = time_it(lambda run=run: run(texts), repeats)
+        record(name, seconds, f"ONNX Runtime (CPU), same batches; min cosine vs st_default: "
+                              f"{min_cosine(vectors, st_vectors):.4f}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, poolings in (("ours_all", list(DEFAULT_POOLINGS)), ("ours_mean", ["mean"])):
             folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
@@ -132,13 +144,13 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
 def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
-    cos = (ours_mean * st_vectors).sum(1) / np.linalg.norm(ours_mean, axis=1) / np.linalg.norm(st_vectors, axis=1)
     used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
     return {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
-        "device": str(encoder.device), "dtype": dtype_name(encoder.dtype), "texts": n, "tokens": tokens,
+        "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype), "texts": n,
+        "tokens": tokens,
         "matmul_peak_gflops": peaks,
         "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
         "fraction_of_best_peak": results["ours_all"]["gflops"] / max(peaks.values()),
@@ -146,7 +158,7 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
         "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
         "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
         "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
-        "min_cosine_vs_sentence_transformers": float(cos.min()),
+        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors),
     }
 
 
@@ -159,9 +171,9 @@ def write_speed(folder: Path, record: dict) -> list[Path]:
 
 
 def speed_markdown(r: dict) -> str:
-    lines = [f"Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, {r['machine']['threads']} "
-             f"threads), dtype {r['dtype']}, {r['texts']} texts, {r['tokens']} tokens. Matmul peak measured in the "
-             f"same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
+    lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
+             f"{r['machine']['threads']} threads), dtype {r['dtype']}, {r['texts']} texts, {r['tokens']} tokens. "
+             f"Matmul peak measured in the same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
              f"{r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.", "",
              "| contender | texts/s | tokens/s | model GFLOP/s | note |", "|---|---|---|---|---|"]
     for name, c in r["contenders"].items():

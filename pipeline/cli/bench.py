@@ -1,9 +1,13 @@
 """Benchmark and evaluation commands: `bench heads`, `bench speed` and `eval`."""
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from pipeline.bench.shapes import SHAPES
 from pipeline.cli import options as opt
 
 
@@ -56,8 +60,11 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
               help="Scaling run instead: comma list of sizes, e.g. 1000,4000,16000,67000 (one process each).")
 @click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
               help="With --sizes: time and measure `predict` with this run instead of `embed`.")
+@click.option("--shape", type=click.Choice(list(SHAPES)), default=None,
+              help="Time an encoder of this size with random weights (and --model's tokenizer) instead of --model: "
+                   "speed does not depend on the weights. Results go to <out>/shape-<name>/.")
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
-def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repeats, limit, sizes, run_path,
+def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repeats, limit, sizes, run_path, shape,
                 out) -> None:
     """Embed speed against the seed's flow and sentence-transformers, in one process on the same texts."""
     from pipeline.data import ColumnSpec, DataSpec, load_texts, subset
@@ -75,12 +82,28 @@ def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repea
         click.echo(scaling.scaling_markdown(rows))
     else:
         from pipeline.bench.speed import speed_benchmark, speed_markdown, write_speed
-        from pipeline.embed.models import resolve_model
 
-        record = speed_benchmark(ds, resolve_model(model), device, dtype, repeats, click.echo, batch_tokens)
-        written = write_speed(out, record)
+        with _timed_model(model, shape) as ref:
+            record = speed_benchmark(ds, ref, device, dtype, repeats, click.echo, batch_tokens)
+        written = write_speed(Path(out) / f"shape-{shape}" if shape else out, record)
         click.echo(speed_markdown(record))
     click.echo(f"written: {', '.join(map(str, written))}")
+
+
+@contextmanager
+def _timed_model(model: str | None, shape: str | None) -> Iterator:
+    """The model to time: --model itself, or (with --shape) a random-weights encoder of that size with its tokenizer,
+    in a temporary folder."""
+    from pipeline.embed.models import resolve_model
+
+    ref = resolve_model(model)
+    if not shape:
+        yield ref
+        return
+    from pipeline.bench.shapes import random_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield resolve_model(str(random_model(ref.folder, shape, Path(tmp) / f"{shape}-random")))
 
 
 def _eval_poolings() -> list[str]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.encoder import EncoderOutput
+from pipeline.embed.encoder import Encoder, EncoderOutput
 from pipeline.embed.pooling import POOLINGS
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
@@ -58,7 +58,7 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
         raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
     _require_onnx()
     graph = ExportGraph(clf)
-    payload = _to_onnx(graph, _example_inputs(clf))
+    payload = _to_onnx(graph, _example_inputs(clf.encoder))
     diff = _check(payload, clf)
     meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
     atomic_write_bytes(out, payload)
@@ -77,17 +77,15 @@ def _require_onnx() -> None:
                             "(onnx, onnxscript, onnxruntime)") from None
 
 
-class ExportGraph(nn.Module):
-    """input_ids, attention_mask -> probabilities: the run's encoder in fp32, its pooling, its head."""
+class PooledEncoder(nn.Module):
+    """input_ids, attention_mask -> one pooling's vectors (one layer's, for a per-layer pooling): an encoder in fp32."""
 
-    def __init__(self, clf: Classifier) -> None:
+    def __init__(self, encoder: Encoder, source: str, layer: int | None = None) -> None:
         super().__init__()
-        self.model = clf.encoder.model.float().eval()
-        self.source, self.layer = clf.source
-        self.pooling = POOLINGS[self.source]
-        self.token_types = "token_type_ids" in clf.encoder.tokenizer.model_input_names
-        self.has_pooler = clf.encoder.has_pooler
-        self.head = head_module(clf.run.model, len(clf.label_names))
+        self.model = encoder.model.float().eval()
+        self.pooling, self.layer = POOLINGS[source], layer
+        self.token_types = "token_type_ids" in encoder.tokenizer.model_input_names
+        self.has_pooler = encoder.has_pooler
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
@@ -97,20 +95,34 @@ class ExportGraph(nn.Module):
         pooler = getattr(out, "pooler_output", None) if self.has_pooler else None
         pooled = self.pooling.fn(EncoderOutput(out.last_hidden_state, attention_mask,
                                                out.hidden_states if hidden else None, pooler))
-        return self.head(pooled[:, self.layer] if self.layer is not None else pooled)
+        return pooled[:, self.layer] if self.layer is not None else pooled
 
 
-def _example_inputs(clf: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
+class ExportGraph(nn.Module):
+    """input_ids, attention_mask -> probabilities: the run's encoder in fp32, its pooling, its head."""
+
+    def __init__(self, clf: Classifier) -> None:
+        super().__init__()
+        self.encoder = PooledEncoder(clf.encoder, *clf.source)
+        self.head = head_module(clf.run.model, len(clf.label_names))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(input_ids, attention_mask))
+
+
+def encoder_onnx(encoder: Encoder, pooling: str = "mean") -> bytes:
+    """An encoder and one pooling as ONNX bytes (inputs as the export's, output `vectors`), e.g. to time ONNX
+    Runtime against the embed stage. The encoder's model becomes fp32."""
+    return _to_onnx(PooledEncoder(encoder, pooling), _example_inputs(encoder), "vectors")
+
+
+def _example_inputs(encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
     """Two texts of different lengths, padded: the batch and token axes stay symbolic in the graph."""
-    tokens = clf.encoder.tokenize(PROBES[:2]).input_ids
-    width = max(len(t) for t in tokens)
-    pad = clf.encoder.tokenizer.pad_token_id or 0
-    ids = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.int64)
-    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tokens], dtype=torch.int64)
-    return ids, mask
+    inputs = encoder.pad(encoder.tokenize(PROBES[:2]).input_ids)
+    return torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"])
 
 
-def _to_onnx(graph: ExportGraph, example: tuple[torch.Tensor, torch.Tensor]) -> bytes:
+def _to_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], output: str = OUTPUT) -> bytes:
     """The traced graph as ONNX bytes (torch.export), with the exporter's progress output kept off the terminal."""
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
     shapes = {name: {0: batch, 1: tokens} for name in INPUTS}
@@ -121,7 +133,7 @@ def _to_onnx(graph: ExportGraph, example: tuple[torch.Tensor, torch.Tensor]) -> 
         quiet.setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(graph, example, None, input_names=INPUTS,
-                                        output_names=[OUTPUT], dynamic_shapes=shapes, opset_version=OPSET,
+                                        output_names=[output], dynamic_shapes=shapes, opset_version=OPSET,
                                         dynamo=True, verbose=False)
         except Exception as exc:  # the exporter's errors are long; the first line says what failed
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
