@@ -175,3 +175,27 @@ def test_the_public_api_names_resolve_lazily():
     assert all(getattr(pipeline, name) is not None for name in pipeline.__all__)
     with pytest.raises(AttributeError):
         pipeline.no_such_name  # noqa: B018
+
+
+def test_the_console_script_leaves_fast_with_main_s_exit_codes_and_whole_outputs(tiny_bert, tmp_path):
+    """`run` skips the interpreter's final clean-up: the exit codes, the printed lines and the files written must be
+    exactly those of `main`."""
+    import subprocess
+    import sys
+
+    from conftest import sentiment_rows, write_csv
+
+    def script(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from pipeline.cli import run; run()", *map(str, args)],
+                              capture_output=True, text=True, timeout=300)
+
+    helped = script("--help")
+    assert helped.returncode == 0 and "embed" in helped.stdout and helped.stdout.endswith("\n")
+    refused = script("embed", "--data", tmp_path / "missing.csv")
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("error:")
+    data = write_csv(tmp_path / "d.csv", sentiment_rows(30))
+    done = script("embed", "--data", data, "--model", tiny_bert, "--dtype", "fp32", "--out", tmp_path / "emb",
+                  "--pooling", "mean", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    [cache] = [p for p in (tmp_path / "emb").iterdir() if p.is_dir()]
+    assert load_embeddings(cache, "mean").X.shape == (30, 32)
