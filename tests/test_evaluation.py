@@ -1,5 +1,7 @@
 """The SentEval-style protocol on small slices: fold counts, and selection never sees the reporting rows."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -72,3 +74,6 @@ def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
     trec = record["tasks"]["trec"]
     assert trec["classes"] == 6 and trec["rows"] == 5952
     assert len(trec["poolings"]["mean"]["folds"]) == 1 and trec["poolings"]["mean"]["folds"][0]["n"] == 500
+    json_path, md_path = evaluation.write_results(tmp_path / "eval", record)
+    assert json.loads(json_path.read_text())["model"]["weights_sha256"] == encoder.ref.identity.weights_sha256
+    assert f"Model `{encoder.ref.identity.name}`" in md_path.read_text() and "| trec |" in md_path.read_text()

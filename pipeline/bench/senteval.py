@@ -70,8 +70,8 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: 
             emb = load_embeddings(cache, pooling)
             folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
             results[name]["poolings"][pooling] = fold_summary(folds, time.perf_counter() - started)
-    return {"model": encoder.ref.identity, "encoder": encoder.settings(), "seed": seed, "tasks": results,
-            "published": PUBLISHED}
+    settings = encoder.settings().to_json()  # plain JSON values: the record is written as results.json
+    return {"model": settings["model"], "encoder": settings, "seed": seed, "tasks": results, "published": PUBLISHED}
 
 
 def find_tasks(data_dir: Path, tasks: list[str] | None = None) -> list[str]:
