@@ -77,3 +77,21 @@ def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
     json_path, md_path = evaluation.write_results(tmp_path / "eval", record)
     assert json.loads(json_path.read_text())["model"]["weights_sha256"] == encoder.ref.identity.weights_sha256
     assert f"Model `{encoder.ref.identity.name}`" in md_path.read_text() and "| trec |" in md_path.read_text()
+
+
+@pytest.mark.skipif(not (SHARED / "trec").exists(), reason="../shared/data not present")
+def test_eval_keeps_each_task_s_scores_and_a_rerun_resumes_from_them(tiny_bert, tmp_path, monkeypatch):
+    from pipeline.embed.encoder import Encoder
+    from pipeline.embed.models import resolve_model
+
+    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    run = lambda seed: evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], seed,  # noqa: E731
+                                           progress=False, scores=tmp_path / "scores")
+    first = run(0)
+    assert json.loads((tmp_path / "scores" / "trec.json").read_text())["poolings"]["mean"]["folds"]
+    fitted = []
+    original = evaluation.split_scores
+    monkeypatch.setattr(evaluation, "split_scores", lambda emb, seed: fitted.append(seed) or original(emb, seed))
+    assert run(0)["tasks"] == first["tasks"] and fitted == [], "same cache and seed: nothing is fitted again"
+    run(1)
+    assert fitted == [1], "another seed is scored afresh"

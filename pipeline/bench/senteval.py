@@ -5,6 +5,7 @@ chosen by an inner CV on each training fold only; SST-2 and SST-5 by train / dev
 test with selection by CV on train. The reporting fold or split never takes part in any selection.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,23 +56,44 @@ def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
 
 
 def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: Path, tasks: list[str] | None = None,
-             seed: int = 0, progress: bool = True) -> dict:
-    """Embed each task once (cached), then score every pooling with its task's protocol."""
+             seed: int = 0, progress: bool = True, scores: Path | None = None) -> dict:
+    """Embed each task once (cached), then score every pooling with its task's protocol. With `scores`, each task's
+    scores are kept there as they are made (one JSON per task, tied to its cache and seed), so a run that stops or
+    fails part-way resumes where it was instead of refitting hours of heads."""
     results = {}
     names = find_tasks(data_dir, tasks)
     for name in tqdm(names, desc="eval", unit="task", disable=not progress, file=sys.stderr):
         ds = load_task(Path(data_dir) / name)
         cache = embed_dataset(ds, encoder, poolings, embeddings, progress=progress).path
         protocol = TASKS[name].protocol
+        kept = _kept_scores(scores, name, cache.name, seed)
         results[name] = {"protocol": "10-fold CV" if protocol == "cv" else _split_protocol(ds), "rows": len(ds),
                          "classes": len(ds.label_names), "poolings": {}}
         for pooling in poolings:
-            started = time.perf_counter()
-            emb = load_embeddings(cache, pooling)
-            folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
-            results[name]["poolings"][pooling] = fold_summary(folds, time.perf_counter() - started)
+            if pooling not in kept:
+                started = time.perf_counter()
+                emb = load_embeddings(cache, pooling)
+                folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
+                kept[pooling] = fold_summary(folds, time.perf_counter() - started)
+                if scores is not None:
+                    atomic_write_json(Path(scores) / f"{name}.json", {"cache": cache.name, "seed": seed,
+                                                                      "poolings": kept})
+            results[name]["poolings"][pooling] = kept[pooling]
     settings = encoder.settings().to_json()  # plain JSON values: the record is written as results.json
     return {"model": settings["model"], "encoder": settings, "seed": seed, "tasks": results, "published": PUBLISHED}
+
+
+def _kept_scores(scores: Path | None, task: str, cache: str, seed: int) -> dict:
+    """Pooling scores an earlier run kept for this task, if made on the same cache (model, settings, data) and
+    seed; anything else (none, another cache, a damaged file) means scoring afresh."""
+    if scores is None:
+        return {}
+    try:
+        record = json.loads((Path(scores) / f"{task}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    same = isinstance(record, dict) and record.get("cache") == cache and record.get("seed") == seed
+    return dict(record.get("poolings") or {}) if same else {}
 
 
 def find_tasks(data_dir: Path, tasks: list[str] | None = None) -> list[str]:

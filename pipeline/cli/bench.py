@@ -135,8 +135,8 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
     names = find_tasks(data_dir, parse_names(tasks, TASKS, "task"))  # before the model loads: fail fast
     poolings = parse_poolings(pooling)
     encoder = options.load(model)
-    record = evaluate(data_dir, encoder, poolings, embeddings, names, seed, progress)
     folder = Path(out) / safe_name(encoder.ref.name.split("/")[-1])
+    record = evaluate(data_dir, encoder, poolings, embeddings, names, seed, progress, folder / "scores")
     write_results(folder, record)
     click.echo(results_markdown(record))
     click.echo(f"written: {folder}/results.json, results.md")
