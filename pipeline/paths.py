@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -89,10 +90,15 @@ def _write_error(path: Path, exc: OSError) -> str:
     return f"cannot write {path} ({exc.strerror or exc}): {fix}; any earlier file there is unchanged"
 
 
+_UMASK_LOCK = threading.Lock()  # the umask is process-wide; reading it means setting it, so one thread at a time
+
+
 def publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temp file into place with the usual permissions (mkstemp makes files private, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """Rename a finished temp file into place with the usual permissions (mkstemp makes files private, 0600). Shards
+    are published from several writer threads at once, hence the lock around reading the umask."""
+    with _UMASK_LOCK:
+        umask = os.umask(0)
+        os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 

@@ -191,6 +191,15 @@ def test_the_console_script_leaves_fast_with_main_s_exit_codes_and_whole_outputs
 
     helped = script("--help")
     assert helped.returncode == 0 and "embed" in helped.stdout and helped.stdout.endswith("\n")
+    full_disk = (  # stdout whose last flush fails, as on a full disk: the output is lost, so the exit code says so
+        "import io, sys, pipeline.cli as c\n"
+        "class Full(io.RawIOBase):\n"
+        "    def writable(self): return True\n"
+        "    def write(self, b): raise OSError(28, 'No space left on device')\n"
+        "sys.stdout = io.TextIOWrapper(io.BufferedWriter(Full()))\n"
+        "c.main = lambda: print('a line still in the buffer')\n"
+        "c.run()\n")
+    assert subprocess.run([sys.executable, "-c", full_disk], capture_output=True, timeout=300).returncode == 120
     refused = script("embed", "--data", tmp_path / "missing.csv")
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("error:")
     data = write_csv(tmp_path / "d.csv", sentiment_rows(30))
@@ -199,3 +208,25 @@ def test_the_console_script_leaves_fast_with_main_s_exit_codes_and_whole_outputs
     assert done.returncode == 0, done.stderr
     [cache] = [p for p in (tmp_path / "emb").iterdir() if p.is_dir()]
     assert load_embeddings(cache, "mean").X.shape == (30, 32)
+
+
+def test_shards_published_from_many_threads_keep_the_umask_and_usual_modes(tmp_path):
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.paths import publish
+
+    before = os.umask(0o022)
+    try:
+        def one(i: int) -> int:
+            tmp = tmp_path / f".t{i}.tmp"
+            tmp.write_bytes(b"x")
+            tmp.chmod(0o600)
+            publish(tmp, tmp_path / f"f{i}")
+            return (tmp_path / f"f{i}").stat().st_mode & 0o777
+
+        with ThreadPoolExecutor(8) as pool:
+            modes = set(pool.map(one, range(400)))
+        assert modes == {0o644} and os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)

@@ -95,3 +95,6 @@ def test_eval_keeps_each_task_s_scores_and_a_rerun_resumes_from_them(tiny_bert, 
     assert run(0)["tasks"] == first["tasks"] and fitted == [], "same cache and seed: nothing is fitted again"
     run(1)
     assert fitted == [1], "another seed is scored afresh"
+    monkeypatch.setattr(evaluation, "SCORES_PROTOCOL", evaluation.SCORES_PROTOCOL + 1)
+    run(1)
+    assert fitted == [1, 1], "scores kept under an older protocol are not reused"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sklearn
 from sklearn.metrics import recall_score
 from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
@@ -25,6 +26,9 @@ from pipeline.train.heads import fit_head, head_params
 from pipeline.train.stage import fit_one
 
 OUTER_FOLDS = 10
+# Kept scores are reused only when written under the same protocol: bump this when cv_scores, split_scores or the
+# logreg head they fit change, so that a resumed eval never reports scores of the old code as new.
+SCORES_PROTOCOL = 1
 # Reimers & Gurevych (2019), SBERT paper, Table 5: SentEval, logistic regression on frozen bert-base.
 PUBLISHED = {
     "bert-base [CLS]": {"mr": 78.68, "cr": 84.85, "subj": 94.21, "mpqa": 88.23, "sst2": 84.13, "trec": 91.4},
@@ -76,8 +80,7 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: 
                 folds = cv_scores(emb, seed) if protocol == "cv" else split_scores(emb, seed)
                 kept[pooling] = fold_summary(folds, time.perf_counter() - started)
                 if scores is not None:
-                    atomic_write_json(Path(scores) / f"{name}.json", {"cache": cache.name, "seed": seed,
-                                                                      "poolings": kept})
+                    atomic_write_json(Path(scores) / f"{name}.json", _score_key(cache.name, seed) | {"poolings": kept})
             results[name]["poolings"][pooling] = kept[pooling]
     settings = encoder.settings().to_json()  # plain JSON values: the record is written as results.json
     return {"model": settings["model"], "encoder": settings, "seed": seed, "tasks": results, "published": PUBLISHED}
@@ -85,15 +88,21 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: 
 
 def _kept_scores(scores: Path | None, task: str, cache: str, seed: int) -> dict:
     """Pooling scores an earlier run kept for this task, if made on the same cache (model, settings, data) and
-    seed; anything else (none, another cache, a damaged file) means scoring afresh."""
+    seed under the same protocol; anything else (none, another cache, a damaged file) means scoring afresh."""
     if scores is None:
         return {}
     try:
         record = json.loads((Path(scores) / f"{task}.json").read_text())
     except (OSError, ValueError):
         return {}
-    same = isinstance(record, dict) and record.get("cache") == cache and record.get("seed") == seed
+    same = isinstance(record, dict) and all(record.get(k) == v for k, v in _score_key(cache, seed).items())
     return dict(record.get("poolings") or {}) if same else {}
+
+
+def _score_key(cache: str, seed: int) -> dict:
+    """What kept scores must match: the task's cache (model, settings, data), the seed, the protocol and the
+    scikit-learn that fitted them."""
+    return {"cache": cache, "seed": seed, "protocol": SCORES_PROTOCOL, "sklearn": sklearn.__version__}
 
 
 def find_tasks(data_dir: Path, tasks: list[str] | None = None) -> list[str]:

@@ -2,7 +2,6 @@
 and notebooks call too). Heavy modules are imported inside the commands, so `--help` and `train` start fast."""
 
 import atexit
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -127,6 +126,10 @@ def run() -> None:
         code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) is no reason to fail
+        try:
             stream.flush()
+        except BrokenPipeError:  # a reader that stopped early (`| head`) is no reason to fail
+            pass
+        except (OSError, ValueError):  # e.g. a full disk under `> file`: the output is incomplete, say so
+            code = code or 120  # what Python itself exits with when flushing stdout fails at exit
     os._exit(code)
