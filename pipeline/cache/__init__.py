@@ -9,6 +9,7 @@ column (each row's text, so reports can quote it) is not part of the key; shards
 still load, with `Embeddings.texts` None for their rows.
 """
 
+from pipeline.cache.lookup import find_cache, require_cache
 from pipeline.cache.records import (
                                     MANIFEST_FILE,
                                     SCHEMA_VERSION,
@@ -31,11 +32,9 @@ from pipeline.cache.store import (
                                     Embeddings,
                                     cache_dir,
                                     file_sha256,
-                                    find_cache,
                                     load_embeddings,
                                     pooling_column,
                                     pooling_source,
-                                    require_cache,
                                     shard_table,
 )
 
