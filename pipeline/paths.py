@@ -121,6 +121,13 @@ def atomic_write_json(path: Path, record, sort_keys: bool = False) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=sort_keys).encode())
 
 
+def file_stamp(path: Path) -> list[int]:
+    """What changes when a file is rewritten, touched or replaced (size, mtime, ctime, device, inode): the key under
+    which a file's hash may be remembered instead of read again."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
+
+
 def hash_file_into(digest, path: Path) -> None:
     """Feed a file to a hashlib digest in 1 MiB blocks (weights and shards can be large)."""
     with path.open("rb") as handle:

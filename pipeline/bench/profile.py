@@ -10,6 +10,7 @@ the pace, and the sum of the steps against the wall time shows how much the over
 import tempfile
 import time
 from collections.abc import Callable
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -38,13 +39,12 @@ def profile_embed(ds: Dataset, encoder: Encoder, poolings: list[str]) -> dict:
         wall = time.perf_counter() - started
         seconds = dict.fromkeys(STEPS, 0.0)
         clock = _Clock(seconds, encoder.device)
-        rows = [0, *(record.rows for record in result.manifest.shards)]
-        again = EmbeddingCache(Path(tmp) / "again")
+        ends = list(accumulate(record.rows for record in result.manifest.shards))
+        stage, again = EmbeddingCache(result.path), EmbeddingCache(Path(tmp) / "again")
         again.path.mkdir()
-        for index in range(len(result.manifest.shards)):
-            start, end = sum(rows[:index + 1]), sum(rows[:index + 2])
+        for index, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
             _shard_steps(ds.texts[start:end], encoder, poolings, clock)
-            table = EmbeddingCache(result.path).read_shard(index)
+            table = stage.read_shard(index)
             clock("Parquet write", again.write_shard, index, table)
             clock("sha256 of the shards", file_sha256, again.shard_path(index))
     seconds["Parquet write"] -= seconds["sha256 of the shards"]  # write_shard hashes what it wrote

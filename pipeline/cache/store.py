@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.cache.records import MANIFEST_FILE, Manifest, ShardRecord
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, hash_file_into, publish, safe_name
+from pipeline.paths import atomic_write_json, file_stamp, hash_file_into, publish, safe_name
 
 EMB_PREFIX = "emb_"
 KEY_FILE = "_key.json"
@@ -49,7 +49,7 @@ class EmbeddingCache:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._written: dict[int, tuple[tuple[int, int], ShardRecord]] = {}  # index -> (file stamp, its record)
+        self._written: dict[int, tuple[list[int], ShardRecord]] = {}  # index -> (file stamp, its record)
 
     @property
     def manifest_path(self) -> Path:
@@ -121,7 +121,7 @@ class EmbeddingCache:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._written[index] = (_stamp(path), record)
+        self._written[index] = (file_stamp(path), record)
 
     def drop_manifest(self) -> None:
         """Before shards change, the old manifest must go: it would vouch for files that no longer match it."""
@@ -159,14 +159,9 @@ class EmbeddingCache:
         else hashed from the file."""
         path = self.shard_path(index)
         stamp, record = self._written.get(index, (None, None))
-        if record is not None and record.rows == rows and stamp == _stamp(path):
+        if record is not None and record.rows == rows and stamp == file_stamp(path):
             return record
         return ShardRecord(path.name, rows, path.stat().st_size, file_sha256(path))
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns
 
 
 def _parquet_options(columns: list[str]) -> dict:

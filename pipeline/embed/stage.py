@@ -40,8 +40,8 @@ from pipeline.paths import ensure_writable
 DEFAULT_SHARD_ROWS = 4096
 # Shards written at once, each in its own thread: one on small machines (the model needs the cores); a GPU host's
 # spare cores write several, since there the Parquet write and sha256, not the model, set the pace.
-WRITERS = max(1, min(4, len(os.sched_getaffinity(0)) // 4 if hasattr(os, "sched_getaffinity")
-                       else (os.cpu_count() or 1) // 4))  # the cores this process may use, not the host's
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
+WRITERS = max(1, min(4, CORES // 4))
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
 Spans = list[tuple[int, int]]
 
