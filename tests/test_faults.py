@@ -22,7 +22,7 @@ from conftest import sentiment_rows, write_csv
 KILLER = """
 import os, signal, sys
 from pipeline import cache
-from pipeline.embed import encoder
+from pipeline.embed import encoder, openvino_graph
 target, when = sys.argv.pop(1), int(sys.argv.pop(1))
 calls = {"n": 0}
 def after(owner, name, kill_before=False, half_write=False):
@@ -37,8 +37,15 @@ def after(owner, name, kill_before=False, half_write=False):
     setattr(owner, name, patched)
 if target == "shard":
     after(cache.EmbeddingCache, "write_shard", kill_before=True)
-elif target == "forward":
-    after(encoder.Encoder, "forward", kill_before=True)
+elif target == "batch":  # padding a batch: the step before its forward pass, on either runtime
+    for module in (encoder, openvino_graph):
+        original = module.pad_ids
+        def pad_ids(*args, original=original):
+            calls["n"] += 1
+            if calls["n"] == when:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(*args)
+        module.pad_ids = pad_ids
 elif target == "manifest":
     after(cache.EmbeddingCache, "write_manifest", kill_before=True, half_write=True)
 from pipeline.cli import main
@@ -76,7 +83,7 @@ def only_cache(out: Path) -> Path:
 
 @pytest.mark.parametrize("point, killer, finished_before", [
     ("after the first shard", ("shard", 2), 1),
-    ("mid-shard (a few batches in)", ("forward", 8), None),
+    ("mid-shard (a few batches in)", ("batch", 20), None),
     ("while the manifest is written", ("manifest", 1), 5),
 ])
 def test_kill_9_then_rerun_gives_the_uninterrupted_cache(point, killer, finished_before, data, tiny_bert, tmp_path,

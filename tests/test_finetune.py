@@ -94,7 +94,7 @@ def test_saved_folder_predicts_what_the_in_memory_model_predicted(tiny_bert, toy
     settings = FinetuneSettings(epochs=2, lr=1e-3, max_length=32).resolved("fp32")
     outcome = run_method(encoder, ds, split_rows(ds, None, 0), settings, Checkpoints(None, "k"), progress=False)
     _save_model(encoder, tmp_path / "tuned")
-    reloaded = Encoder(resolve_model(str(tmp_path / "tuned")), "cpu", "fp32", 32)
+    reloaded = Encoder(resolve_model(str(tmp_path / "tuned")), "cpu", "fp32", 32, runtime="torch")  # as trained
     test = [ds.texts[i] for i in np.flatnonzero(ds.splits == "test")]
     proba = full_proba(outcome.head, embed_texts(reloaded, test, ["mean"])["mean"], 2)
     np.testing.assert_allclose(proba, outcome.proba_test, atol=1e-5)

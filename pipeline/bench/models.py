@@ -61,7 +61,8 @@ def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions,
     loaded = []
     for ref in refs:
         log(f"{ref.name}: loading")
-        encoder = Encoder(ref, options.device, options.dtype, options.max_length, options.batch_tokens)
+        encoder = Encoder(ref, options.device, options.dtype, options.max_length, options.batch_tokens,
+                          runtime=options.runtime)
         loaded.append((ref, encoder, [p for p in DEFAULT_POOLINGS
                                       if encoder.has_pooler or not POOLINGS[p].needs_pooler]))
     settings = {(str(e.device), dtype_name(e.dtype)) for _, e, _ in loaded}

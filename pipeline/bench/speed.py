@@ -2,7 +2,8 @@
 
 Contenders: the seed's flow (encode_plus per text, padding to 64, fp32, batches of 64), sentence-transformers'
 `encode` with its defaults and at its best on this device, ONNX Runtime on CPU (fp32 and dynamic int8, onnx_peer.py),
-and this project's embed stage (all poolings, and mean alone, written to a cache). Reported per contender: texts/s,
+and this project's embed stage (all poolings, and mean alone, written to a cache; and all poolings on PyTorch when the
+chosen runtime is another). Reported per contender: texts/s,
 tokens/s (real tokens, no padding) and model GFLOP/s, against this machine's matmul peak measured in the same run.
 """
 
@@ -104,9 +105,9 @@ def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) 
 
 
 def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-                    log: Callable[[str], None] = print, batch_tokens: int = 0) -> dict:
+                    log: Callable[[str], None] = print, batch_tokens: int = 0, runtime: str = "auto") -> dict:
     """Time every contender on the texts of `ds` and return the speed.json record."""
-    encoder = Encoder(ref, device, dtype, batch_tokens=batch_tokens)
+    encoder = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime=runtime)
     fp32 = Encoder(ref, str(encoder.device), "fp32")
     texts = ds.texts
     lengths = encoder.tokenize(texts).lengths
@@ -130,12 +131,16 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
         seconds, vectors = time_it(lambda run=run: run(texts), repeats)
         record(name, seconds, f"ONNX Runtime (CPU), same batches; min cosine vs st_default: "
                               f"{min_cosine(vectors, st_vectors):.4f}")
+    ours = [("ours_all", encoder, list(DEFAULT_POOLINGS)), ("ours_mean", encoder, ["mean"])]
+    if encoder.runtime != "torch":  # what the runtime brings: the same stage on PyTorch
+        torch_run = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime="torch")
+        ours.append(("ours_all_torch", torch_run, list(DEFAULT_POOLINGS)))
     with tempfile.TemporaryDirectory() as tmp:
-        for name, poolings in (("ours_all", list(DEFAULT_POOLINGS)), ("ours_mean", ["mean"])):
+        for name, runner, poolings in ours:
             folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
-            seconds, _ = time_it(lambda p=poolings, f=folders: embed_dataset(ds, encoder, p, next(f), progress=False),
-                                 repeats)
-            record(name, seconds, f"embed stage to a Parquet cache, poolings: {','.join(poolings)}")
+            seconds, _ = time_it(lambda e=runner, p=poolings, f=folders: embed_dataset(ds, e, p, next(f),
+                                                                                      progress=False), repeats)
+            record(name, seconds, f"embed stage ({runner.runtime}) to a Parquet cache, poolings: {','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
     return {**record, "profile": profile_embed(ds, encoder, list(DEFAULT_POOLINGS))}
@@ -149,7 +154,8 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
-        "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype), "texts": n,
+        "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype),
+        "runtime": encoder.runtime, "texts": n,
         "tokens": tokens,
         "matmul_peak_gflops": peaks,
         "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
@@ -172,7 +178,8 @@ def write_speed(folder: Path, record: dict) -> list[Path]:
 
 def speed_markdown(r: dict) -> str:
     lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
-             f"{r['machine']['threads']} threads), dtype {r['dtype']}, {r['texts']} texts, {r['tokens']} tokens. "
+             f"{r['machine']['threads']} threads), dtype {r['dtype']}, runtime {r.get('runtime', 'torch')}, "
+             f"{r['texts']} texts, {r['tokens']} tokens. "
              f"Matmul peak measured in the same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
              f"{r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.", "",
              "| contender | texts/s | tokens/s | model GFLOP/s | note |", "|---|---|---|---|---|"]

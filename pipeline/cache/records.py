@@ -29,18 +29,21 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class EncoderSettings:
-    """Everything about the encoder that changes the vectors: the model, max length and compute dtype."""
+    """Everything about the encoder that changes the vectors: the model, max length, compute dtype and the runtime
+    that ran it (records written before runtimes existed were all 'torch')."""
 
     model: ModelIdentity
     max_length: int
     dtype: str
+    runtime: str = "torch"
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, record: dict) -> "EncoderSettings":
-        return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]))
+        return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]),
+                   str(record.get("runtime", "torch")))
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def check_schema(record: object, path: Path, rebuild: str) -> None:
 
 
 def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:
-    """sha256 of everything that changes the vectors: model and tokenizer identity, max length, dtype, the data."""
+    """sha256 of everything that changes the vectors: model and tokenizer identity, max length, dtype, runtime, the
+    data."""
     blob = json.dumps({"schema": SCHEMA_VERSION, "encoder": settings.to_json(), "data": data_fingerprint},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()

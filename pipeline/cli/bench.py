@@ -54,6 +54,7 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--batch-tokens", default=0, type=click.IntRange(min=0), help="Token budget of our stage (0: default).")
+@click.option("--runtime", default="auto", show_default=True, help="Runtime of our stage (as embed's --runtime).")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--limit", default=0, type=click.IntRange(min=0), help="Use only the first N texts (0: all).")
 @click.option("--sizes", default=None,
@@ -64,8 +65,8 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
               help="Time an encoder of this size with random weights (and --model's tokenizer) instead of --model: "
                    "speed does not depend on the weights. Results go to <out>/shape-<name>/.")
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
-def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repeats, limit, sizes, run_path, shape,
-                out) -> None:
+def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, runtime, repeats, limit, sizes, run_path,
+                shape, out) -> None:
     """Embed speed against the seed's flow and sentence-transformers, in one process on the same texts."""
     from pipeline.data import ColumnSpec, DataSpec, load_texts, subset
     from pipeline.registry import parse_sizes
@@ -75,7 +76,7 @@ def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repea
     if sizes:
         from pipeline.bench import scaling
 
-        embed_args = ["--device", device, "--dtype", dtype]
+        embed_args = ["--device", device, "--dtype", dtype, "--runtime", runtime]
         command = scaling.predict_command(run_path) if run_path else scaling.embed_command(model, embed_args)
         rows = scaling.scaling_benchmark(ds, parse_sizes(sizes), command)
         written = scaling.write_scaling(out, rows)
@@ -84,7 +85,7 @@ def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, repea
         from pipeline.bench.speed import speed_benchmark, speed_markdown, write_speed
 
         with _timed_model(model, shape) as ref:
-            record = speed_benchmark(ds, ref, device, dtype, repeats, click.echo, batch_tokens)
+            record = speed_benchmark(ds, ref, device, dtype, repeats, click.echo, batch_tokens, runtime)
         written = write_speed(Path(out) / f"shape-{shape}" if shape else out, record)
         click.echo(speed_markdown(record))
     click.echo(f"written: {', '.join(map(str, written))}")

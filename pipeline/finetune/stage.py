@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.cache import EncoderSettings, cache_dir, cache_key
 from pipeline.data import Dataset, DataSpec
-from pipeline.embed.device import dtype_name, pick_device, pick_dtype
+from pipeline.embed.device import dtype_name, pick_device, pick_dtype, pick_runtime
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.pooling import POOLINGS
@@ -66,7 +66,9 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     outcome = run_method(encoder, ds, rows, settings, checkpoints, progress)
     record = _record(ds, ref, encoder, settings, rows, outcome, key, folder)
     _save_model(encoder, folder)
-    record["run"] = str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs))
+    frozen = EncoderSettings(ref.identity, settings.max_length, settings.dtype,
+                             pick_runtime("auto", torch_device, pick_dtype(settings.dtype, torch_device)))
+    record["run"] = str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs, frozen))
     atomic_write_bytes(folder / "README.md", model_card(record).encode())
     atomic_write_json(folder / RECORD_FILE, record)
     checkpoints.clear()
@@ -76,7 +78,9 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
 def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSettings, checkpoints: Checkpoints,
                progress: bool = True) -> Outcome:
     """Train with the method's runner (settings already resolved); the learning curve calls this directly. Seeded
-    first: the new head's initial weights come from the seed too."""
+    first: the new head's initial weights come from the seed too. The encoder runs on PyTorch from here on: a
+    compiled graph would keep the weights it was converted from, not the trained ones."""
+    encoder.runtime = "torch"
     seed_everything(settings.seed)
     return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
 
@@ -130,11 +134,11 @@ def _save_model(encoder: Encoder, folder: Path) -> None:
 
 
 def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Rows, outcome: Outcome, key: str,
-               folder: Path, record: dict, runs: Path) -> Path:
+               folder: Path, record: dict, runs: Path, frozen: EncoderSettings) -> Path:
     """A run in the train stage's format, in the runs folder of the frozen cache of the same data, base model and
-    settings, so runs.csv lists frozen and fine-tuned rows side by side and `predict --run` uses it as any run."""
+    settings (`frozen`, as `embed` would make it here), so runs.csv lists frozen and fine-tuned rows side by side and
+    `predict --run` uses it as any run. The run itself keeps the 'torch' runtime its test scores were made with."""
     tuned = resolve_model(str(folder))
-    frozen = EncoderSettings(ref.identity, settings.max_length, settings.dtype)
     cache_name = cache_dir(Path("."), ds.name, ref.name, cache_key(frozen, ds.fingerprint)).name
     y_test, y_train = ds.labels[rows.test], ds.labels[rows.train]
     metrics = classification_metrics(y_test, outcome.proba_test, ds.label_names, y_train, settings.seed)

@@ -9,12 +9,14 @@ model files, max length and dtype), in chunks, so memory does not grow with the 
 """
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import pooling_source
+from pipeline.cache import EncoderSettings, pooling_source
 from pipeline.data.tables import is_missing
+from pipeline.embed.device import runtime_here
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
@@ -60,10 +62,18 @@ class Classifier:
         return pooling_source(self.pooling)
 
     @property
+    def settings(self) -> EncoderSettings:
+        """The settings texts are embedded with: the run's, with the run's runtime where it can run here (else the
+        one 'auto' picks here; vectors then differ as CPU and GPU vectors do, at a cosine of 0.9999 or more)."""
+        run = self.run.record.encoder
+        return replace(run, model=self.ref.identity, runtime=runtime_here(run.runtime, self.device, run.dtype))
+
+    @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            settings = self.run.record.encoder
-            self._encoder = Encoder(self.ref, self.device, settings.dtype, settings.max_length)
+            settings = self.settings
+            self._encoder = Encoder(self.ref, self.device, settings.dtype, settings.max_length,
+                                    runtime=settings.runtime)
         return self._encoder
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:

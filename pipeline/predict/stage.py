@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache import EmbeddingCache, EncoderSettings, cache_dir, cache_key, pooling_column
+from pipeline.cache import EmbeddingCache, cache_dir, cache_key, pooling_column
 from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
@@ -91,8 +91,7 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     manifest lists the run's pooling and whose every shard still hashes to its record is used as it is (nothing is
     loaded or written); otherwise the embed stage makes, completes or repairs it."""
     source, _ = clf.source
-    run = clf.run.record.encoder
-    key = cache_key(EncoderSettings(clf.ref.identity, run.max_length, run.dtype), ds.fingerprint)  # as embed makes it
+    key = cache_key(clf.settings, ds.fingerprint)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
     manifest = store.previous_manifest()
     if (manifest is not None and manifest.key == key and source in manifest.poolings

@@ -1,0 +1,147 @@
+"""The runtimes: which one 'auto' picks, that OpenVINO's vectors are PyTorch's, that each has its own cache, and that
+the converted graph is kept, checked and reused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cache import EncoderSettings, ModelIdentity, cache_key
+from pipeline.data import load_dataset
+from pipeline.embed import device as dev
+from pipeline.embed import openvino_graph
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.models import resolve_model
+from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.errors import PipelineError
+
+from conftest import sentiment_rows, write_csv, write_tiny_bert
+
+TEXTS = ["the movie was great fun", "bad", "a very very slow and dull film, but the actor is witty"]
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A graph cache of this test's own, so conversions and reuse are counted from empty."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "bert-pipeline" / "openvino"
+
+
+@pytest.fixture
+def conversions(monkeypatch):
+    calls = []
+    original = openvino_graph._convert
+
+    def counting(encoder, names):
+        calls.append(encoder.ref.name)
+        return original(encoder, names)
+
+    monkeypatch.setattr(openvino_graph, "_convert", counting)
+    return calls
+
+
+def load(folder, runtime="auto", dtype="fp32") -> Encoder:
+    return Encoder(resolve_model(str(folder)), "cpu", dtype, 32, runtime=runtime)
+
+
+@pytest.mark.parametrize(("device", "dtype", "training", "want"), [
+    (CPU, torch.float32, False, "openvino"), (CPU, torch.float32, True, "torch"),
+    (CUDA, torch.bfloat16, False, "torch"), (CPU, torch.float16, False, "torch")])
+def test_auto_takes_openvino_for_cpu_inference_only(device, dtype, training, want):
+    assert dev.pick_runtime("auto", device, dtype, training) == want
+
+
+def test_auto_bf16_on_cpu_follows_the_cpu_flags(monkeypatch):
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
+    assert dev.pick_runtime("auto", CPU, torch.bfloat16) == "torch"
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
+    assert dev.pick_runtime("auto", CPU, torch.bfloat16) == "openvino"
+
+
+def test_auto_falls_back_to_torch_without_openvino_and_asking_for_it_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(dev, "find_spec", lambda name: None)
+    assert dev.pick_runtime("auto", CPU, torch.float32) == "torch"
+    with pytest.raises(PipelineError, match="pip install openvino"):
+        dev.pick_runtime("openvino", CPU, torch.float32)
+
+
+@pytest.mark.parametrize(("requested", "device", "training", "message"), [
+    ("onnx", CPU, False, "unknown --runtime 'onnx'"), ("openvino", CUDA, False, "not cuda bf16"),
+    ("openvino", CPU, True, "not training")])
+def test_a_runtime_that_cannot_run_is_refused_with_the_fix(requested, device, training, message):
+    with pytest.raises(PipelineError, match=message) as caught:
+        dev.pick_runtime(requested, device, torch.bfloat16 if device == CUDA else torch.float32, training)
+    assert "\n" not in str(caught.value)
+
+
+def test_runtime_here_keeps_a_runs_runtime_only_where_it_runs(monkeypatch):
+    assert dev.runtime_here("openvino", "cpu", "fp32") == "openvino"
+    assert dev.runtime_here("torch", "cpu", "fp32") == "torch"
+    monkeypatch.setattr(dev, "find_spec", lambda name: None)  # a machine without OpenVINO
+    assert dev.runtime_here("openvino", "cpu", "fp32") == "torch"
+
+
+def test_openvino_gives_pytorchs_vectors_for_every_pooling(tiny_bert):
+    torch_run, ov_run = load(tiny_bert, "torch"), load(tiny_bert, "openvino")
+    want, got = embed_texts(torch_run, TEXTS, list(POOLINGS)), embed_texts(ov_run, TEXTS, list(POOLINGS))
+    for name in POOLINGS:
+        np.testing.assert_allclose(got[name], want[name], atol=2e-5, rtol=1e-4, err_msg=name)
+
+
+@pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="bf16 on CPU needs AVX512-BF16 or AMX")
+def test_openvino_in_bf16_stays_within_bf16_of_pytorch(tiny_bert):
+    fp32 = embed_texts(load(tiny_bert, "torch"), TEXTS, ["mean"])["mean"]
+    bf16 = embed_texts(load(tiny_bert, "openvino", "bf16"), TEXTS, ["mean"])["mean"]
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_each_runtime_has_its_own_cache_and_the_manifest_says_which(tiny_bert, tmp_path):
+    toy = load_dataset(write_csv(tmp_path / "toy.csv", sentiment_rows(40)))
+    a = embed_dataset(toy, load(tiny_bert, "torch"), ["mean"], tmp_path / "emb", progress=False)
+    b = embed_dataset(toy, load(tiny_bert, "openvino"), ["mean"], tmp_path / "emb", progress=False)
+    assert a.path != b.path and b.computed_rows == len(toy)
+    assert [r.manifest.encoder.runtime for r in (a, b)] == ["torch", "openvino"]
+    assert json.loads((b.path / "_manifest.json").read_text())["encoder"]["runtime"] == "openvino"
+
+
+def test_records_from_before_runtimes_read_as_torch_and_keep_their_key():
+    identity = ModelIdentity("m", "local", None, "w" * 64, "t" * 64)
+    old = {"model": identity.__dict__, "max_length": 128, "dtype": "fp32"}
+    settings = EncoderSettings.from_json(old)
+    assert settings.runtime == "torch"
+    assert cache_key(settings, "f") != cache_key(EncoderSettings(identity, 128, "fp32", "openvino"), "f")
+
+
+def test_the_converted_graph_is_kept_and_reused_by_the_next_run(tiny_bert, own_cache, conversions):
+    first = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
+    second = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
+    assert len(conversions) == 1
+    assert [p.name for p in own_cache.iterdir()] and (next(own_cache.iterdir()) / "model.bin").is_file()
+    np.testing.assert_allclose(first, second, rtol=1e-6)  # the graph read back may fuse a little differently
+
+
+def test_a_damaged_kept_graph_is_converted_again_not_used(tiny_bert, own_cache, conversions):
+    want = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
+    weights = next(own_cache.iterdir()) / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    np.testing.assert_allclose(embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"], want, rtol=1e-6)
+    assert len(conversions) == 2
+
+
+def test_only_the_most_recently_used_graphs_are_kept(tmp_path, own_cache, monkeypatch):
+    monkeypatch.setattr(openvino_graph, "KEPT_GRAPHS", 2)
+    for seed in range(3):
+        embed_texts(load(write_tiny_bert(tmp_path / f"m{seed}", seed=seed)), TEXTS[:1], ["mean"])
+    assert len(list(own_cache.iterdir())) == 2
+
+
+def test_without_a_cache_folder_the_graph_is_converted_in_memory(tiny_bert, monkeypatch, conversions):
+    monkeypatch.setattr(openvino_graph, "user_cache_dir", lambda: None)
+    embed_texts(load(tiny_bert), TEXTS, ["mean"])
+    assert len(conversions) == 1
