@@ -10,7 +10,8 @@ import torch
 from pipeline.cache import EncoderSettings, ModelIdentity, cache_key
 from pipeline.data import load_dataset
 from pipeline.embed import device as dev
-from pipeline.embed import openvino_graph
+from pipeline.embed import encoder as encoder_module
+from pipeline.embed import kept_graphs, openvino_graph
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import resolve_model
 from pipeline.embed.pooling import POOLINGS
@@ -124,6 +125,21 @@ def test_the_converted_graph_is_kept_and_reused_by_the_next_run(tiny_bert, own_c
     np.testing.assert_allclose(first, second, rtol=1e-6)  # the graph read back may fuse a little differently
 
 
+def test_with_a_kept_graph_the_torch_model_loads_only_when_asked_for(tiny_bert, own_cache, monkeypatch):
+    want = embed_texts(load(tiny_bert), TEXTS, list(POOLINGS))
+    loads = []
+    original = encoder_module._load_model
+    monkeypatch.setattr(encoder_module, "_load_model", lambda *a: loads.append(1) or original(*a))
+    again = load(tiny_bert)
+    got = embed_texts(again, TEXTS, list(POOLINGS))
+    assert loads == [] and again.has_pooler and again.num_layers == 2
+    for name in POOLINGS:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-6, err_msg=name)
+    with pytest.raises(PipelineError, match="out of range: use 2..128"):
+        Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 500)  # the position limit comes from the kept graph
+    assert again.model.config.hidden_size == 32 and loads == [1]
+
+
 def test_a_damaged_kept_graph_is_converted_again_not_used(tiny_bert, own_cache, conversions):
     want = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
     weights = next(own_cache.iterdir()) / "model.bin"
@@ -135,13 +151,13 @@ def test_a_damaged_kept_graph_is_converted_again_not_used(tiny_bert, own_cache, 
 
 
 def test_only_the_most_recently_used_graphs_are_kept(tmp_path, own_cache, monkeypatch):
-    monkeypatch.setattr(openvino_graph, "KEPT_GRAPHS", 2)
+    monkeypatch.setattr(kept_graphs, "KEPT_GRAPHS", 2)
     for seed in range(3):
         embed_texts(load(write_tiny_bert(tmp_path / f"m{seed}", seed=seed)), TEXTS[:1], ["mean"])
     assert len(list(own_cache.iterdir())) == 2
 
 
 def test_without_a_cache_folder_the_graph_is_converted_in_memory(tiny_bert, monkeypatch, conversions):
-    monkeypatch.setattr(openvino_graph, "user_cache_dir", lambda: None)
+    monkeypatch.setattr(kept_graphs, "user_cache_dir", lambda: None)
     embed_texts(load(tiny_bert), TEXTS, ["mean"])
     assert len(conversions) == 1

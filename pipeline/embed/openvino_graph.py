@@ -6,36 +6,26 @@ fuses them; on a quiet AMD EPYC Zen 4 it ran MiniLM with all poolings 1.35x fast
 in fp32 (README, "Speed"). torch.compile fuses too, but costs 20-30 s of compile per run and per new shape.
 
 The graph is converted from the same torch modules the 'torch' runtime runs (the model plus POOLINGS' functions), so
-a pooling is still defined once. Converting takes seconds, so the converted graph is kept under the user's cache
-folder (paths.user_cache_dir), keyed by the weights' hash, the config and the versions that shape it, and checked
-against its sha256 on every load; a graph that fails the check is converted again.
+a pooling is still defined once. Converted graphs are kept between runs (kept_graphs.py).
 """
 
 import contextlib
-import hashlib
 import io
-import json
-import os
-import shutil
 import tempfile
 import warnings
 import weakref
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.embed import kept_graphs
 from pipeline.embed.device import dtype_name
-from pipeline.embed.encoder import Encoder, EncoderOutput, Tokenized, pad_ids
-from pipeline.embed.models import hash_files
+from pipeline.embed.encoder import Encoder, EncoderOutput, Tokenized, pad_ids, position_limit
 from pipeline.embed.pooling import POOLINGS
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, user_cache_dir
 
-GRAPH_VERSION = 1
-KEPT_GRAPHS = 8  # converted graphs kept on disk (the most recently used); each is about the size of the weights
 PRECISION = {"fp32": "f32", "bf16": "bf16"}  # our dtype name -> OpenVINO's element type name
 _GRAPHS: "weakref.WeakKeyDictionary[Encoder, Graph]" = weakref.WeakKeyDictionary()
 
@@ -63,10 +53,10 @@ class Graph:
     def __init__(self, encoder: Encoder) -> None:
         import openvino as ov
 
-        self.names = [n for n, p in POOLINGS.items() if encoder.has_pooler or not p.needs_pooler]
+        model, self.names = _model(encoder)
         self.pad_id = encoder.pad_id  # not the encoder itself: the graph must not keep its encoder alive
         precision = PRECISION[dtype_name(encoder.dtype)]
-        compiled = ov.Core().compile_model(_model(encoder, self.names), "CPU", {
+        compiled = ov.Core().compile_model(model, "CPU", {
             "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT"})
         got = compiled.get_property("INFERENCE_PRECISION_HINT")
         if got.get_type_name() != precision:
@@ -104,25 +94,25 @@ def pool_chunk(encoder: Encoder, tokens: Tokenized, poolings: list[str], bar: tq
     return graph.pool(tokens, poolings, encoder.batches(tokens.lengths), bar)
 
 
-def _model(encoder: Encoder, names: list[str]):
-    """The converted graph, always as read back from its files: a graph fresh from the converter can round a last
-    bit differently, and a rerun (which reads the kept copy) must give the very same vectors as the first run.
-    The files are the checked copy in the user's cache when there is one, else a new conversion, kept there."""
+def _model(encoder: Encoder):
+    """The graph and its output names, always as read back from its files: a graph fresh from the converter can
+    round a last bit differently, and a rerun (which reads the kept copy) must give the very same vectors as the first
+    run. The files are the kept copy when there is one, else a new conversion, kept for the next run."""
     import openvino as ov
 
-    root = user_cache_dir()
-    folder = root / "openvino" / _graph_key(encoder, names) if root is not None else None
-    if folder is not None and _intact(folder):
-        os.utime(folder)  # most recently used: kept longest
-        return ov.Core().read_model(folder / "model.xml")
-    model = _convert(encoder, names)
-    if folder is not None:
+    kept = kept_graphs.find(encoder.ref.identity.weights_sha256, encoder.config.to_dict())  # checked again: now
+    if kept is None:
+        info = kept_graphs.GraphInfo([n for n, p in POOLINGS.items() if encoder.has_pooler or not p.needs_pooler],
+                                     encoder.has_pooler, position_limit(encoder.model))
+        model = _convert(encoder, info.names)
+        folder = kept_graphs.graph_folder(encoder.ref.identity.weights_sha256, encoder.config.to_dict())
         with contextlib.suppress(OSError, PipelineError):
-            _keep(model, folder)
-            return ov.Core().read_model(folder / "model.xml")
-    with tempfile.TemporaryDirectory() as tmp:  # nowhere to keep it: read back all the same (weights in memory)
-        ov.save_model(model, Path(tmp) / "model.xml", compress_to_fp16=False)
-        return ov.Core().read_model(Path(tmp) / "model.xml", config={"ENABLE_MMAP": False})
+            kept = kept_graphs.keep(model, folder, info) if folder is not None else None
+        if kept is None:  # nowhere to keep it: read back all the same, weights in memory
+            with tempfile.TemporaryDirectory() as tmp:
+                ov.save_model(model, Path(tmp) / "model.xml", compress_to_fp16=False)
+                return ov.Core().read_model(Path(tmp) / "model.xml", config={"ENABLE_MMAP": False}), info.names
+    return ov.Core().read_model(kept.xml), kept.info.names
 
 
 def _convert(encoder: Encoder, names: list[str]):
@@ -140,41 +130,3 @@ def _convert(encoder: Encoder, names: list[str]):
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             raise PipelineError(f"OpenVINO cannot convert {encoder.ref.name} ({type(exc).__name__}: {first}): "
                                 "use --runtime torch") from None
-
-
-def _graph_key(encoder: Encoder, names: list[str]) -> str:
-    """Everything that shapes the converted graph: weights, config, poolings and the converting libraries."""
-    versions = {name: metadata.version(name) for name in ("openvino", "torch", "transformers")}
-    record = {"graph": GRAPH_VERSION, "weights": encoder.ref.identity.weights_sha256, "names": names,
-              "pooler": encoder.has_pooler, "config": encoder.model.config.to_dict(), "versions": versions}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _intact(folder: Path) -> bool:
-    """The kept graph's two files still hash to what was recorded when it was written."""
-    try:
-        recorded = json.loads((folder / "sha256.json").read_text())
-        return recorded.get("sha256") == hash_files((folder / "model.xml", folder / "model.bin"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _keep(model, folder: Path) -> None:
-    """Write the graph beside the others: into a temp folder, then renamed into place, so a reader never sees half
-    a graph; a damaged copy in the way is replaced. Only the KEPT_GRAPHS most recently used stay."""
-    import openvino as ov
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    try:
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)  # fp16 weights would change the vectors
-        atomic_write_json(tmp / "sha256.json", {"sha256": hash_files((tmp / "model.xml", tmp / "model.bin"))})
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.rename(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    graphs = sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in graphs[KEPT_GRAPHS:]:
-        shutil.rmtree(old, ignore_errors=True)

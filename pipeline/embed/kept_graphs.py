@@ -1,0 +1,90 @@
+"""Converted OpenVINO graphs kept between runs, under the user's cache folder (paths.user_cache_dir).
+
+Why keep them: converting an encoder takes seconds, and a later run that finds its graph here needs neither the
+conversion nor the PyTorch model itself (nor transformers' modelling code, the slowest import of a start-up). A graph
+is keyed by the weights' hash, the model's config and the versions of the converting libraries; beside it go what a
+run needs without the model (its poolings, whether it has a trained pooler, its position limit) and the sha256 of
+its files, checked on every load: a graph that fails the check is not used, and is converted again.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+from pipeline.embed.models import hash_files
+from pipeline.paths import atomic_write_json, user_cache_dir
+
+GRAPH_VERSION = 2
+KEPT_GRAPHS = 8  # graphs kept on disk (the most recently used); each is about the size of the weights
+FILES = ("model.xml", "model.bin")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What a run needs of the model when the kept graph stands in for it."""
+
+    names: list[str]
+    has_pooler: bool
+    position_limit: int
+
+
+@dataclass(frozen=True)
+class KeptGraph:
+    folder: Path
+    info: GraphInfo
+
+    @property
+    def xml(self) -> Path:
+        return self.folder / FILES[0]
+
+
+def graph_folder(weights_sha256: str, config: dict) -> Path | None:
+    """Where the graph of these weights and config is kept; None when there is no cache folder."""
+    root = user_cache_dir()
+    if root is None:
+        return None
+    versions = {name: metadata.version(name) for name in ("openvino", "torch", "transformers")}
+    record = {"graph": GRAPH_VERSION, "weights": weights_sha256, "config": config, "versions": versions}
+    return root / "openvino" / hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def find(weights_sha256: str, config: dict) -> KeptGraph | None:
+    """The kept graph of these weights and config, if its files still hash to what was recorded."""
+    folder = graph_folder(weights_sha256, config)
+    try:
+        record = json.loads((folder / "graph.json").read_text()) if folder is not None else None
+        if record is None or record.get("sha256") != hash_files(tuple(folder / f for f in FILES)):
+            return None
+        info = GraphInfo([str(n) for n in record["names"]], bool(record["has_pooler"]), int(record["position_limit"]))
+        os.utime(folder)  # most recently used: kept longest
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return KeptGraph(folder, info)
+
+
+def keep(model, folder: Path, info: GraphInfo) -> KeptGraph:
+    """Write the graph: into a temp folder, then renamed into place, so a reader never sees half a graph; a damaged
+    copy in the way is replaced. Only the KEPT_GRAPHS most recently used stay."""
+    import openvino as ov
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    try:
+        ov.save_model(model, tmp / FILES[0], compress_to_fp16=False)  # fp16 weights would change the vectors
+        digest = hash_files(tuple(tmp / f for f in FILES))
+        atomic_write_json(tmp / "graph.json", {"sha256": digest, **asdict(info)})
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.rename(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    graphs = sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[KEPT_GRAPHS:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return KeptGraph(folder, info)
