@@ -12,6 +12,7 @@ from pipeline.data import load_dataset
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import resolve_model
 from pipeline.embed.stage import embed_texts
+from pipeline.errors import PipelineError
 from pipeline.finetune import loop as loop_module
 from pipeline.finetune.checkpoint import Checkpoints
 from pipeline.finetune.data import sample_pairs, split_rows, token_batches
@@ -90,7 +91,10 @@ def test_setfit_end_to_end_with_shots(run_cli, tiny_bert, toy, tmp_path, monkeyp
 
 def test_saved_folder_predicts_what_the_in_memory_model_predicted(tiny_bert, toy, tmp_path):
     ds = load_dataset(toy)
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    with pytest.raises(PipelineError, match="training=True"):  # an inference graph would keep the untrained weights
+        run_method(Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32, runtime="openvino"), ds,
+                   split_rows(ds, None, 0), FinetuneSettings().resolved("fp32"), Checkpoints(None, "k"), False)
+    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32, training=True)
     settings = FinetuneSettings(epochs=2, lr=1e-3, max_length=32).resolved("fp32")
     outcome = run_method(encoder, ds, split_rows(ds, None, 0), settings, Checkpoints(None, "k"), progress=False)
     _save_model(encoder, tmp_path / "tuned")

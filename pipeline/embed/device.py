@@ -42,12 +42,12 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 RUNTIMES = {
     "torch": "PyTorch, op by op (every device; the one that trains)",
-    "openvino": "OpenVINO: encoder and poolings compiled as one graph (CPU, fp32 or bf16; inference only)",
+    "openvino": "OpenVINO: encoder and poolings compiled as one graph (CPU: fp32, or bf16 on x86; inference only)",
 }
 
 
 def pick_runtime(requested: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> str:
-    """'auto': OpenVINO for CPU inference in fp32, or in bf16 where the CPU has native bf16 (measured faster than
+    """'auto': OpenVINO for CPU inference in fp32, or in bf16 on x86 CPUs with native bf16 (measured faster than
     PyTorch there, README "Speed"), when it is installed; PyTorch everywhere else and always for training."""
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
@@ -66,8 +66,9 @@ def pick_runtime(requested: str, device: torch.device, dtype: torch.dtype, train
 def runtime_supported(runtime: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> bool:
     if runtime != "openvino":
         return runtime in RUNTIMES
+    x86_bf16 = cpu_has_native_bf16() and platform.machine().strip().lower() in X86  # OpenVINO's CPU bf16 is x86's
     return device.type == "cpu" and not training and find_spec("openvino") is not None and (
-        dtype == torch.float32 or (dtype == torch.bfloat16 and cpu_has_native_bf16()))
+        dtype == torch.float32 or (dtype == torch.bfloat16 and x86_bf16))
 
 
 def runtime_here(runtime: str, device: str, dtype: str) -> str:

@@ -7,12 +7,15 @@ run needs without the model (its poolings, whether it has a trained pooler, its 
 its files, checked on every load: a graph that fails the check is not used, and is converted again.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from pipeline.paths import atomic_write_json, user_cache_dir
 
 GRAPH_VERSION = 2
 KEPT_GRAPHS = 8  # graphs kept on disk (the most recently used); each is about the size of the weights
+STALE_TMP_SECONDS = 3600  # a temp folder this old belongs to a run that was killed while keeping its graph
 FILES = ("model.xml", "model.bin")
 
 
@@ -48,28 +52,44 @@ def graph_folder(weights_sha256: str, config: dict) -> Path | None:
     root = user_cache_dir()
     if root is None:
         return None
-    versions = {name: metadata.version(name) for name in ("openvino", "torch", "transformers")}
-    record = {"graph": GRAPH_VERSION, "weights": weights_sha256, "config": config, "versions": versions}
+    versions = {name: metadata.version(name) for name in ("bert-pipeline", "openvino", "torch", "transformers")}
+    record = {"graph": GRAPH_VERSION, "weights": weights_sha256, "config": config, "versions": versions,
+              "code": _code_sha256()}
     return root / "openvino" / hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+@lru_cache(maxsize=1)
+def _code_sha256() -> str:
+    """The code baked into a graph: the poolings' maths and the conversion. Editing either makes a new graph."""
+    here = Path(__file__).parent
+    return hash_files((here / "pooling.py", here / "openvino_graph.py"))
 
 
 def find(weights_sha256: str, config: dict) -> KeptGraph | None:
     """The kept graph of these weights and config, if its files still hash to what was recorded."""
     folder = graph_folder(weights_sha256, config)
+    kept = _read(folder) if folder is not None else None
+    if kept is not None:
+        with contextlib.suppress(OSError):
+            os.utime(folder)  # most recently used: kept longest
+    return kept
+
+
+def _read(folder: Path) -> KeptGraph | None:
     try:
-        record = json.loads((folder / "graph.json").read_text()) if folder is not None else None
-        if record is None or record.get("sha256") != hash_files(tuple(folder / f for f in FILES)):
+        record = json.loads((folder / "graph.json").read_text())
+        if record.get("sha256") != hash_files(tuple(folder / f for f in FILES)):
             return None
         info = GraphInfo([str(n) for n in record["names"]], bool(record["has_pooler"]), int(record["position_limit"]))
-        os.utime(folder)  # most recently used: kept longest
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return KeptGraph(folder, info)
 
 
 def keep(model, folder: Path, info: GraphInfo) -> KeptGraph:
-    """Write the graph: into a temp folder, then renamed into place, so a reader never sees half a graph; a damaged
-    copy in the way is replaced. Only the KEPT_GRAPHS most recently used stay."""
+    """Write the graph: into a temp folder, then renamed into place, so a reader never sees half a graph. A whole
+    copy that another run kept meanwhile is used as it is; a damaged one is replaced. Only the KEPT_GRAPHS most
+    recently used stay, and temp folders of killed runs go after an hour."""
     import openvino as ov
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -78,13 +98,21 @@ def keep(model, folder: Path, info: GraphInfo) -> KeptGraph:
         ov.save_model(model, tmp / FILES[0], compress_to_fp16=False)  # fp16 weights would change the vectors
         digest = hash_files(tuple(tmp / f for f in FILES))
         atomic_write_json(tmp / "graph.json", {"sha256": digest, **asdict(info)})
+        kept = _read(folder)
+        if kept is not None:
+            return kept
         if folder.exists():
             shutil.rmtree(folder)
         os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    graphs = sorted((p for p in folder.parent.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in graphs[KEPT_GRAPHS:]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(folder.parent)
     return KeptGraph(folder, info)
+
+
+def _prune(root: Path) -> None:
+    graphs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    stale = [p for p in root.glob(".tmp-*") if time.time() - p.stat().st_mtime > STALE_TMP_SECONDS]
+    for old in [*graphs[KEPT_GRAPHS:], *stale]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from pipeline.embed import kept_graphs
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder, EncoderOutput, Tokenized, pad_ids, position_limit
+from pipeline.embed.models import first_line
 from pipeline.embed.pooling import POOLINGS
 from pipeline.errors import PipelineError
 
@@ -66,53 +67,86 @@ class Graph:
 
     def pool(self, tokens: Tokenized, poolings: list[str], batches: list[np.ndarray],
              bar: tqdm) -> dict[str, np.ndarray]:
-        """All requested poolings of a chunk, back in input order; batches run in parallel requests."""
-        n, wanted = len(tokens.input_ids), [self.names.index(p) for p in poolings]
-        out: dict[str, np.ndarray] = {}
+        """All requested poolings of a chunk, back in input order. Batches run in parallel requests whose callbacks
+        only copy results out; an error there is kept and raised here, on the caller's thread, as one line."""
+        missing = [p for p in poolings if p not in self.names]
+        if missing:
+            raise PipelineError(f"the OpenVINO graph has no {', '.join(missing)}: use --runtime torch")
+        wanted = [self.names.index(p) for p in poolings]
+        results: list[tuple[np.ndarray, list[np.ndarray]]] = []
+        errors: list[BaseException] = []
 
         def done(request, rows: np.ndarray) -> None:
-            for name, k in zip(poolings, wanted, strict=True):
-                array = request.get_output_tensor(k).data
-                if name not in out:
-                    out[name] = np.empty((n, *array.shape[1:]), dtype=np.float32)
-                out[name][rows] = array
-            bar.update(len(rows))
+            try:
+                results.append((rows, [request.get_output_tensor(k).data.copy() for k in wanted]))
+                bar.update(len(rows))
+            except BaseException as exc:  # nothing may escape into OpenVINO's thread: it would abort the process
+                errors.append(exc)
 
         self.queue.set_callback(done)
-        for rows in batches:
-            inputs = pad_ids([tokens.input_ids[i] for i in rows], self.pad_id)
-            self.queue.start_async({0: inputs["input_ids"], 1: inputs["attention_mask"]}, userdata=rows)
-        self.queue.wait_all()
-        return out
+        try:
+            for rows in batches:
+                inputs = pad_ids([tokens.input_ids[i] for i in rows], self.pad_id)
+                self.queue.start_async({0: inputs["input_ids"], 1: inputs["attention_mask"]}, userdata=rows)
+            self.queue.wait_all()
+        except RuntimeError as exc:
+            errors.append(exc)
+        if errors:
+            raise PipelineError(f"OpenVINO failed on a batch ({type(errors[0]).__name__}: {first_line(errors[0])}):"
+                                " use --runtime torch") from None
+        return _assemble(len(tokens.input_ids), poolings, results)
+
+
+def _assemble(n: int, poolings: list[str], results: list[tuple[np.ndarray, list[np.ndarray]]]
+              ) -> dict[str, np.ndarray]:
+    """Each pooling's batches put back in input order, in one float32 array per pooling."""
+    out: dict[str, np.ndarray] = {}
+    for k, name in enumerate(poolings):
+        for rows, arrays in results:
+            if name not in out:
+                out[name] = np.empty((n, *arrays[k].shape[1:]), dtype=np.float32)
+            out[name][rows] = arrays[k]
+    return out
 
 
 def pool_chunk(encoder: Encoder, tokens: Tokenized, poolings: list[str], bar: tqdm) -> dict[str, np.ndarray]:
-    """The 'openvino' runtime's version of the stage's chunk step; the graph is compiled once per encoder."""
+    """The 'openvino' runtime's version of the stage's chunk step; the graph is compiled once per encoder (and
+    dropped after a failure, so that the next call starts from a fresh one)."""
     graph = _GRAPHS.get(encoder)
     if graph is None:
         graph = _GRAPHS[encoder] = Graph(encoder)
-    return graph.pool(tokens, poolings, encoder.batches(tokens.lengths), bar)
+    try:
+        return graph.pool(tokens, poolings, encoder.batches(tokens.lengths), bar)
+    except PipelineError:
+        _GRAPHS.pop(encoder, None)
+        raise
 
 
 def _model(encoder: Encoder):
     """The graph and its output names, always as read back from its files: a graph fresh from the converter can
     round a last bit differently, and a rerun (which reads the kept copy) must give the very same vectors as the first
-    run. The files are the kept copy when there is one, else a new conversion, kept for the next run."""
+    run. The files are the kept copy when there is one, else a new conversion, kept for the next run if it can be."""
     import openvino as ov
 
-    kept = kept_graphs.find(encoder.ref.identity.weights_sha256, encoder.config.to_dict())  # checked again: now
-    if kept is None:
-        info = kept_graphs.GraphInfo([n for n, p in POOLINGS.items() if encoder.has_pooler or not p.needs_pooler],
-                                     encoder.has_pooler, position_limit(encoder.model))
-        model = _convert(encoder, info.names)
-        folder = kept_graphs.graph_folder(encoder.ref.identity.weights_sha256, encoder.config.to_dict())
-        with contextlib.suppress(OSError, PipelineError):
-            kept = kept_graphs.keep(model, folder, info) if folder is not None else None
-        if kept is None:  # nowhere to keep it: read back all the same, weights in memory
-            with tempfile.TemporaryDirectory() as tmp:
-                ov.save_model(model, Path(tmp) / "model.xml", compress_to_fp16=False)
-                return ov.Core().read_model(Path(tmp) / "model.xml", config={"ENABLE_MMAP": False}), info.names
-    return ov.Core().read_model(kept.xml), kept.info.names
+    weights, config = encoder.ref.identity.weights_sha256, encoder.config.to_dict()
+    kept = kept_graphs.find(weights, config)
+    if kept is not None:
+        with contextlib.suppress(RuntimeError):  # removed or replaced meanwhile by another run: convert again
+            return ov.Core().read_model(kept.xml), kept.info.names
+    info = kept_graphs.GraphInfo([n for n, p in POOLINGS.items() if encoder.has_pooler or not p.needs_pooler],
+                                 encoder.has_pooler, position_limit(encoder.model))
+    model = _convert(encoder, info.names)
+    folder = kept_graphs.graph_folder(weights, config)
+    if folder is not None:
+        with contextlib.suppress(OSError, PipelineError, RuntimeError):  # cannot keep it (full disk...): in memory
+            return ov.Core().read_model(kept_graphs.keep(model, folder, info).xml), info.names
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ov.save_model(model, Path(tmp) / "model.xml", compress_to_fp16=False)
+            return ov.Core().read_model(Path(tmp) / "model.xml", config={"ENABLE_MMAP": False}), info.names
+    except (OSError, RuntimeError) as exc:
+        raise PipelineError(f"cannot write the converted OpenVINO graph ({first_line(exc)}): free disk space in "
+                            f"{tempfile.gettempdir()}, or use --runtime torch") from None
 
 
 def _convert(encoder: Encoder, names: list[str]):

@@ -123,9 +123,12 @@ def run_actors(ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus or 1
+    if gpus and encoder.runtime != "torch":  # the cache key names the runtime; the actors must run that one
+        raise PipelineError(f"the Ray cluster has GPUs, where the {encoder.runtime} runtime cannot run: use "
+                            "--runtime torch")
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
     options = {"device": "cuda" if gpus else "cpu", "dtype": dtype_name(encoder.dtype),
-               "max_length": encoder.max_length,
+               "max_length": encoder.max_length, "runtime": encoder.runtime,
                "batch_tokens": encoder.batch_tokens if not gpus else 0}
     items = [{"shard": i, "ids": ds.ids[a:b], "texts": ds.texts[a:b], "labels": ds.labels[a:b].tolist(),
               "splits": ds.splits[a:b].tolist()} for i, (a, b) in ((i, spans[i]) for i in sorted(todo))]

@@ -78,9 +78,11 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
 def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSettings, checkpoints: Checkpoints,
                progress: bool = True) -> Outcome:
     """Train with the method's runner (settings already resolved); the learning curve calls this directly. Seeded
-    first: the new head's initial weights come from the seed too. The encoder runs on PyTorch from here on: a
-    compiled graph would keep the weights it was converted from, not the trained ones."""
-    encoder.runtime = "torch"
+    first: the new head's initial weights come from the seed too. The encoder must be a training one (PyTorch): a
+    compiled inference graph would keep the weights it was converted from, not the trained ones."""
+    if encoder.runtime != "torch":
+        raise PipelineError("fine-tuning needs an encoder made with training=True (the PyTorch runtime), not "
+                            f"{encoder.runtime}")
     seed_everything(settings.seed)
     return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
 
