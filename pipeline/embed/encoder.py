@@ -72,7 +72,7 @@ class Encoder:
         self.batch_tokens = max(batch_tokens or default, self.max_length)
         self.num_layers = int(self.config.num_hidden_layers)
         self.hidden_size = int(self.config.hidden_size)
-        self._token_types = "token_type_ids" in self.tokenizer.model_input_names
+        self.token_types = "token_type_ids" in self.tokenizer.model_input_names  # one-segment texts: all zeros
 
     @property
     def model(self) -> torch.nn.Module:
@@ -132,7 +132,7 @@ class Encoder:
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """The batch on the device; token type ids (all zeros for one-segment texts) are made there, not copied."""
         tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
-        if self._token_types:
+        if self.token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
         return tensors
 

@@ -5,8 +5,8 @@ in dozens of small kernels per layer (attention, GELU, layer norm, casts) and in
 fuses them; on a quiet AMD EPYC Zen 4 it ran MiniLM with all poolings 1.35x faster than PyTorch in bf16 and 1.3x
 in fp32 (README, "Speed"). torch.compile fuses too, but costs 20-30 s of compile per run and per new shape.
 
-The graph is converted from the same torch modules the 'torch' runtime runs (the model plus POOLINGS' functions), so
-a pooling is still defined once. Converted graphs are kept between runs (kept_graphs.py).
+The graph is converted from the same torch modules the 'torch' runtime runs (pooling.PooledModel: the model, then
+POOLINGS' functions), so a pooling is still defined once. Converted graphs are kept between runs (kept_graphs.py).
 """
 
 import contextlib
@@ -22,30 +22,13 @@ from tqdm import tqdm
 
 from pipeline.embed import kept_graphs
 from pipeline.embed.device import dtype_name
-from pipeline.embed.encoder import Encoder, EncoderOutput, Tokenized, pad_ids, position_limit
+from pipeline.embed.encoder import Encoder, Tokenized, pad_ids, position_limit
 from pipeline.embed.models import first_line
-from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.pooling import POOLINGS, PooledModel
 from pipeline.errors import PipelineError
 
 PRECISION = {"fp32": "f32", "bf16": "bf16"}  # our dtype name -> OpenVINO's element type name
 _GRAPHS: "weakref.WeakKeyDictionary[Encoder, Graph]" = weakref.WeakKeyDictionary()
-
-
-class _PooledModel(torch.nn.Module):
-    """input_ids, attention_mask -> every pooling of `names`, in that order: what gets converted."""
-
-    def __init__(self, encoder: Encoder, names: list[str]) -> None:
-        super().__init__()
-        self.model, self.names, self.has_pooler = encoder.model, names, encoder.has_pooler
-        self.token_types = "token_type_ids" in encoder.tokenizer.model_input_names
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                         return_dict=True, **extra)
-        x = EncoderOutput(out.last_hidden_state, attention_mask, out.hidden_states,
-                          getattr(out, "pooler_output", None) if self.has_pooler else None)
-        return tuple(POOLINGS[name].fn(x) for name in self.names)
 
 
 class Graph:
@@ -167,7 +150,7 @@ def _convert(encoder: Encoder, names: list[str]):
     import openvino as ov
 
     example = encoder.prepare(encoder.tokenize(["a short text", "and a somewhat longer second text"]).input_ids)
-    module = _PooledModel(encoder, names).eval()
+    module = PooledModel(encoder.model, names, encoder.has_pooler, encoder.token_types).eval()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:

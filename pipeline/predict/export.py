@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.encoder import Encoder, EncoderOutput
-from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.pooling import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier
@@ -82,19 +82,11 @@ class PooledEncoder(nn.Module):
 
     def __init__(self, encoder: Encoder, source: str, layer: int | None = None) -> None:
         super().__init__()
-        self.model = encoder.model.float().eval()
-        self.pooling, self.layer = POOLINGS[source], layer
-        self.token_types = "token_type_ids" in encoder.tokenizer.model_input_names
-        self.has_pooler = encoder.has_pooler
+        self.pooled = PooledModel(encoder.model.float().eval(), [source], encoder.has_pooler, encoder.token_types)
+        self.layer = layer
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
-        hidden = self.pooling.needs_hidden_states
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden,
-                         return_dict=True, **extra)
-        pooler = getattr(out, "pooler_output", None) if self.has_pooler else None
-        pooled = self.pooling.fn(EncoderOutput(out.last_hidden_state, attention_mask,
-                                               out.hidden_states if hidden else None, pooler))
+        (pooled,) = self.pooled(input_ids, attention_mask)
         return pooled[:, self.layer] if self.layer is not None else pooled
 
 
