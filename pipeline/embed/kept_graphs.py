@@ -16,10 +16,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
-from pipeline.embed.models import hash_files
+from pipeline.embed.models import hash_files, package_version
 from pipeline.paths import atomic_write_json, user_cache_dir
 
 GRAPH_VERSION = 2
@@ -52,7 +51,7 @@ def graph_folder(weights_sha256: str, config: dict) -> Path | None:
     root = user_cache_dir()
     if root is None:
         return None
-    versions = {name: metadata.version(name) for name in ("bert-pipeline", "openvino", "torch", "transformers")}
+    versions = {name: package_version(name) for name in ("bert-pipeline", "openvino", "torch", "transformers")}
     record = {"graph": GRAPH_VERSION, "weights": weights_sha256, "config": config, "versions": versions,
               "code": _code_sha256()}
     return root / "openvino" / hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]

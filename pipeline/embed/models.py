@@ -13,6 +13,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 from pipeline.cache import ModelIdentity
@@ -172,6 +173,14 @@ def check_safetensors(path: Path) -> None:
     needed = 8 + length + max(ends, default=0)
     if size < needed:
         raise PipelineError(f"{path} is truncated ({size} bytes; its header needs {needed}): {redo}")
+
+
+def package_version(name: str) -> str | None:
+    """An installed package's version; None when it is not installed (e.g. this project run from its source tree)."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def first_line(exc: BaseException, limit: int = 200) -> str:

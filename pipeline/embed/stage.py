@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from pipeline.cache import (
 from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed import openvino_graph
 from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
-from pipeline.embed.models import resolve_model
+from pipeline.embed.models import package_version, resolve_model
 from pipeline.embed.pooling import POOLINGS, pool
 from pipeline.errors import PipelineError
 from pipeline.paths import ensure_writable
@@ -255,10 +254,4 @@ def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
 @lru_cache(maxsize=1)
 def _versions() -> dict:
     names = ["bert-pipeline", "torch", "transformers", "tokenizers", "openvino", "numpy", "pyarrow"]
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return {**found, "python": platform.python_version()}
+    return {**{name: package_version(name) for name in names}, "python": platform.python_version()}
