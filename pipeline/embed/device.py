@@ -42,7 +42,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 RUNTIMES = {
     "torch": "PyTorch, op by op (every device; the one that trains)",
-    "openvino": "OpenVINO: encoder and poolings compiled as one graph (CPU: fp32, or bf16 on x86; inference only)",
+    "openvino": "encoder and poolings compiled by OpenVINO as one graph (CPU: fp32, or bf16 on x86; inference only)",
 }
 
 
