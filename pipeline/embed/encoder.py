@@ -60,13 +60,13 @@ class Encoder:
         self.config, self._training = _load_config(ref), training
         self.tokenizer = _load_tokenizer(ref)
         _check_vocab(ref, self.tokenizer, self.config)
-        self.kept_graph = (kept_graphs.find(ref.identity.weights_sha256, self.config.to_dict())
-                           if self.runtime == "openvino" else None)
+        openvino = self.runtime == "openvino"
+        kept = kept_graphs.find(ref.identity.weights_sha256, self.config.to_dict()) if openvino else None
         self._model: torch.nn.Module | None = None
-        if self.kept_graph is None:
+        if kept is None:
             self.has_pooler, limit = self._load(), position_limit(self.model)
         else:  # the kept graph stands in for the model, which loads only if something asks for it
-            self.has_pooler, limit = self.kept_graph.info.has_pooler, self.kept_graph.info.position_limit
+            self.has_pooler, limit = kept.info.has_pooler, kept.info.position_limit
         self.max_length = _check_max_length(max_length, limit, ref.name)
         default = DEFAULT_BATCH_TOKENS["openvino" if self.runtime == "openvino" else self.device.type]
         self.batch_tokens = max(batch_tokens or default, self.max_length)
