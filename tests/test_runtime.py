@@ -2,6 +2,8 @@
 the converted graph is kept, checked and reused."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +23,6 @@ from pipeline.errors import PipelineError
 from conftest import sentiment_rows, write_csv, write_tiny_bert
 
 TEXTS = ["the movie was great fun", "bad", "a very very slow and dull film, but the actor is witty"]
-CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 @pytest.fixture
@@ -49,33 +50,45 @@ def load(folder, runtime="auto", dtype="fp32") -> Encoder:
 
 
 @pytest.mark.parametrize(("device", "dtype", "training", "want"), [
-    (CPU, torch.float32, False, "openvino"), (CPU, torch.float32, True, "torch"),
-    (CUDA, torch.bfloat16, False, "torch"), (CPU, torch.float16, False, "torch")])
+    ("cpu", "fp32", False, "openvino"), ("cpu", "fp32", True, "torch"),
+    (torch.device("cpu"), torch.float32, False, "openvino"), ("cuda:1", "bf16", False, "torch"),
+    ("cpu", "fp16", False, "torch")])
 def test_auto_takes_openvino_for_cpu_inference_only(device, dtype, training, want):
     assert dev.pick_runtime("auto", device, dtype, training) == want
 
 
 def test_auto_bf16_on_cpu_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
-    assert dev.pick_runtime("auto", CPU, torch.bfloat16) == "torch"
+    assert dev.pick_runtime("auto", "cpu", "bf16") == "torch"
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
-    assert dev.pick_runtime("auto", CPU, torch.bfloat16) == "openvino"
+    assert dev.pick_runtime("auto", "cpu", "bf16") == "openvino"
 
 
 def test_auto_falls_back_to_torch_without_openvino_and_asking_for_it_says_how_to_install(monkeypatch):
     monkeypatch.setattr(dev, "find_spec", lambda name: None)
-    assert dev.pick_runtime("auto", CPU, torch.float32) == "torch"
+    assert dev.pick_runtime("auto", "cpu", "fp32") == "torch"
     with pytest.raises(PipelineError, match="pip install openvino"):
-        dev.pick_runtime("openvino", CPU, torch.float32)
+        dev.pick_runtime("openvino", "cpu", "fp32")
 
 
 @pytest.mark.parametrize(("requested", "device", "training", "message"), [
-    ("onnx", CPU, False, "unknown --runtime 'onnx'"), ("openvino", CUDA, False, "not cuda bf16"),
-    ("openvino", CPU, True, "not training")])
+    ("onnx", "cpu", False, "unknown --runtime 'onnx'"), ("openvino", "cuda", False, "not cuda bf16"),
+    ("openvino", "cpu", True, "not training")])
 def test_a_runtime_that_cannot_run_is_refused_with_the_fix(requested, device, training, message):
     with pytest.raises(PipelineError, match=message) as caught:
-        dev.pick_runtime(requested, device, torch.bfloat16 if device == CUDA else torch.float32, training)
+        dev.pick_runtime(requested, device, "bf16" if device == "cuda" else "fp32", training)
     assert "\n" not in str(caught.value)
+
+
+def test_auto_device_asks_torch_only_where_a_gpu_driver_is(monkeypatch, tmp_path):
+    """No GPU driver node on Linux: the CPU, decided without importing torch; with one, torch is asked."""
+    monkeypatch.setattr(dev.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(dev, "GPU_NODES", (tmp_path / "nvidiactl",))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert dev.pick_device_name("auto") == "cpu" and dev.pick_device_name("cpu") == "cpu"
+    (tmp_path / "nvidiactl").touch()
+    assert dev.pick_device_name("auto") == "cuda" and dev.pick_dtype_name("auto", "cuda") == "bf16"
 
 
 def test_runtime_here_keeps_a_runs_runtime_only_where_it_runs(monkeypatch):
@@ -129,8 +142,9 @@ def test_the_converted_graph_is_kept_and_reused_by_the_next_run(tiny_bert, own_c
 def test_with_a_kept_graph_the_torch_model_loads_only_when_asked_for(tiny_bert, own_cache, monkeypatch):
     want = embed_texts(load(tiny_bert), TEXTS, list(POOLINGS))
     loads = []
-    original = encoder_module._load_model
-    monkeypatch.setattr(encoder_module, "_load_model", lambda *a: loads.append(1) or original(*a))
+    for name in ("load_model", "load_tokenizer", "load_config"):
+        original = getattr(encoder_module, name)
+        monkeypatch.setattr(encoder_module, name, lambda *a, f=original, n=name: loads.append(n) or f(*a))
     again = load(tiny_bert)
     got = embed_texts(again, TEXTS, list(POOLINGS))
     assert loads == [] and again.has_pooler and again.num_layers == 2
@@ -138,7 +152,34 @@ def test_with_a_kept_graph_the_torch_model_loads_only_when_asked_for(tiny_bert, 
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     with pytest.raises(PipelineError, match="out of range: use 2..128"):
         Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 500)  # the position limit comes from the kept graph
-    assert again.model.config.hidden_size == 32 and loads == [1]
+    assert again.model.config.hidden_size == 32 and loads[-1] == "load_model"  # asked for: now it loads
+
+
+def test_a_start_up_with_a_kept_graph_imports_neither_torch_nor_transformers(tiny_bert, own_cache):
+    """What makes a CPU start-up fast: about 2 s of imports are not paid when the graph is kept."""
+    want = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
+    code = ("import sys, numpy as np; from pipeline.embed.encoder import Encoder; "
+            "from pipeline.embed.models import resolve_model; from pipeline.embed.stage import embed_texts; "
+            f"e = Encoder(resolve_model({str(tiny_bert)!r}), 'cpu', 'fp32', 32); "
+            f"np.save(sys.argv[1], embed_texts(e, {TEXTS!r}, ['mean'])['mean']); "
+            "print(e.runtime, *[m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, str(own_cache.parent / "v.npy")], capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.split() == ["openvino"]
+    np.testing.assert_array_equal(np.load(own_cache.parent / "v.npy"), want)
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["converted", "kept"])
+def test_tokenize_gives_the_ids_and_truncation_of_transformers_tokenizer(tiny_bert, own_cache, kept):
+    if kept:
+        embed_texts(load(tiny_bert), TEXTS, ["mean"])
+    encoder = load(tiny_bert)
+    texts = [*TEXTS, " ".join(["the movie"] * 40), "Naïve CAFÉ, déjà-vu!  tabs\tand 🙂 emoji"]
+    want = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)
+    got = encoder.tokenize(texts)
+    assert got.input_ids == want["input_ids"]
+    assert got.truncated.tolist() == [len(e.overflowing) > 0 for e in want.encodings]
+    assert got.truncated.sum() == 1
 
 
 def test_a_damaged_kept_graph_is_converted_again_not_used(tiny_bert, own_cache, conversions):
@@ -169,8 +210,8 @@ def test_a_graph_another_run_kept_meanwhile_is_used_not_replaced(tiny_bert, own_
     first = embed_texts(encoder, TEXTS, ["mean"])["mean"]
     [folder] = list(own_cache.iterdir())
     before = (folder / "graph.json").stat().st_ino
-    other = kept_graphs.GraphInfo(["mean"], True, 1)
-    kept = kept_graphs.keep(openvino_graph._convert(encoder, ["mean"]), folder, other)
+    other = kept_graphs.GraphInfo(["mean"], encoder.spec)
+    kept = kept_graphs.keep(openvino_graph._convert(encoder, ["mean"]), "{}", folder, other)
     assert kept.folder == folder and kept.info.names != ["mean"] and (folder / "graph.json").stat().st_ino == before
     assert not list(own_cache.glob(".tmp-*"))
     np.testing.assert_array_equal(embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"], first)

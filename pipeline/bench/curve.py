@@ -111,7 +111,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                  write, bar, progress: bool) -> None:
     """SetFit and full fine-tuning at their ks. Below k = all each point trains a fresh copy of the base model on
     a data set of its drawn rows plus the test rows; k = all is the `finetune` stage itself (reused if finished)."""
-    from pipeline.embed.device import dtype_name, pick_device, pick_dtype
+    from pipeline.embed.device import pick_device_name, pick_dtype_name
     from pipeline.embed.encoder import Encoder
     from pipeline.embed.models import resolve_model
     from pipeline.finetune.checkpoint import Checkpoints
@@ -121,7 +121,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
     ref = resolve_model(model)
     smallest = int(np.bincount(ds.labels[ds.splits == "train"]).min())
     test = np.flatnonzero(ds.splits == "test")
-    dtype = dtype_name(pick_dtype(plan.finetune.dtype, pick_device(device)))
+    dtype = pick_dtype_name(plan.finetune.dtype, pick_device_name(device))
     for method, ks in (("setfit", plan.setfit_ks), ("full", plan.full_ks)):
         for k in capped([k for k in ks if k in plan.ks], smallest):
             for s in ([data.seed] if k == ALL else range(data.seed, data.seed + plan.tuned_seeds)):

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.data.sniff import separator_hint
 from pipeline.data.tables import Columns, is_missing, read_table, stored_type
@@ -199,7 +198,10 @@ def _require_train_rows(splits: np.ndarray, column: str) -> None:
 
 
 def auto_split(texts: list[str], labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
-    """A seeded, stratified train/test split in which identical texts always share a split (no leakage)."""
+    """A seeded, stratified train/test split in which identical texts always share a split (no leakage).
+    scikit-learn is imported here, not at the top: it is a second of start-up that predicting never needs."""
+    from sklearn.model_selection import train_test_split
+
     if not 0 < test_size < 1:
         raise PipelineError(f"--test-size must be between 0 and 1, got {test_size}")
     first_label = {}

@@ -1,30 +1,51 @@
 """Pick the device and compute dtype: the fastest that is right on this machine, decided from what the hardware
-reports (never from a timing, which varies from run to run and would change the cache key)."""
+reports (never from a timing, which varies from run to run and would change the cache key).
+
+Picks are made by name ('cpu', 'cuda:1'; 'fp32', 'bf16'), and torch is imported only when the answer needs it: a GPU
+could be there, or a caller asks for torch's own device and dtype objects. A CPU-only start-up (the openvino runtime
+with a kept graph) then never pays for `import torch` (about 1 s).
+"""
 
 import platform
 from functools import lru_cache
 from importlib.util import find_spec
 from pathlib import Path
 
-import torch
-
 from pipeline.errors import PipelineError
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp16": torch.float16, "float16": torch.float16}
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
+                 "float16": "fp16"}
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native bf16 dot products / tile matmuls
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 ARM64 = frozenset({"aarch64", "arm64", "armv8", "armv9"})
+# A Linux GPU needs its kernel driver, whose nodes are there whenever torch could use it (in containers too):
+# NVIDIA's, ROCm's (/dev/kfd) and WSL's GPU bridge (/dev/dxg).
+GPU_NODES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"), Path("/proc/driver/nvidia"), Path("/dev/kfd"),
+             Path("/dev/dxg"))
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """'auto' takes CUDA, then Apple MPS, then CPU; an explicit device must exist here."""
+def gpu_may_exist() -> bool:
+    """False only where no GPU can be: Linux without any GPU driver node. Elsewhere torch is asked."""
+    return platform.system() != "Linux" or any(node.exists() for node in GPU_NODES)
+
+
+def pick_device_name(requested: str = "auto") -> str:
+    """pick_device's answer as a name ('cpu', 'cuda', 'cuda:1', 'mps'), without torch when it is the CPU."""
+    requested = (requested or "auto").strip().lower()
+    if requested == "cpu" or (requested == "auto" and not gpu_may_exist()):
+        return "cpu"
+    return str(pick_device(requested))
+
+
+def pick_device(requested: str = "auto"):
+    """'auto' takes CUDA, then Apple MPS, then CPU; an explicit device must exist here. A torch.device."""
+    import torch
+
     requested = (requested or "auto").strip().lower()
     if requested == "auto":
-        if torch.cuda.is_available():
+        if gpu_may_exist() and torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if gpu_may_exist() and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -40,16 +61,22 @@ def pick_device(requested: str = "auto") -> torch.device:
     return device
 
 
+def device_kind(device) -> str:
+    """'cuda' for 'cuda:1' or torch.device('cuda', 1)."""
+    return str(device).split(":")[0]
+
+
 RUNTIMES = {
     "torch": "PyTorch, op by op (every device; the one that trains)",
     "openvino": "encoder and poolings compiled by OpenVINO as one graph (CPU: fp32, or bf16 on x86; inference only)",
 }
 
 
-def pick_runtime(requested: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> str:
+def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
     """'auto': OpenVINO for CPU inference in fp32, or in bf16 on x86 CPUs with native bf16 (measured faster than
-    PyTorch there, README "Speed"), when it is installed; PyTorch everywhere else and always for training."""
-    requested = (requested or "auto").strip().lower()
+    PyTorch there, README "Speed"), when it is installed; PyTorch everywhere else and always for training.
+    `device` and `dtype` are names ('cpu', 'bf16') or torch's objects."""
+    requested, dtype = (requested or "auto").strip().lower(), dtype_name(dtype)
     if requested == "auto":
         return "openvino" if runtime_supported("openvino", device, dtype, training) else "torch"
     if requested not in RUNTIMES:
@@ -58,39 +85,48 @@ def pick_runtime(requested: str, device: torch.device, dtype: torch.dtype, train
         raise PipelineError("--runtime openvino needs OpenVINO: pip install openvino, or use --runtime torch")
     if not runtime_supported(requested, device, dtype, training):
         raise PipelineError(f"--runtime openvino runs inference on a CPU in fp32 (or bf16 where the CPU has it), "
-                            f"not {'training' if training else f'{device.type} {dtype_name(dtype)}'}: use "
+                            f"not {'training' if training else f'{device_kind(device)} {dtype}'}: use "
                             "--runtime torch")
     return requested
 
 
-def runtime_supported(runtime: str, device: torch.device, dtype: torch.dtype, training: bool = False) -> bool:
+def runtime_supported(runtime: str, device, dtype, training: bool = False) -> bool:
     if runtime != "openvino":
         return runtime in RUNTIMES
+    dtype = dtype_name(dtype)
     x86_bf16 = cpu_has_native_bf16() and platform.machine().strip().lower() in X86  # OpenVINO's CPU bf16 is x86's
-    return device.type == "cpu" and not training and find_spec("openvino") is not None and (
-        dtype == torch.float32 or (dtype == torch.bfloat16 and x86_bf16))
+    return device_kind(device) == "cpu" and not training and find_spec("openvino") is not None and (
+        dtype == "fp32" or (dtype == "bf16" and x86_bf16))
 
 
 def runtime_here(runtime: str, device: str, dtype: str) -> str:
     """`runtime` where it can run on this machine's pick of `device` and `dtype`, else what 'auto' picks here."""
-    chosen = pick_device(device)
-    low = pick_dtype(dtype, chosen)
+    chosen = pick_device_name(device)
+    low = pick_dtype_name(dtype, chosen)
     return runtime if runtime_supported(runtime, chosen, low) else pick_runtime("auto", chosen, low)
 
 
-def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+def pick_dtype_name(requested: str, device) -> str:
     """'auto': bf16 on GPUs that support it (else fp16); on CPU bf16 only where the CPU has native bf16 matmul
     instructions (see cpu_prefers_bf16), else fp32. The same machine always gets the same dtype, hence the same key."""
     requested = (requested or "auto").strip().lower()
     if requested != "auto":
-        if requested not in DTYPES:
+        if requested not in DTYPE_ALIASES:
             raise PipelineError(f"unknown --dtype '{requested}': use auto, fp32, bf16 or fp16")
-        return DTYPES[requested]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        return DTYPE_ALIASES[requested]
+    kind = device_kind(device)
+    if kind == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if kind == "mps":
+        return "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def pick_dtype(requested: str, device):
+    """pick_dtype_name's answer as a torch.dtype."""
+    return torch_dtype(pick_dtype_name(requested, device))
 
 
 def cpu_prefers_bf16(flags: frozenset[str] | set[str], machine: str) -> bool:
@@ -117,6 +153,8 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     try:
         text = cpuinfo.read_text(errors="replace")
     except OSError:
+        import torch
+
         probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
         try:
             return frozenset({"avx512_bf16"}) if probe is not None and probe() else frozenset()
@@ -127,5 +165,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset.intersection(*per_cpu) if per_cpu else frozenset()  # what every core has
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return DTYPE_NAMES[dtype]
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[DTYPE_ALIASES[name]]
+
+
+def dtype_name(dtype) -> str:
+    """'bf16' for torch.bfloat16 (or for 'bfloat16')."""
+    return DTYPE_ALIASES[str(dtype).removeprefix("torch.")]

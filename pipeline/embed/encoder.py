@@ -1,28 +1,34 @@
 """Run a BERT-family encoder over texts: batched fast tokenisation, token-budget batches, one forward pass each.
 
 The encoder knows nothing of poolings or caches: it yields, per batch, the row indices and the raw outputs that a
-pooling needs (hidden states of every layer only when asked for).
+pooling needs (hidden states of every layer only when asked for). torch, transformers, the config, the tokenizer and
+the model load on first use: with a kept OpenVINO graph (kept_graphs.py) a CPU run needs none of them.
 """
 
-import warnings
+from __future__ import annotations
+
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipeline.cache import EncoderSettings
 from pipeline.embed import kept_graphs
-from pipeline.embed.device import dtype_name, pick_device, pick_dtype, pick_runtime
-from pipeline.embed.models import ModelRef, custom_code_error, first_line, read_config
+from pipeline.embed.device import pick_device_name, pick_dtype_name, pick_runtime, torch_dtype
+from pipeline.embed.kept_graphs import ModelSpec
+from pipeline.embed.loading import check_vocab, load_config, load_model, load_tokenizer, position_limit
+from pipeline.embed.models import ModelRef, read_config
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import torch
+    from tokenizers import Tokenizer
 
 # Token budget per batch by device (cpu: small batches stay in cache) and for the openvino runtime, whose requests run
 # in parallel streams (1024 measured ~3% faster than 2048 and 7% than 4096 there, quiet Zen 4, all six poolings).
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384, "openvino": 1024}
-PLACEHOLDER_TOKENS, REAL_VOCAB = 100, 1000  # a tokenizer under 100 tokens for a model of over 1000 is a stand-in
 
 
 @dataclass(frozen=True)
@@ -46,33 +52,57 @@ class Tokenized:
 
 
 class Encoder:
-    """A loaded model and tokenizer on one device, with the settings that change its vectors."""
+    """A model and its tokenizer on one device, with the settings that change its vectors."""
 
     def __init__(self, ref: ModelRef, device: str = "auto", dtype: str = "auto", max_length: int = 128,
                  batch_tokens: int = 0, training: bool = False, runtime: str = "auto") -> None:
         """`training` keeps fp32 weights everywhere (low precision then comes from autocast); for inference on a GPU
         the weights themselves are cast to the low-precision dtype, which runs faster there than autocast.
         `runtime` says what runs the poolings' batches (device.RUNTIMES); forward() is always PyTorch's."""
-        self.ref = ref
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(dtype, self.device)
-        self.runtime = pick_runtime(runtime, self.device, self.dtype, training)
-        self.config, self._training = _load_config(ref), training
-        self.tokenizer = _load_tokenizer(ref)
-        _check_vocab(ref, self.tokenizer, self.config)
-        openvino = self.runtime == "openvino"
-        kept = kept_graphs.find(ref.identity.weights_sha256, self.config.to_dict()) if openvino else None
-        self._model: torch.nn.Module | None = None
+        self.ref, self._training = ref, training
+        self.device_name = pick_device_name(device)
+        self.dtype_name = pick_dtype_name(dtype, self.device_name)
+        self.runtime = pick_runtime(runtime, self.device_name, self.dtype_name, training)
+        self._config = self._tokenizer = self._model = None
+        kept = kept_graphs.find(ref.identity, self.raw_config) if self.runtime == "openvino" else None
         if kept is None:
-            self.has_pooler, limit = self._load(), position_limit(self.model)
-        else:  # the kept graph stands in for the model, which loads only if something asks for it
-            self.has_pooler, limit = kept.info.has_pooler, kept.info.position_limit
-        self.max_length = _check_max_length(max_length, limit, ref.name)
-        default = DEFAULT_BATCH_TOKENS["openvino" if self.runtime == "openvino" else self.device.type]
-        self.batch_tokens = max(batch_tokens or default, self.max_length)
-        self.num_layers = int(self.config.num_hidden_layers)
-        self.hidden_size = int(self.config.hidden_size)
-        self.token_types = "token_type_ids" in self.tokenizer.model_input_names  # one-segment texts: all zeros
+            self.spec, fast = self._inspect(), fast_tokenizer(self.tokenizer)
+        else:  # the kept graph stands in for the model and tokenizer, which load only if something asks for them
+            self.spec, fast = kept.info.spec, kept.tokenizer()
+        self.max_length = _check_max_length(max_length, self.spec.position_limit, ref.name)
+        fast.enable_truncation(self.max_length, direction=self.spec.truncation_side)
+        fast.no_padding()
+        self._fast = fast
+        kind = "openvino" if self.runtime == "openvino" else self.device_name.split(":")[0]
+        self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[kind], self.max_length)
+
+    def _inspect(self) -> ModelSpec:
+        """Load the config, tokenizer and model (see _load) and read off what the encoder needs of them."""
+        config, tokenizer = self.config, self.tokenizer
+        check_vocab(self.ref, tokenizer, config)
+        has_pooler = self._load()
+        return ModelSpec(has_pooler, position_limit(self.model), int(config.num_hidden_layers),
+                         int(config.hidden_size), tokenizer.pad_token_id or 0,
+                         "token_type_ids" in tokenizer.model_input_names, tokenizer.truncation_side)
+
+    @property
+    def raw_config(self) -> dict:
+        """config.json as it is on disk (checked for custom code): what keys a kept graph."""
+        return read_config(self.ref.folder, self.ref.name)
+
+    @property
+    def config(self):
+        """transformers' config of the model (loaded on first use)."""
+        if self._config is None:
+            self._config = load_config(self.ref)
+        return self._config
+
+    @property
+    def tokenizer(self):
+        """transformers' fast tokenizer of the model (loaded on first use); tokenize() runs its backend."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.ref)
+        return self._tokenizer
 
     @property
     def model(self) -> torch.nn.Module:
@@ -81,22 +111,38 @@ class Encoder:
             self._load()
         return self._model
 
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self.device_name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.dtype_name)
+
+    has_pooler = property(lambda self: self.spec.has_pooler)
+    num_layers = property(lambda self: self.spec.num_layers)
+    hidden_size = property(lambda self: self.spec.hidden_size)
+    pad_id = property(lambda self: self.spec.pad_id)
+    token_types = property(lambda self: self.spec.token_types)
+
     def _load(self) -> bool:
-        """Load the weights (see _load_model); for inference on a GPU cast them to the low-precision dtype."""
-        self._model, has_pooler = _load_model(self.ref, self.config, self.device)
-        if not self._training and self.device.type != "cpu" and self.dtype != torch.float32:
+        """Load the weights (see loading.load_model); for inference on a GPU cast them to the low-precision dtype."""
+        self._model, has_pooler = load_model(self.ref, self.config, self.device)
+        if not self._training and self.device.type != "cpu" and self.dtype_name != "fp32":
             self._model.to(self.dtype)
         return has_pooler
 
     def settings(self) -> EncoderSettings:
         """Everything about the encoder that changes the vectors: model, tokenizer, max length, dtype, runtime."""
-        return EncoderSettings(self.ref.identity, self.max_length, dtype_name(self.dtype), self.runtime)
+        return EncoderSettings(self.ref.identity, self.max_length, self.dtype_name, self.runtime)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)
-        truncated = np.array([len(e.overflowing) > 0 for e in encoded.encodings], dtype=bool)
-        return Tokenized(encoded["input_ids"], truncated)
+        encoded = self._fast.encode_batch(texts, add_special_tokens=True)
+        truncated = np.array([len(e.overflowing) > 0 for e in encoded], dtype=bool)
+        return Tokenized([e.ids for e in encoded], truncated)
 
     def batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Row indices grouped longest-first so that rows x longest length stays within the token budget."""
@@ -110,6 +156,8 @@ class Encoder:
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
         """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""
+        import torch
+
         inputs = self.prepare(input_ids)
         use_autocast = self.dtype != next(self.model.parameters()).dtype  # CPU: bf16 autocast over fp32 weights
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=use_autocast):
@@ -125,16 +173,22 @@ class Encoder:
     def pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
         return pad_ids(input_ids, self.pad_id)
 
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id or 0
-
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """The batch on the device; token type ids (all zeros for one-segment texts) are made there, not copied."""
+        import torch
+
         tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
         if self.token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
         return tensors
+
+
+def fast_tokenizer(tokenizer) -> Tokenizer:
+    """A copy of a transformers fast tokenizer's backend (`tokenizers.Tokenizer`): the very pipeline it runs, which
+    a kept graph stores as one tokenizer.json and the ONNX export ships; truncation and padding are set by the user."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
 
 
 def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
@@ -145,100 +199,6 @@ def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
     ids = np.full(mask.shape, pad_id, dtype=np.int64)
     ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
     return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """transformers talks through its logger and through warnings.warn, both on stderr; while it loads a model, only
-    our own one-line PipelineError may reach the user."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-def _load_config(ref: ModelRef):
-    """The model's config, never with remote code: a model_type transformers does not know needs custom code."""
-    from transformers import AutoConfig
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
-    model_type = read_config(ref.folder, ref.name).get("model_type")
-    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
-        raise custom_code_error(ref.name)
-    with _quiet():
-        try:
-            return AutoConfig.from_pretrained(ref.folder, trust_remote_code=False)
-        except Exception as exc:
-            raise PipelineError(f"cannot read the config of {ref.name} in {ref.folder} ({first_line(exc)}): restore "
-                                "the model's original config.json") from None
-
-
-def _load_tokenizer(ref: ModelRef):
-    from transformers import AutoTokenizer
-
-    with _quiet():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(ref.folder, use_fast=True, trust_remote_code=False)
-        except Exception as exc:
-            raise PipelineError(f"cannot load the tokenizer of {ref.name} from {ref.folder} "
-                                f"({first_line(exc)})") from None
-    if not tokenizer.is_fast:
-        raise PipelineError(f"{ref.name} has no fast tokenizer (tokenizer.json): add one to the model folder")
-    return tokenizer
-
-
-def _check_vocab(ref: ModelRef, tokenizer, config) -> None:
-    """Refuse a tokenizer that cannot be the model's own. The rule, with N = config.json's vocab_size (the rows of
-    the embedding matrix): every token id must be below N, else some token has no embedding (an index error
-    mid-run, or the wrong rows); fewer tokens than N is fine (many models pad the matrix, e.g. to a multiple of 8);
-    and fewer than 100 tokens while N > 1000 is a placeholder, not a real vocabulary (every word would be [UNK])."""
-    rows = getattr(config, "vocab_size", None)
-    if not isinstance(rows, int) or rows <= 0:
-        return
-    vocab = tokenizer.get_vocab()
-    needed = max(vocab.values(), default=-1) + 1
-    fix = "put the tokenizer files the model was trained with in its folder"
-    if needed > rows:
-        raise PipelineError(f"the tokenizer of {ref.name} has token ids up to {needed - 1}, but the model has "
-                            f"embeddings for only {rows} (vocab_size in config.json): the tokenizer belongs to "
-                            f"another model; {fix}")
-    if len(vocab) < PLACEHOLDER_TOKENS and rows > REAL_VOCAB:
-        raise PipelineError(f"the tokenizer of {ref.name} has only {len(vocab)} tokens for a model with {rows}: it "
-                            f"is a placeholder, not the model's vocabulary; {fix}")
-
-
-def _load_model(ref: ModelRef, config, device: torch.device) -> tuple[torch.nn.Module, bool]:
-    """Load safetensors weights only, never remote code; refuse a checkpoint whose encoder weights are missing."""
-    from transformers import AutoModel
-
-    with _quiet():
-        try:
-            model, info = AutoModel.from_pretrained(ref.folder, config=config, use_safetensors=True,
-                                                    trust_remote_code=False, output_loading_info=True)
-        except Exception as exc:
-            raise PipelineError(f"cannot load model {ref.name} from {ref.folder} ({type(exc).__name__}: "
-                                f"{first_line(exc)})") from None
-    missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler")]
-    if missing:
-        raise PipelineError(f"{ref.name} lacks trained weights for {len(missing)} tensors (e.g. {missing[0]}): "
-                            "it would run with random weights; use a complete checkpoint")
-    has_pooler = getattr(model, "pooler", None) is not None and not any(
-        k.startswith("pooler") for k in info.get("missing_keys", []))
-    return model.eval().to(device), has_pooler
-
-
-def position_limit(model) -> int:
-    """Tokens per text the model has position embeddings for. RoBERTa-style models (RoBERTa, XLM-R, MPNet) number
-    positions from padding_idx + 1, so 514 embeddings hold 512 tokens; BERT-style models use all of them."""
-    limit = int(getattr(model.config, "max_position_embeddings", None) or 512)
-    embeddings = getattr(model, "embeddings", None)
-    pad = getattr(embeddings, "padding_idx", None)
-    if isinstance(pad, int) and getattr(embeddings, "position_embeddings", None) is not None:
-        limit -= pad + 1
-    return limit
 
 
 def _check_max_length(max_length: int, limit: int, name: str) -> int:

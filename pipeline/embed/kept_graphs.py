@@ -1,10 +1,10 @@
 """Converted OpenVINO graphs kept between runs, under the user's cache folder (paths.user_cache_dir).
 
 Why keep them: converting an encoder takes seconds, and a later run that finds its graph here needs neither the
-conversion nor the PyTorch model itself (nor transformers' modelling code, the slowest import of a start-up). A graph
-is keyed by the weights' hash, the model's config and the versions of the converting libraries; beside it go what a
-run needs without the model (its poolings, whether it has a trained pooler, its position limit) and the sha256 of
-its files, checked on every load: a graph that fails the check is not used, and is converted again.
+conversion nor the model, nor torch or transformers at all (about 2 s of imports at start-up). A graph is keyed by
+the weights' and tokenizer's hashes, the model's config.json and the versions of the converting libraries; beside it
+go what a run needs without the model (ModelSpec, the poolings), the tokenizer as one tokenizer.json, and the sha256
+of its files, checked on every load: a graph that fails the check is not used, and is converted again.
 """
 
 import contextlib
@@ -18,22 +18,34 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from pipeline.cache import ModelIdentity
 from pipeline.embed.models import hash_files, package_version
 from pipeline.paths import atomic_write_json, user_cache_dir
 
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 KEPT_GRAPHS = 8  # graphs kept on disk (the most recently used); each is about the size of the weights
 STALE_TMP_SECONDS = 3600  # a temp folder this old belongs to a run that was killed while keeping its graph
-FILES = ("model.xml", "model.bin")
+FILES = ("model.xml", "model.bin", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the encoder needs of a model besides its weights: read from the loaded model and tokenizer, or from the
+    kept graph that stands in for them."""
+
+    has_pooler: bool
+    position_limit: int
+    num_layers: int
+    hidden_size: int
+    pad_id: int
+    token_types: bool  # the model takes token_type_ids (all zeros for one-segment texts)
+    truncation_side: str
 
 
 @dataclass(frozen=True)
 class GraphInfo:
-    """What a run needs of the model when the kept graph stands in for it."""
-
-    names: list[str]
-    has_pooler: bool
-    position_limit: int
+    names: list[str]  # the graph's outputs: the poolings it computes, in order
+    spec: ModelSpec
 
 
 @dataclass(frozen=True)
@@ -45,15 +57,22 @@ class KeptGraph:
     def xml(self) -> Path:
         return self.folder / FILES[0]
 
+    def tokenizer(self):
+        """The model's fast tokenizer, as `tokenizers.Tokenizer` (what transformers' fast tokenizers run)."""
+        from tokenizers import Tokenizer
 
-def graph_folder(weights_sha256: str, config: dict) -> Path | None:
-    """Where the graph of these weights and config is kept; None when there is no cache folder."""
+        return Tokenizer.from_file(str(self.folder / FILES[2]))
+
+
+def graph_folder(model: ModelIdentity, config: dict) -> Path | None:
+    """Where the graph of this model (weights, tokenizer) and config is kept; None when there is no cache folder."""
     root = user_cache_dir()
     if root is None:
         return None
-    versions = {name: package_version(name) for name in ("bert-pipeline", "openvino", "torch", "transformers")}
-    record = {"graph": GRAPH_VERSION, "weights": weights_sha256, "config": config, "versions": versions,
-              "code": _code_sha256()}
+    versions = {name: package_version(name)
+                for name in ("bert-pipeline", "openvino", "torch", "transformers", "tokenizers")}
+    record = {"graph": GRAPH_VERSION, "weights": model.weights_sha256, "tokenizer": model.tokenizer_sha256,
+              "config": config, "versions": versions, "code": _code_sha256()}
     return root / "openvino" / hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -61,12 +80,12 @@ def graph_folder(weights_sha256: str, config: dict) -> Path | None:
 def _code_sha256() -> str:
     """The code baked into a graph: the poolings' maths and the conversion. Editing either makes a new graph."""
     here = Path(__file__).parent
-    return hash_files((here / "pooling.py", here / "openvino_graph.py"))
+    return hash_files((here / "pooling.py", here / "pooled_model.py", here / "openvino_graph.py"))
 
 
-def find(weights_sha256: str, config: dict) -> KeptGraph | None:
-    """The kept graph of these weights and config, if its files still hash to what was recorded."""
-    folder = graph_folder(weights_sha256, config)
+def find(model: ModelIdentity, config: dict) -> KeptGraph | None:
+    """The kept graph of this model and config, if its files still hash to what was recorded."""
+    folder = graph_folder(model, config)
     kept = _read(folder) if folder is not None else None
     if kept is not None:
         with contextlib.suppress(OSError):
@@ -79,13 +98,13 @@ def _read(folder: Path) -> KeptGraph | None:
         record = json.loads((folder / "graph.json").read_text())
         if record.get("sha256") != hash_files(tuple(folder / f for f in FILES)):
             return None
-        info = GraphInfo([str(n) for n in record["names"]], bool(record["has_pooler"]), int(record["position_limit"]))
+        info = GraphInfo([str(n) for n in record["names"]], ModelSpec(**record["spec"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return KeptGraph(folder, info)
 
 
-def keep(model, folder: Path, info: GraphInfo) -> KeptGraph:
+def keep(model, tokenizer_json: str, folder: Path, info: GraphInfo) -> KeptGraph:
     """Write the graph: into a temp folder, then renamed into place, so a reader never sees half a graph. A whole
     copy that another run kept meanwhile is used as it is; a damaged one is replaced. Only the KEPT_GRAPHS most
     recently used stay, and temp folders of killed runs go after an hour."""
@@ -95,6 +114,7 @@ def keep(model, folder: Path, info: GraphInfo) -> KeptGraph:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     try:
         ov.save_model(model, tmp / FILES[0], compress_to_fp16=False)  # fp16 weights would change the vectors
+        (tmp / FILES[2]).write_text(tokenizer_json, encoding="utf-8")
         digest = hash_files(tuple(tmp / f for f in FILES))
         atomic_write_json(tmp / "graph.json", {"sha256": digest, **asdict(info)})
         kept = _read(folder)

@@ -5,8 +5,9 @@ in dozens of small kernels per layer (attention, GELU, layer norm, casts) and in
 fuses them; on a quiet AMD EPYC Zen 4 it ran MiniLM with all poolings 1.35x faster than PyTorch in bf16 and 1.3x
 in fp32 (README, "Speed"). torch.compile fuses too, but costs 20-30 s of compile per run and per new shape.
 
-The graph is converted from the same torch modules the 'torch' runtime runs (pooling.PooledModel: the model, then
-POOLINGS' functions), so a pooling is still defined once. Converted graphs are kept between runs (kept_graphs.py).
+The graph is converted from the same torch modules the 'torch' runtime runs (pooled_model.PooledModel: the model,
+then POOLINGS' functions), so a pooling is still defined once. Converted graphs are kept between runs
+(kept_graphs.py); a run that finds its graph kept imports neither torch nor transformers.
 """
 
 import contextlib
@@ -17,14 +18,12 @@ import weakref
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from pipeline.embed import kept_graphs
-from pipeline.embed.device import dtype_name
-from pipeline.embed.encoder import Encoder, Tokenized, pad_ids, position_limit
+from pipeline.embed.encoder import Encoder, Tokenized, pad_ids
 from pipeline.embed.models import first_line
-from pipeline.embed.pooling import POOLINGS, PooledModel
+from pipeline.embed.pooling import POOLINGS
 from pipeline.errors import PipelineError
 
 PRECISION = {"fp32": "f32", "bf16": "bf16"}  # our dtype name -> OpenVINO's element type name
@@ -39,12 +38,12 @@ class Graph:
 
         model, self.names, kept = _model(encoder)
         self.pad_id = encoder.pad_id  # not the encoder itself: the graph must not keep its encoder alive
-        precision = PRECISION[dtype_name(encoder.dtype)]
+        precision = PRECISION[encoder.dtype_name]
         compiled = _compile(model, {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT"}, kept)
         got = compiled.get_property("INFERENCE_PRECISION_HINT")
         if got.get_type_name() != precision:
             raise PipelineError(f"OpenVINO would run this CPU in {got.get_type_name()}, not "
-                                f"{dtype_name(encoder.dtype)}: use --runtime torch or --dtype fp32")
+                                f"{encoder.dtype_name}: use --runtime torch or --dtype fp32")
         self.queue = ov.AsyncInferQueue(compiled, 0)
 
     def pool(self, tokens: Tokenized, poolings: list[str], batches: list[np.ndarray],
@@ -111,18 +110,18 @@ def _model(encoder: Encoder):
     conversion, kept for the next run if it can be."""
     import openvino as ov
 
-    weights, config = encoder.ref.identity.weights_sha256, encoder.config.to_dict()
-    kept = kept_graphs.find(weights, config)
+    identity, config = encoder.ref.identity, encoder.raw_config
+    kept = kept_graphs.find(identity, config)
     if kept is not None:
         with contextlib.suppress(RuntimeError):  # removed or replaced meanwhile by another run: convert again
             return ov.Core().read_model(kept.xml), kept.info.names, kept
     info = kept_graphs.GraphInfo([n for n, p in POOLINGS.items() if encoder.has_pooler or not p.needs_pooler],
-                                 encoder.has_pooler, position_limit(encoder.model))
+                                 encoder.spec)
     model = _convert(encoder, info.names)
-    folder = kept_graphs.graph_folder(weights, config)
+    folder = kept_graphs.graph_folder(identity, config)
     if folder is not None:
         with contextlib.suppress(OSError, PipelineError, RuntimeError):  # cannot keep it (full disk...): in memory
-            kept = kept_graphs.keep(model, folder, info)
+            kept = kept_graphs.keep(model, encoder.tokenizer.backend_tokenizer.to_str(), folder, info)
             return ov.Core().read_model(kept.xml), info.names, kept
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -148,6 +147,9 @@ def _convert(encoder: Encoder, names: list[str]):
     """torch -> OpenVINO (traced on a small batch; batch and token axes stay dynamic), with the tracer's warnings
     and prints kept off the terminal."""
     import openvino as ov
+    import torch
+
+    from pipeline.embed.pooled_model import PooledModel
 
     example = encoder.prepare(encoder.tokenize(["a short text", "and a somewhat longer second text"]).input_ids)
     module = PooledModel(encoder.model, names, encoder.has_pooler, encoder.token_types).eval()

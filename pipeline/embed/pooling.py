@@ -2,17 +2,22 @@
 
 As in sentence-transformers, the pooling that made a vector is recorded as data (its name is the cache column
 `emb_<name>` and the manifest describes it), so a vector never loses its meaning. All pooling is done in fp32 and is
-mask-aware: padding never reaches a text's vector.
+mask-aware: padding never reaches a text's vector. torch is imported only when a pooling runs, so that the registry
+can be read (CLI help, the openvino runtime's start-up) without it.
 """
+
+from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipeline.embed.encoder import EncoderOutput
 from pipeline.errors import PipelineError
 from pipeline.registry import parse_names
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class Pooling:
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Token mean over real tokens only (the sentence-transformers formula, clamp included)."""
-    weights = mask.unsqueeze(-1).to(torch.float32)
+    weights = mask.unsqueeze(-1).float()
     return (hidden.float() * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
@@ -52,7 +57,15 @@ def _pooler(x: EncoderOutput) -> torch.Tensor:
 
 
 def _layers(x: EncoderOutput) -> torch.Tensor:
+    import torch
+
     return torch.stack([masked_mean(h, x.mask) for h in x.hidden_states], dim=1)
+
+
+def _last4_mean(x: EncoderOutput) -> torch.Tensor:
+    import torch
+
+    return masked_mean(torch.stack([h.float() for h in x.hidden_states[-4:]]).mean(0), x.mask)
 
 
 POOLINGS: dict[str, Pooling] = {p.name: p for p in [
@@ -60,8 +73,7 @@ POOLINGS: dict[str, Pooling] = {p.name: p for p in [
     Pooling("mean", "mask-aware mean of last-layer token states", lambda x: masked_mean(x.last_hidden, x.mask)),
     Pooling("max", "mask-aware max of last-layer token states", _max),
     Pooling("pooler", "the model's pooler output (tanh dense over [CLS])", _pooler, needs_pooler=True),
-    Pooling("last4_mean", "token mean of the average of the last four layers",
-            lambda x: masked_mean(torch.stack([h.float() for h in x.hidden_states[-4:]]).mean(0), x.mask),
+    Pooling("last4_mean", "token mean of the average of the last four layers", _last4_mean,
             needs_hidden_states=True),
     Pooling("first_last_mean", "average of the token means of the first Transformer layer and the last one",
             lambda x: (masked_mean(x.hidden_states[1], x.mask) + masked_mean(x.hidden_states[-1], x.mask)) / 2,
@@ -81,22 +93,3 @@ def parse_poolings(spec: str | Iterable[str]) -> list[str]:
 def pool(names: Iterable[str], inputs: EncoderOutput) -> dict[str, torch.Tensor]:
     """Apply each named pooling to the same forward-pass outputs."""
     return {name: POOLINGS[name].fn(inputs) for name in names}
-
-
-class PooledModel(torch.nn.Module):
-    """input_ids, attention_mask -> the named poolings' vectors, in that order: an encoder's model and poolings as
-    one module, for the graph converters (the openvino runtime, the ONNX export). Hidden states of every layer are
-    asked for only when a pooling needs them."""
-
-    def __init__(self, model: torch.nn.Module, names: list[str], has_pooler: bool, token_types: bool) -> None:
-        super().__init__()
-        self.model, self.names, self.has_pooler, self.token_types = model, names, has_pooler, token_types
-        self.hidden = any(POOLINGS[name].needs_hidden_states for name in names)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self.token_types else {}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=self.hidden,
-                         return_dict=True, **extra)
-        x = EncoderOutput(out.last_hidden_state, attention_mask, out.hidden_states if self.hidden else None,
-                          getattr(out, "pooler_output", None) if self.has_pooler else None)
-        return tuple(POOLINGS[name].fn(x) for name in self.names)

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
-from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
 from pipeline.errors import PipelineError
@@ -127,7 +126,7 @@ def run_actors(ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress
         raise PipelineError(f"the Ray cluster has GPUs, where the {encoder.runtime} runtime cannot run: use "
                             "--runtime torch")
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
-    options = {"device": "cuda" if gpus else "cpu", "dtype": dtype_name(encoder.dtype),
+    options = {"device": "cuda" if gpus else "cpu", "dtype": encoder.dtype_name,
                "max_length": encoder.max_length, "runtime": encoder.runtime,
                "batch_tokens": encoder.batch_tokens if not gpus else 0}
     items = [{"shard": i, "ids": ds.ids[a:b], "texts": ds.texts[a:b], "labels": ds.labels[a:b].tolist(),

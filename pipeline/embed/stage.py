@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 from tqdm import tqdm
 
 from pipeline.cache import (
@@ -200,6 +199,8 @@ def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dic
     """All requested poolings of one chunk from one forward pass per batch, back in input order."""
     if encoder.runtime == "openvino":
         return openvino_graph.pool_chunk(encoder, tokens, poolings, bar)
+    import torch
+
     hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
     n = len(tokens.input_ids)
     out: dict[str, np.ndarray] = {}
@@ -235,7 +236,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
         rows=len(ds), label_names=ds.label_names, encoder=encoder.settings(), model_ref=encoder.ref.spec,
         poolings={p: _pooling_info(p, encoder) for p in poolings}, shards=shards,
         tokens=sum(c[0] for c in counts), truncated=sum(c[1] for c in counts),
-        device=str(encoder.device), batch_tokens=encoder.batch_tokens,
+        device=encoder.device_name, batch_tokens=encoder.batch_tokens,
         cpu_bf16_speedup=None,  # no longer measured: the CPU dtype follows its bf16 flags (encoder.dtype)
         last_run=run, versions=dict(_versions()))
 

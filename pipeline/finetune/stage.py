@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.cache import EncoderSettings, cache_dir, cache_key
 from pipeline.data import Dataset, DataSpec
-from pipeline.embed.device import dtype_name, pick_device, pick_dtype, pick_runtime
+from pipeline.embed.device import pick_device_name, pick_dtype_name, pick_runtime
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.pooling import POOLINGS
@@ -51,8 +51,8 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     ds = data.load()
     ref = resolve_model(model)
     check_pooling(settings.pooling)
-    torch_device = pick_device(device)
-    settings = settings.resolved(dtype_name(pick_dtype(settings.dtype, torch_device)))
+    device_name = pick_device_name(device)
+    settings = settings.resolved(pick_dtype_name(settings.dtype, device_name))
     rows = split_rows(ds, settings.shots, settings.seed, hold_out=settings.method == "full")
     key = settings.key(ds.fingerprint, asdict(ref.identity))
     folder = Path(out) / f"{safe_name(ds.name)}__{safe_name(ref.name.split('/')[-1])}__{settings.method}__{key[:12]}"
@@ -67,7 +67,7 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     record = _record(ds, ref, encoder, settings, rows, outcome, key, folder)
     _save_model(encoder, folder)
     frozen = EncoderSettings(ref.identity, settings.max_length, settings.dtype,
-                             pick_runtime("auto", torch_device, pick_dtype(settings.dtype, torch_device)))
+                             pick_runtime("auto", device_name, settings.dtype))
     record["run"] = str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs, frozen))
     atomic_write_bytes(folder / "README.md", model_card(record).encode())
     atomic_write_json(folder / RECORD_FILE, record)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.pooling import PooledModel
+from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier
