@@ -19,7 +19,7 @@ from pipeline.finetune.data import sample_pairs, split_rows, token_batches
 from pipeline.finetune.full import Classifier, collate, to_logreg
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.finetune.stage import _save_model, run_method
-from pipeline.train.heads import full_proba
+from pipeline.train.head_graph import full_proba
 
 from conftest import sentiment_rows, write_csv
 

@@ -297,7 +297,59 @@ def test_a_layer_pooling_run_predicts_from_its_layer(ws):
     clf = load_classifier(run_folder("logreg", "layer1"), "cpu")
     emb = load_embeddings(cache, "layer1", "test")
     np.testing.assert_allclose(clf.proba_of(load_embeddings(cache, "layers", "test").X),
-                               clf.run.model.predict_proba(emb.X), atol=1e-12)
+                               clf.run.model.predict_proba(emb.X), atol=1e-6)
+
+
+# --- the head's graph -------------------------------------------------------------------------------------------
+
+START_UP = """
+import sys
+from pipeline.predict import load_classifier
+print(*load_classifier(sys.argv[1], "cpu").predict(["good great fun", "awful"]))
+print(*[m for m in ("torch", "transformers", "sklearn", "skops", "matplotlib") if m in sys.modules])
+"""
+
+
+def test_predicting_with_a_kept_graph_and_a_head_graph_loads_no_torch_and_no_scikit_learn(ws):
+    """The start-up of `predict --text`: the encoder's kept graph and the head's graph stand in for 3 s of imports."""
+    want = load_classifier(run_folder(), "cpu").predict(["good great fun", "awful"])  # also keeps the graph
+    out = subprocess.run([sys.executable, "-c", START_UP, str(run_folder())], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.splitlines() == [" ".join(want), ""]
+
+
+@pytest.mark.parametrize("pooling, head", [("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp")])
+def test_heads_predict_through_their_graph_with_the_fitted_heads_probabilities(three_class_runs, pooling, head):
+    from pipeline.train.head_graph import GraphHead
+
+    clf = load_classifier(three_class_runs / pooling / head, "cpu")
+    assert isinstance(clf.run.head, GraphHead) and (clf.path / "head.onnx").is_file()
+    cache = clf.path.parents[3] / "emb" / clf.run.record.cache
+    vectors, X = (load_embeddings(cache, name, "test").X for name in (clf.source[0], pooling))
+    np.testing.assert_allclose(clf.proba_of(vectors), clf.run.model.predict_proba(X), atol=1e-5)
+
+
+def test_a_head_without_a_graph_predicts_through_its_fitted_object(ws, monkeypatch):
+    from pipeline.train import runs
+
+    cache = next(Path("artifacts/embeddings").glob("train__*"))
+    monkeypatch.setattr(runs, "head_graph", lambda model, X: None)  # a head skl2onnx cannot convert
+    train_cache(cache, "max", ["logreg"], Path("artifacts/runs"), progress=False)
+    clf = load_classifier(run_folder("logreg", "max"), "cpu")
+    assert clf.run.graph_bytes is None and not (clf.path / "head.onnx").exists()
+    emb = load_embeddings(cache, "max", "test")
+    np.testing.assert_array_equal(clf.proba_of(emb.X), clf.run.model.predict_proba(emb.X))
+
+
+def test_a_changed_head_graph_is_refused_in_one_line(three_class_runs, tmp_path, run_cli):
+    import shutil
+
+    run = shutil.copytree(three_class_runs / "mean" / "logreg", tmp_path / "run")
+    graph = run / "head.onnx"
+    graph.write_bytes(graph.read_bytes() + b"\0")
+    code, out, err = run_cli("predict", "--run", run, "--text", "fine")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "head.onnx is missing or does not match its recorded sha256" in err
 
 
 # --- export -----------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pipeline.finetune.checkpoint import Checkpoints
 from pipeline.finetune.data import Rows, token_batches
 from pipeline.finetune.loop import LoopResult, Task, train_loop
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.train.heads import full_proba
+from pipeline.train.head_graph import full_proba
 
 DEFAULT_TRAIN_TOKENS = {"cpu": 1024, "cuda": 8192, "mps": 4096}
 

@@ -23,7 +23,8 @@ from pipeline.finetune.data import Rows, sample_pairs
 from pipeline.finetune.full import Outcome, collate, pool_batch, pooled
 from pipeline.finetune.loop import Task, train_loop
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.train.heads import fit_head, full_proba
+from pipeline.train.head_graph import full_proba
+from pipeline.train.heads import fit_head
 
 
 def n_pairs(n_rows: int, settings: FinetuneSettings) -> int:

@@ -21,7 +21,7 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
 from pipeline.errors import PipelineError
-from pipeline.train.heads import full_proba
+from pipeline.train.head_graph import full_proba
 from pipeline.train.runs import Run, load_run, newest_run
 
 CHUNK = 4096  # texts embedded at a time by predict_proba: vectors in memory stay bounded for any number of texts
@@ -92,7 +92,7 @@ class Classifier:
         """Probabilities from vectors of the run's cached pooling (for 'layerK': all layers, this picks K)."""
         _, layer = self.source
         X = vectors[:, layer] if layer is not None else vectors
-        return full_proba(self.run.model, X, len(self.label_names))
+        return full_proba(self.run.head, X, len(self.label_names))
 
     def labels_of(self, proba: np.ndarray) -> list[str]:
         names = self.label_names

@@ -74,7 +74,7 @@ def _require_onnx() -> None:
         import onnxscript  # noqa: F401
     except ImportError as exc:
         raise PipelineError(f"export needs {exc.name}: pip install 'bert-pipeline[serve]' "
-                            "(onnx, onnxscript, onnxruntime)") from None
+                            "(onnx, onnxscript)") from None
 
 
 class PooledEncoder(nn.Module):

@@ -22,8 +22,6 @@ from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_sessi
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier, check_texts
-from pipeline.train.metrics import classification_metrics
-from pipeline.train.report import Scored, confusion_png, run_report
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -188,7 +186,11 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,
                  cache: Path) -> tuple[dict, list[Path]]:
-    """The train stage's metrics and report for this labelled set, beside the output."""
+    """The train stage's metrics and report for this labelled set, beside the output. (Their modules load
+    scikit-learn and matplotlib, a second of start-up that unlabelled predictions do without.)"""
+    from pipeline.train.metrics import classification_metrics
+    from pipeline.train.report import Scored, confusion_png, run_report
+
     names, record = clf.label_names, clf.run.record
     majority = _train_majority(clf, y)
     metrics = classification_metrics(y, proba, names, np.array([majority]), record.seed)

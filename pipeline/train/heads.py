@@ -155,10 +155,3 @@ def head_params(model: BaseEstimator) -> dict:
         return {k.split("__")[-1]: v for k, v in model.best_params_.items()}
     last = model[-1] if hasattr(model, "steps") else model
     return {"C": float(np.ravel(last.C_)[0])} if hasattr(last, "C_") else {}
-
-
-def full_proba(model: BaseEstimator, X: np.ndarray, n_labels: int) -> np.ndarray:
-    """predict_proba with one column per label, also for labels the head never saw in train."""
-    proba = np.zeros((len(X), n_labels))
-    proba[:, model.classes_] = model.predict_proba(X)
-    return proba

@@ -1,22 +1,28 @@
 """A trained run on disk: the fitted head, its sha256, and the record of what it belongs to (run.json).
 
 Heads are saved with skops, not pickle: its loader builds only the types on an allowlist (TRUSTED_TYPES: what this
-project's heads are made of), so a crafted head file cannot run code. The sha256 beside the head catches damage,
-not intent: whoever can write the folder can rewrite both. Runs written before skops (head.joblib, a pickle) still
-load when their sha256 matches; load those only from sources you trust.
+project's heads are made of), so a crafted head file cannot run code. Most heads are also saved as an ONNX graph
+(head_graph.py), which predict runs instead, without loading scikit-learn. The sha256s recorded for both catch
+damage, not intent: whoever can write the folder can rewrite them. Runs written before skops (head.joblib, a pickle)
+still load when their sha256 matches; load those only from sources you trust.
 """
 
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.cache import SCHEMA_VERSION, EncoderSettings, check_schema
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
+from pipeline.train.head_graph import GraphHead, head_graph
 
 HEAD_FILE = "head.skops"
+HEAD_GRAPH_FILE = "head.onnx"
 LEGACY_HEAD_FILE = "head.joblib"  # a pickle: runs made before heads were saved with skops
 # Beyond skops' default trust (scikit-learn estimators, numpy, builtins): the helpers the registered heads hold.
 TRUSTED_TYPES = [
@@ -49,6 +55,8 @@ class RunRecord:
     n_dev: int
     train_seconds: float
     head_sha256: str | None = None
+    head_classes: list[int] | None = None  # the labels the head saw, its probability columns (None: older runs)
+    head_graph_sha256: str | None = None  # of head.onnx, when the head converted to one
     schema: int = SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -66,9 +74,25 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class Run:
+    """A loaded run. The head predicts through its ONNX graph when it has one; the fitted scikit-learn object
+    (`model`) loads only when asked for, e.g. by the export."""
+
     path: Path
     record: RunRecord
-    model: object
+    head_file: Path
+    head_bytes: bytes = field(repr=False)
+    graph_bytes: bytes | None = field(default=None, repr=False)
+
+    @cached_property
+    def model(self):
+        return _load_head(self.head_file, self.head_bytes)
+
+    @cached_property
+    def head(self):
+        """What gives the probabilities (classes_ and predict_proba): the graph, else the fitted head."""
+        if self.graph_bytes is None or self.record.head_classes is None:
+            return self.model
+        return GraphHead(self.graph_bytes, self.record.head_classes)
 
 
 def cache_runs_dir(root: Path, cache_name: str) -> Path:
@@ -80,15 +104,22 @@ def run_dir(root: Path, cache_name: str, pooling: str, head: str) -> Path:
     return cache_runs_dir(root, cache_name) / safe_name(pooling) / safe_name(head)
 
 
-def save_run(path: Path, model, record: RunRecord) -> RunRecord:
-    """Write head, its hash and run.json atomically; returns the record with the head file's sha256."""
+def save_run(path: Path, model, record: RunRecord, X_train: np.ndarray | None = None) -> RunRecord:
+    """Write head, its hash, its graph (checked on `X_train`, when given) and run.json, each atomically and
+    run.json last; returns the record with the files' sha256s."""
     import skops.io  # here, not at the top: importing skops walks all of scikit-learn (and loads torch through it)
 
     payload = skops.io.dumps(model)
     digest = hashlib.sha256(payload).hexdigest()
     atomic_write_bytes(path / HEAD_FILE, payload)
     atomic_write_bytes(path / f"{HEAD_FILE}.sha256", f"{digest}  {HEAD_FILE}\n".encode())
-    record = replace(record, head_sha256=digest)
+    graph = head_graph(model, X_train) if X_train is not None else None
+    if graph is not None:
+        atomic_write_bytes(path / HEAD_GRAPH_FILE, graph)
+    else:
+        (path / HEAD_GRAPH_FILE).unlink(missing_ok=True)  # a previous run's graph in this folder
+    record = replace(record, head_sha256=digest, head_classes=[int(c) for c in model.classes_],
+                     head_graph_sha256=hashlib.sha256(graph).hexdigest() if graph is not None else None)
     atomic_write_json(path / RUN_FILE, record.to_json())
     return record
 
@@ -112,7 +143,23 @@ def load_run(path: Path) -> Run:
     if recorded is None or actual != recorded or actual != record.head_sha256:
         raise PipelineError(f"{head} does not match its recorded sha256: refusing to load it "
                             "(retrain with `make train`)")
-    return Run(path, record, _load_head(head, payload))
+    if head.name == LEGACY_HEAD_FILE:
+        return Run(path, record, head, payload)
+    return Run(path, record, head, payload, _read_graph(path / HEAD_GRAPH_FILE, record.head_graph_sha256))
+
+
+def _read_graph(graph: Path, recorded: str | None) -> bytes | None:
+    """The head's graph, when the record names one; one that is gone or changed is refused like the head."""
+    if recorded is None:
+        return None
+    try:
+        payload = graph.read_bytes()
+    except OSError:
+        payload = b""
+    if hashlib.sha256(payload).hexdigest() != recorded:
+        raise PipelineError(f"{graph} is missing or does not match its recorded sha256: refusing to load it "
+                            "(retrain with `make train`)")
+    return payload
 
 
 def _load_head(head: Path, payload: bytes):

@@ -12,7 +12,8 @@ from pipeline.cache import EmbeddingCache, Embeddings, Manifest, load_embeddings
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.registry import parse_names
-from pipeline.train.heads import HEADS, HeadUnavailable, fit_head, full_proba, head_params
+from pipeline.train.head_graph import full_proba
+from pipeline.train.heads import HEADS, HeadUnavailable, fit_head, head_params
 from pipeline.train.metrics import classification_metrics
 from pipeline.train.report import Scored, confusion_png, run_report, summary_row, update_summary
 from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
@@ -117,7 +118,7 @@ def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, se
                        params=head_params(fitted.model), n_train=fitted.n_train, n_dev=fitted.n_dev,
                        train_seconds=fitted.seconds)
     path = run_dir(out, manifest.name, fitted.pooling, fitted.head)
-    record = save_run(path, fitted.model, record)
+    record = save_run(path, fitted.model, record, emb.split("train")[0])
     atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics})
     tested = emb.splits == "test"
     scored = Scored(emb.ids[tested], None if emb.texts is None else emb.texts[tested], fitted.y_test, fitted.proba)
