@@ -318,7 +318,8 @@ def test_predicting_with_a_kept_graph_and_a_head_graph_loads_no_torch_and_no_sci
     assert out.stdout.splitlines() == [" ".join(want), ""]
 
 
-@pytest.mark.parametrize("pooling, head", [("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp")])
+@pytest.mark.parametrize("pooling, head", [("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp"),
+                                           ("mean", "rbf-svm")])
 def test_heads_predict_through_their_graph_with_the_fitted_heads_probabilities(three_class_runs, pooling, head):
     from pipeline.train.head_graph import GraphHead
 
@@ -356,7 +357,7 @@ def test_a_changed_head_graph_is_refused_in_one_line(three_class_runs, tmp_path,
 
 @pytest.fixture(scope="module")
 def three_class_runs(tmp_path_factory, tiny_bert):
-    """fp32 runs of every exportable head on a 3-class set, each on another pooling."""
+    """fp32 runs of every head that converts to ONNX, on a 3-class set, on several poolings."""
     from pipeline.data import load_dataset
     from pipeline.embed.encoder import Encoder
     from pipeline.embed.models import resolve_model
@@ -366,7 +367,7 @@ def three_class_runs(tmp_path_factory, tiny_bert):
     ds = load_dataset(write_csv(tmp / "three.csv", three_class_rows(150)))
     encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
     cache = embed_dataset(ds, encoder, ["mean", "max", "layers"], tmp / "emb", progress=False).path
-    for pooling, head in (("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp"), ("mean", "knn")):
+    for pooling, head in (("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp"), ("mean", "rbf-svm")):
         train_cache(cache, pooling, [head], tmp / "runs", progress=False)
     return tmp / "runs" / cache.name
 
@@ -380,7 +381,8 @@ probs = ort.InferenceSession("model.onnx").run(None, feed)[0]
 """
 
 
-@pytest.mark.parametrize("pooling, head", [("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp")])
+@pytest.mark.parametrize("pooling, head", [("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp"),
+                                           ("mean", "rbf-svm")])
 def test_the_exported_graph_equals_predict(three_class_runs, run_cli, tmp_path, monkeypatch, pooling, head):
     pytest.importorskip("onnxruntime", reason="export needs pip install 'bert-pipeline[serve]'")
     monkeypatch.chdir(tmp_path)
@@ -404,8 +406,15 @@ def test_the_exported_graph_equals_predict(three_class_runs, run_cli, tmp_path, 
         scope["tok"].encode("fine").ids
 
 
-def test_heads_that_do_not_export_are_refused_in_one_line(three_class_runs, run_cli, tmp_path):
-    code, out, err = run_cli("export", "--run", three_class_runs / "mean" / "knn", "--out", tmp_path / "m.onnx")
+def test_a_run_without_a_head_graph_is_refused_in_one_line(three_class_runs, run_cli, tmp_path):
+    """A run trained before heads had graphs (or a head that does not convert): no ONNX head, no export."""
+    import shutil
+
+    run = shutil.copytree(three_class_runs / "mean" / "logreg", tmp_path / "run")
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None}))
+    (run / "head.onnx").unlink()
+    code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "head knn does not export to ONNX: only logreg, linear-svm, mlp do" in err
-    assert list(tmp_path.iterdir()) == []
+    assert "head logreg of this run has no ONNX graph (head.onnx), so it does not export" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

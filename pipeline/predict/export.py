@@ -3,9 +3,9 @@
 The graph takes `input_ids` and `attention_mask` (int64, batch x tokens, any sizes) and returns `probabilities`
 (float32, batch x labels, columns in label order). Beside `<name>.onnx` go `<name>.json` (label names and settings)
 and `<name>.tokenizer/` (the run's tokenizer; its tokenizer.json truncates at the run's max length and pads to the
-longest text, so `tokenizers.Tokenizer.from_file` serves as-is). The head becomes plain tensor arithmetic taken from
-the fitted scikit-learn objects (torch_heads.py). Before anything is written, onnxruntime runs the graph on probe
-texts and its probabilities must equal the classifier's.
+longest text, so `tokenizers.Tokenizer.from_file` serves as-is). The encoder and pooling are traced from torch; the
+head is the run's own graph (head.onnx, converted by skl2onnx at training), joined to it by onnx.compose. Before
+anything is written, onnxruntime runs the graph on probe texts and its probabilities must equal the classifier's.
 """
 
 import contextlib
@@ -21,12 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.encoder import Encoder
+from pipeline.embed.encoder import Encoder, fast_tokenizer
 from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier
-from pipeline.predict.torch_heads import EXPORTABLE, head_module
 
 INPUTS, OUTPUT = ["input_ids", "attention_mask"], "probabilities"
 OPSET = 18
@@ -48,17 +47,19 @@ class Exported:
 def export_onnx(clf: Classifier, out: Path) -> Exported:
     """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run; refuse heads that do not export."""
     out = Path(out)
-    if clf.head not in EXPORTABLE:
-        raise PipelineError(f"head {clf.head} does not export to ONNX: only {', '.join(EXPORTABLE)} do "
-                            f"(train one with --head logreg)")
+    if clf.run.graph_bytes is None or clf.run.record.head_classes is None:
+        raise PipelineError(f"head {clf.head} of this run has no ONNX graph (head.onnx), so it does not export: "
+                            "logreg, linear-svm, mlp and rbf-svm get one when trained (`make train` again for runs "
+                            "trained before they did)")
     if out.suffix.lower() != ".onnx":
         raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
                             ".tokenizer/ beside it)")
     if out.is_dir():
         raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
     _require_onnx()
-    graph = ExportGraph(clf)
-    payload = _to_onnx(graph, _example_inputs(clf.encoder))
+    run = clf.run
+    payload = _with_head(encoder_onnx(clf.encoder, *clf.source), run.graph_bytes, run.record.head_classes,
+                         len(clf.label_names))
     diff = _check(payload, clf)
     meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
     atomic_write_bytes(out, payload)
@@ -90,22 +91,10 @@ class PooledEncoder(nn.Module):
         return pooled[:, self.layer] if self.layer is not None else pooled
 
 
-class ExportGraph(nn.Module):
-    """input_ids, attention_mask -> probabilities: the run's encoder in fp32, its pooling, its head."""
-
-    def __init__(self, clf: Classifier) -> None:
-        super().__init__()
-        self.encoder = PooledEncoder(clf.encoder, *clf.source)
-        self.head = head_module(clf.run.model, len(clf.label_names))
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(input_ids, attention_mask))
-
-
-def encoder_onnx(encoder: Encoder, pooling: str = "mean") -> bytes:
-    """An encoder and one pooling as ONNX bytes (inputs as the export's, output `vectors`), e.g. to time ONNX
-    Runtime against the embed stage. The encoder's model becomes fp32."""
-    return _to_onnx(PooledEncoder(encoder, pooling), _example_inputs(encoder), "vectors")
+def encoder_onnx(encoder: Encoder, pooling: str = "mean", layer: int | None = None) -> bytes:
+    """An encoder and one pooling (one layer of a per-layer pooling) as ONNX bytes (inputs as the export's, output
+    `vectors`): the export's first half, and what the speed bench times ONNX Runtime on. The model becomes fp32."""
+    return _to_onnx(PooledEncoder(encoder, pooling, layer), _example_inputs(encoder))
 
 
 def _example_inputs(encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +103,28 @@ def _example_inputs(encoder: Encoder) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"])
 
 
-def _to_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], output: str = OUTPUT) -> bytes:
+def _with_head(encoder: bytes, head: bytes, classes: list[int], n_labels: int) -> bytes:
+    """The encoder's graph (output `vectors`) feeding the head's (its input), then one column per label: labels the
+    head never saw get 0, as in predict. Names in the head's graph are prefixed so none clashes with the encoder's."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    first, second = onnx.load_from_string(encoder), compose.add_prefix(onnx.load_from_string(head), "head/")
+    spread = np.zeros((len(classes), n_labels), dtype=np.float32)
+    spread[np.arange(len(classes)), classes] = 1
+    second.graph.initializer.append(numpy_helper.from_array(spread, "head/spread"))
+    second.graph.node.append(helper.make_node("MatMul", ["head/probabilities", "head/spread"], [OUTPUT]))
+    second.graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", n_labels]))
+    opsets = {o.domain: o.version for o in second.opset_import}  # skl2onnx can list a domain twice
+    del second.opset_import[:]
+    second.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    second.ir_version = first.ir_version  # merging asks for one IR version; the encoder's is the newer
+    merged = compose.merge_models(first, second, io_map=[("vectors", second.graph.input[0].name)],
+                                  outputs=[OUTPUT])
+    return merged.SerializeToString()
+
+
+def _to_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> bytes:
     """The traced graph as ONNX bytes (torch.export), with the exporter's progress output kept off the terminal."""
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
     shapes = {name: {0: batch, 1: tokens} for name in INPUTS}
@@ -125,7 +135,7 @@ def _to_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor], outpu
         quiet.setLevel(logging.ERROR)
         try:
             program = torch.onnx.export(graph, example, None, input_names=INPUTS,
-                                        output_names=[output], dynamic_shapes=shapes, opset_version=OPSET,
+                                        output_names=["vectors"], dynamic_shapes=shapes, opset_version=OPSET,
                                         dynamo=True, verbose=False)
         except Exception as exc:  # the exporter's errors are long; the first line says what failed
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
@@ -155,11 +165,9 @@ def _check(payload: bytes, clf: Classifier) -> float:
 def _serving_tokenizer(clf: Classifier):
     """The run's fast tokenizer as a `tokenizers.Tokenizer` that truncates at the run's max length and pads to the
     longest text in a batch: what the graph expects, with no settings left to the server."""
-    from tokenizers import Tokenizer
-
     hf = clf.encoder.tokenizer
-    tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-    tokenizer.enable_truncation(clf.encoder.max_length)
+    tokenizer = fast_tokenizer(hf)
+    tokenizer.enable_truncation(clf.encoder.max_length, direction=clf.encoder.spec.truncation_side)
     tokenizer.enable_padding(pad_id=hf.pad_token_id or 0, pad_token=hf.pad_token or "[PAD]")
     return tokenizer
 
