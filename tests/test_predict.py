@@ -418,3 +418,16 @@ def test_a_run_without_a_head_graph_is_refused_in_one_line(three_class_runs, run
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "head logreg of this run has no ONNX graph (head.onnx), so it does not export" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_trained_before_head_graphs_still_exports(three_class_runs, run_cli, tmp_path):
+    """Its head is converted at export, and the export's own check holds it to predict's probabilities."""
+    import shutil
+
+    run = shutil.copytree(three_class_runs / "layer1" / "linear-svm", tmp_path / "run")
+    record = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "head_classes": None}))
+    (run / "head.onnx").unlink()
+    code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
+    assert code == 0, err
+    assert json.loads((tmp_path / "m.json").read_text())["check"]["max_abs_diff"] <= 1e-4

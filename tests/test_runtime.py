@@ -84,9 +84,18 @@ def test_auto_device_asks_torch_only_where_a_gpu_driver_is(monkeypatch, tmp_path
     """No GPU driver node on Linux: the CPU, decided without importing torch; with one, torch is asked."""
     monkeypatch.setattr(dev.platform, "system", lambda: "Linux")
     monkeypatch.setattr(dev, "GPU_NODES", (tmp_path / "nvidiactl",))
+    monkeypatch.setattr(dev, "PCI_DEVICES", tmp_path / "pci")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    network = tmp_path / "pci" / "0000:00:03.0"
+    network.mkdir(parents=True)
+    (network / "vendor").write_text("0x10de\n")
+    (network / "class").write_text("0x020000\n")  # an NVIDIA network card is not a GPU
     assert dev.pick_device_name("auto") == "cpu" and dev.pick_device_name("cpu") == "cpu"
+    (network / "class").write_text("0x030200\n")  # a GPU whose driver has not loaded yet
+    assert dev.pick_device_name("auto") == "cuda"
+    (network / "vendor").write_text("0x8086\n")
+    assert dev.pick_device_name("auto") == "cpu"
     (tmp_path / "nvidiactl").touch()
     assert dev.pick_device_name("auto") == "cuda" and dev.pick_dtype_name("auto", "cuda") == "bf16"
 
@@ -228,3 +237,39 @@ def test_without_a_cache_folder_the_graph_is_converted_in_memory(tiny_bert, monk
     monkeypatch.setattr(kept_graphs, "user_cache_dir", lambda: None)
     embed_texts(load(tiny_bert), TEXTS, ["mean"])
     assert len(conversions) == 1
+
+
+def test_split_special_tokens_holds_on_both_paths_and_added_tokens_change_the_identity(tiny_bert, own_cache, tmp_path):
+    """Two tokenizer settings that live outside tokenizer.json: both reach tokenize(), with or without a kept graph."""
+    import shutil
+
+    folder = shutil.copytree(tiny_bert, tmp_path / "split")
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "split_special_tokens": True}))
+    texts = ["the [MASK] movie [SEP] was fun"]
+    for _ in ("converted", "kept"):
+        encoder = load(folder)
+        embed_texts(encoder, texts, ["mean"])
+        assert encoder.tokenize(texts).input_ids == encoder.tokenizer(texts)["input_ids"]
+    assert encoder.tokenize(texts).input_ids != load(tiny_bert).tokenize(texts).input_ids
+    before = resolve_model(str(folder)).identity.tokenizer_sha256
+    (folder / "added_tokens.json").write_text(json.dumps({"zzqx": 500}))
+    assert resolve_model(str(folder)).identity.tokenizer_sha256 != before
+
+
+def test_a_tokenizer_with_python_parts_runs_but_its_graph_is_not_kept(tiny_bert, own_cache, conversions):
+    """RoFormer's tokenizer has a pre-tokenizer in Python: one tokenizer.json cannot hold it, so nothing is kept."""
+    from tokenizers import NormalizedString, PreTokenizedString
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    class OnSpaces:
+        def pre_tokenize(self, pretok: PreTokenizedString) -> None:
+            pretok.split(lambda i, text: NormalizedString.split(text, " ", "removed"))
+
+    encoder, reference = load(tiny_bert), load(tiny_bert, "torch")
+    for each in (encoder, reference):
+        each.tokenizer.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(OnSpaces())
+    assert encoder.tokenize(TEXTS).input_ids == encoder.tokenizer(TEXTS)["input_ids"]
+    want = embed_texts(reference, TEXTS, ["mean"])["mean"]
+    np.testing.assert_allclose(embed_texts(encoder, TEXTS, ["mean"])["mean"], want, atol=2e-5, rtol=1e-4)
+    assert len(conversions) == 1 and not (own_cache.exists() and any(own_cache.iterdir()))

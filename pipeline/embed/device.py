@@ -18,15 +18,33 @@ DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": 
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native bf16 dot products / tile matmuls
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 ARM64 = frozenset({"aarch64", "arm64", "armv8", "armv9"})
-# A Linux GPU needs its kernel driver, whose nodes are there whenever torch could use it (in containers too):
-# NVIDIA's, ROCm's (/dev/kfd) and WSL's GPU bridge (/dev/dxg).
+# A Linux GPU shows as a driver node (in containers too: NVIDIA's, ROCm's /dev/kfd, WSL's /dev/dxg, Jetson's
+# integrated GPU) or, before a driver that loads on first use has loaded, as an NVIDIA or AMD display-class device
+# on the PCI bus.
 GPU_NODES = (Path("/dev/nvidiactl"), Path("/dev/nvidia0"), Path("/proc/driver/nvidia"), Path("/dev/kfd"),
-             Path("/dev/dxg"))
+             Path("/dev/dxg"), Path("/dev/nvhost-ctrl-gpu"))
+PCI_DEVICES = Path("/sys/bus/pci/devices")
+GPU_VENDORS = frozenset({"0x10de", "0x1002"})  # NVIDIA, AMD
 
 
 def gpu_may_exist() -> bool:
-    """False only where no GPU can be: Linux without any GPU driver node. Elsewhere torch is asked."""
-    return platform.system() != "Linux" or any(node.exists() for node in GPU_NODES)
+    """False only where no GPU can be: Linux with no GPU driver node and no GPU on the PCI bus. Elsewhere (and
+    where one may be) torch is asked."""
+    if platform.system() != "Linux" or any(node.exists() for node in GPU_NODES):
+        return True
+    try:
+        devices = list(PCI_DEVICES.iterdir())
+    except OSError:
+        return False
+    return any(_pci_gpu(device) for device in devices)
+
+
+def _pci_gpu(device: Path) -> bool:
+    try:
+        vendor, kind = ((device / name).read_text().strip() for name in ("vendor", "class"))
+    except OSError:
+        return False
+    return vendor in GPU_VENDORS and kind.startswith("0x03")  # class 0x03: display controllers
 
 
 def pick_device_name(requested: str = "auto") -> str:

@@ -24,7 +24,6 @@ from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     import torch
-    from tokenizers import Tokenizer
 
 # Token budget per batch by device (cpu: small batches stay in cache) and for the openvino runtime, whose requests run
 # in parallel streams (1024 measured ~3% faster than 2048 and 7% than 4096 there, quiet Zen 4, all six poolings).
@@ -65,13 +64,12 @@ class Encoder:
         self.runtime = pick_runtime(runtime, self.device_name, self.dtype_name, training)
         self._config = self._tokenizer = self._model = None
         kept = kept_graphs.find(ref.identity, self.raw_config) if self.runtime == "openvino" else None
-        if kept is None:
-            self.spec, fast = self._inspect(), fast_tokenizer(self.tokenizer)
+        if kept is None:  # transformers' own backend, as its __call__ runs it
+            self.spec, fast = self._inspect(), self.tokenizer.backend_tokenizer
         else:  # the kept graph stands in for the model and tokenizer, which load only if something asks for them
             self.spec, fast = kept.info.spec, kept.tokenizer()
+            fast.encode_special_tokens = self.spec.split_special_tokens  # a setting tokenizer.json does not hold
         self.max_length = _check_max_length(max_length, self.spec.position_limit, ref.name)
-        fast.enable_truncation(self.max_length, direction=self.spec.truncation_side)
-        fast.no_padding()
         self._fast = fast
         kind = "openvino" if self.runtime == "openvino" else self.device_name.split(":")[0]
         self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[kind], self.max_length)
@@ -83,7 +81,8 @@ class Encoder:
         has_pooler = self._load()
         return ModelSpec(has_pooler, position_limit(self.model), int(config.num_hidden_layers),
                          int(config.hidden_size), tokenizer.pad_token_id or 0,
-                         "token_type_ids" in tokenizer.model_input_names, tokenizer.truncation_side)
+                         "token_type_ids" in tokenizer.model_input_names, tokenizer.truncation_side,
+                         bool(tokenizer.backend_tokenizer.encode_special_tokens))
 
     @property
     def raw_config(self) -> dict:
@@ -99,7 +98,8 @@ class Encoder:
 
     @property
     def tokenizer(self):
-        """transformers' fast tokenizer of the model (loaded on first use); tokenize() runs its backend."""
+        """transformers' fast tokenizer of the model (loaded on first use); tokenize() runs its backend (the
+        `tokenizers` library) directly, or the copy kept with the graph."""
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.ref)
         return self._tokenizer
@@ -139,7 +139,10 @@ class Encoder:
         return EncoderSettings(self.ref.identity, self.max_length, self.dtype_name, self.runtime)
 
     def tokenize(self, texts: list[str]) -> Tokenized:
-        """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length."""
+        """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length.
+        Truncation and padding are set on every call, as transformers does: its own calls change them."""
+        self._fast.enable_truncation(self.max_length, direction=self.spec.truncation_side)
+        self._fast.no_padding()
         encoded = self._fast.encode_batch(texts, add_special_tokens=True)
         truncated = np.array([len(e.overflowing) > 0 for e in encoded], dtype=bool)
         return Tokenized([e.ids for e in encoded], truncated)
@@ -181,14 +184,6 @@ class Encoder:
         if self.token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
         return tensors
-
-
-def fast_tokenizer(tokenizer) -> Tokenizer:
-    """A copy of a transformers fast tokenizer's backend (`tokenizers.Tokenizer`): the very pipeline it runs, which
-    a kept graph stores as one tokenizer.json and the ONNX export ships; truncation and padding are set by the user."""
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
 
 
 def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:

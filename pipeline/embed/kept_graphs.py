@@ -40,6 +40,7 @@ class ModelSpec:
     pad_id: int
     token_types: bool  # the model takes token_type_ids (all zeros for one-segment texts)
     truncation_side: str
+    split_special_tokens: bool  # special tokens typed in a text are split like words (tokenizer_config.json)
 
 
 @dataclass(frozen=True)

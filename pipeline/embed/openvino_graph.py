@@ -119,9 +119,10 @@ def _model(encoder: Encoder):
                                  encoder.spec)
     model = _convert(encoder, info.names)
     folder = kept_graphs.graph_folder(identity, config)
-    if folder is not None:
+    tokenizer = _tokenizer_json(encoder)
+    if folder is not None and tokenizer is not None:
         with contextlib.suppress(OSError, PipelineError, RuntimeError):  # cannot keep it (full disk...): in memory
-            kept = kept_graphs.keep(model, encoder.tokenizer.backend_tokenizer.to_str(), folder, info)
+            kept = kept_graphs.keep(model, tokenizer, folder, info)
             return ov.Core().read_model(kept.xml), info.names, kept
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -130,6 +131,15 @@ def _model(encoder: Encoder):
     except (OSError, RuntimeError) as exc:
         raise PipelineError(f"cannot write the converted OpenVINO graph ({first_line(exc)}): free disk space in "
                             f"{tempfile.gettempdir()}, or use --runtime torch") from None
+
+
+def _tokenizer_json(encoder: Encoder) -> str | None:
+    """The tokenizer as one tokenizer.json, to keep with the graph; None for one that cannot be written so (a
+    pre-tokenizer in Python, as RoFormer's): its graph is then not kept, and each run converts it again."""
+    try:
+        return encoder.tokenizer.backend_tokenizer.to_str()
+    except Exception:  # the tokenizers library raises a bare Exception for custom components
+        return None
 
 
 def _compile(model, config: dict, kept: kept_graphs.KeptGraph | None):

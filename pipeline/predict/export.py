@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.embed.encoder import Encoder, fast_tokenizer
+from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier
+from pipeline.train.head_graph import convert
+from pipeline.train.runs import Run
 
 INPUTS, OUTPUT = ["input_ids", "attention_mask"], "probabilities"
 OPSET = 18
@@ -47,25 +49,31 @@ class Exported:
 def export_onnx(clf: Classifier, out: Path) -> Exported:
     """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run; refuse heads that do not export."""
     out = Path(out)
-    if clf.run.graph_bytes is None or clf.run.record.head_classes is None:
+    graph, classes = _head_graph(clf.run)
+    if graph is None:
         raise PipelineError(f"head {clf.head} of this run has no ONNX graph (head.onnx), so it does not export: "
-                            "logreg, linear-svm, mlp and rbf-svm get one when trained (`make train` again for runs "
-                            "trained before they did)")
+                            "logreg, linear-svm, mlp and rbf-svm do")
     if out.suffix.lower() != ".onnx":
         raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
                             ".tokenizer/ beside it)")
     if out.is_dir():
         raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
     _require_onnx()
-    run = clf.run
-    payload = _with_head(encoder_onnx(clf.encoder, *clf.source), run.graph_bytes, run.record.head_classes,
-                         len(clf.label_names))
+    payload = _with_head(encoder_onnx(clf.encoder, *clf.source), graph, classes, len(clf.label_names))
     diff = _check(payload, clf)
     meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
     atomic_write_bytes(out, payload)
     _write_tokenizer(clf, tokenizer)
     atomic_write_json(meta, _meta(clf, out, tokenizer, diff))
     return Exported(out, meta, tokenizer, diff, len(payload))
+
+
+def _head_graph(run: Run) -> tuple[bytes | None, list[int]]:
+    """The run's head graph and its classes. A run trained before heads had graphs gets one converted now; the
+    export's check of the whole graph against predict (below) stands in for the check training makes."""
+    if run.record.head_classes is not None:
+        return run.graph_bytes, run.record.head_classes
+    return convert(run.model, run.model.n_features_in_), [int(c) for c in run.model.classes_]
 
 
 def _require_onnx() -> None:
@@ -165,8 +173,14 @@ def _check(payload: bytes, clf: Classifier) -> float:
 def _serving_tokenizer(clf: Classifier):
     """The run's fast tokenizer as a `tokenizers.Tokenizer` that truncates at the run's max length and pads to the
     longest text in a batch: what the graph expects, with no settings left to the server."""
+    from tokenizers import Tokenizer
+
     hf = clf.encoder.tokenizer
-    tokenizer = fast_tokenizer(hf)
+    try:
+        tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
+    except Exception:  # the tokenizers library raises a bare Exception for custom (Python) components
+        raise PipelineError(f"the tokenizer of {clf.encoder.ref.name} has parts written in Python, which one "
+                            "tokenizer.json cannot hold: it cannot be exported for serving") from None
     tokenizer.enable_truncation(clf.encoder.max_length, direction=clf.encoder.spec.truncation_side)
     tokenizer.enable_padding(pad_id=hf.pad_token_id or 0, pad_token=hf.pad_token or "[PAD]")
     return tokenizer

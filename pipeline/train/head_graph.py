@@ -18,24 +18,37 @@ OPSET = {"": 18, "ai.onnx.ml": 3}
 
 
 def head_graph(model, X_train: np.ndarray) -> bytes | None:
-    """The fitted head `model` as ONNX bytes (input: float32 vectors; output 'probabilities', columns in
-    model.classes_ order), or None where it does not convert or does not give the head's probabilities."""
-    try:
-        from skl2onnx import to_onnx
-    except ImportError:
-        return None
+    """The fitted head `model` as ONNX bytes (see convert), or None where it does not convert or does not give the
+    head's probabilities on (up to CHECK_ROWS of) `X_train`."""
     X = np.ascontiguousarray(X_train[:CHECK_ROWS], dtype=np.float32)
-    estimator = getattr(model, "best_estimator_", model)  # a search's refitted winner is what predicts
+    payload = convert(model, X.shape[1])
+    if payload is None:
+        return None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            payload = to_onnx(estimator, X[:1], options={"zipmap": False}, target_opset=OPSET).SerializeToString()
         got = GraphHead(payload, model.classes_).predict_proba(X)
-    except Exception:  # no converter for this estimator, or a graph onnxruntime refuses: the skops file serves
+    except Exception:  # a graph onnxruntime refuses: the skops file serves
         return None
     want = model.predict_proba(X)
     same = got.shape == want.shape and np.abs(got - want).max() <= TOLERANCE
     return payload if same and (got.argmax(axis=1) == want.argmax(axis=1)).all() else None
+
+
+def convert(model, dim: int) -> bytes | None:
+    """skl2onnx's graph of a fitted head on `dim`-wide vectors (input: float32 vectors; output 'probabilities',
+    columns in model.classes_ order), or None where it has no converter for the head."""
+    try:
+        from skl2onnx import to_onnx
+    except ImportError:
+        return None
+    estimator = getattr(model, "best_estimator_", model)  # a search's refitted winner is what predicts
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph = to_onnx(estimator, np.zeros((1, dim), dtype=np.float32), options={"zipmap": False},
+                            target_opset=OPSET)
+    except Exception:  # skl2onnx raises several types for estimators and options it does not support
+        return None
+    return graph.SerializeToString()
 
 
 class GraphHead:
