@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import TYPE_CHECKING
 
@@ -68,7 +69,6 @@ class Encoder:
             self.spec, fast = self._inspect(), self.tokenizer.backend_tokenizer
         else:  # the kept graph stands in for the model and tokenizer, which load only if something asks for them
             self.spec, fast = kept.info.spec, kept.tokenizer()
-            fast.encode_special_tokens = self.spec.split_special_tokens  # a setting tokenizer.json does not hold
         self.max_length = _check_max_length(max_length, self.spec.position_limit, ref.name)
         self._fast = fast
         kind = "openvino" if self.runtime == "openvino" else self.device_name.split(":")[0]
@@ -84,7 +84,7 @@ class Encoder:
                          "token_type_ids" in tokenizer.model_input_names, tokenizer.truncation_side,
                          bool(tokenizer.backend_tokenizer.encode_special_tokens))
 
-    @property
+    @cached_property
     def raw_config(self) -> dict:
         """config.json as it is on disk (checked for custom code): what keys a kept graph."""
         return read_config(self.ref.folder, self.ref.name)

@@ -59,10 +59,13 @@ class KeptGraph:
         return self.folder / FILES[0]
 
     def tokenizer(self):
-        """The model's fast tokenizer, as `tokenizers.Tokenizer` (what transformers' fast tokenizers run)."""
+        """The model's fast tokenizer, as `tokenizers.Tokenizer` (what transformers' fast tokenizers run), with the
+        setting its tokenizer.json does not hold."""
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(self.folder / FILES[2]))
+        tokenizer = Tokenizer.from_file(str(self.folder / FILES[2]))
+        tokenizer.encode_special_tokens = self.info.spec.split_special_tokens
+        return tokenizer
 
 
 def graph_folder(model: ModelIdentity, config: dict) -> Path | None:

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 PLACEHOLDER_TOKENS, REAL_VOCAB = 100, 1000  # a tokenizer under 100 tokens for a model of over 1000 is a stand-in
 
 
+def tokenizer_json(tokenizer) -> str | None:
+    """A transformers fast tokenizer's backend as one tokenizer.json (what a kept graph and an export ship); None for
+    one with parts written in Python (RoFormer's pre-tokenizer), which that file cannot hold."""
+    try:
+        return tokenizer.backend_tokenizer.to_str()
+    except Exception:  # the tokenizers library raises a bare Exception for custom components
+        return None
+
+
 @contextmanager
 def _quiet() -> Iterator[None]:
     """transformers talks through its logger and through warnings.warn, both on stderr; while it loads a model, only

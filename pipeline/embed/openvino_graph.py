@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.embed import kept_graphs
 from pipeline.embed.encoder import Encoder, Tokenized, pad_ids
+from pipeline.embed.loading import tokenizer_json
 from pipeline.embed.models import first_line
 from pipeline.embed.pooling import POOLINGS
 from pipeline.errors import PipelineError
@@ -119,7 +120,7 @@ def _model(encoder: Encoder):
                                  encoder.spec)
     model = _convert(encoder, info.names)
     folder = kept_graphs.graph_folder(identity, config)
-    tokenizer = _tokenizer_json(encoder)
+    tokenizer = tokenizer_json(encoder.tokenizer)  # None: not kept; each run converts such a graph again
     if folder is not None and tokenizer is not None:
         with contextlib.suppress(OSError, PipelineError, RuntimeError):  # cannot keep it (full disk...): in memory
             kept = kept_graphs.keep(model, tokenizer, folder, info)
@@ -131,15 +132,6 @@ def _model(encoder: Encoder):
     except (OSError, RuntimeError) as exc:
         raise PipelineError(f"cannot write the converted OpenVINO graph ({first_line(exc)}): free disk space in "
                             f"{tempfile.gettempdir()}, or use --runtime torch") from None
-
-
-def _tokenizer_json(encoder: Encoder) -> str | None:
-    """The tokenizer as one tokenizer.json, to keep with the graph; None for one that cannot be written so (a
-    pre-tokenizer in Python, as RoFormer's): its graph is then not kept, and each run converts it again."""
-    try:
-        return encoder.tokenizer.backend_tokenizer.to_str()
-    except Exception:  # the tokenizers library raises a bare Exception for custom components
-        return None
 
 
 def _compile(model, config: dict, kept: kept_graphs.KeptGraph | None):

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.loading import tokenizer_json
 from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
@@ -176,11 +177,11 @@ def _serving_tokenizer(clf: Classifier):
     from tokenizers import Tokenizer
 
     hf = clf.encoder.tokenizer
-    try:
-        tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
-    except Exception:  # the tokenizers library raises a bare Exception for custom (Python) components
+    serialized = tokenizer_json(hf)
+    if serialized is None:
         raise PipelineError(f"the tokenizer of {clf.encoder.ref.name} has parts written in Python, which one "
-                            "tokenizer.json cannot hold: it cannot be exported for serving") from None
+                            "tokenizer.json cannot hold: it cannot be exported for serving")
+    tokenizer = Tokenizer.from_str(serialized)
     tokenizer.enable_truncation(clf.encoder.max_length, direction=clf.encoder.spec.truncation_side)
     tokenizer.enable_padding(pad_id=hf.pad_token_id or 0, pad_token=hf.pad_token or "[PAD]")
     return tokenizer
