@@ -29,6 +29,7 @@ from pipeline.finetune.settings import FinetuneSettings
 from pipeline.train.heads import HEADS, HeadUnavailable
 from pipeline.train.report import write_csv
 from pipeline.train.stage import check_splits, fit_one
+from pipeline.workers import process_pool
 
 FIELDS = ["method", "k", "rows_per_class", "seed", "accuracy", "seconds", "protocol"]
 
@@ -152,6 +153,7 @@ def count_points(plan: CurvePlan, smallest: int) -> int:
     return frozen + tuned
 
 
+@process_pool()
 def learning_curve(data: DataSpec, model: str, cache: Path, pooling: str, plan: CurvePlan, out: Path,
                    models: Path, runs: Path, device: str = "auto", progress: bool = True) -> list[dict]:
     """Measure every point (skipping those already in curve.csv for the same protocol) and write curve.csv, .md

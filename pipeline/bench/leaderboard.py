@@ -13,11 +13,13 @@ from pipeline.train.heads import HEADS, HeadUnavailable
 from pipeline.train.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
 from pipeline.train.report import save_figure, write_csv
 from pipeline.train.stage import check_splits, expand_poolings, fit_one
+from pipeline.workers import process_pool
 
 FIELDS = ["rank", "pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "train_s",
           "p_vs_best", "differs_from_best"]
 
 
+@process_pool()
 def leaderboard(cache: Path, heads: list[str] | None = None, seed: int = 0, progress: bool = True) -> list[dict]:
     """Fit every head on every pooling; rank by test accuracy; p_vs_best is a one-sided paired bootstrap p-value."""
     manifest = EmbeddingCache(cache).manifest()
@@ -60,6 +62,7 @@ def rank(results: list, seed: int) -> list[dict]:
     return rows
 
 
+@process_pool()
 def layer_probe(cache: Path, seed: int = 0, progress: bool = True) -> list[dict]:
     """logreg on the token mean of each layer: which layer knows the labels best?"""
     layers = EmbeddingCache(cache).manifest().poolings.get(LAYERS)

@@ -32,6 +32,7 @@ from pipeline.registry import parse_names
 from pipeline.train.metrics import paired_bootstrap_p
 from pipeline.train.report import save_figure, write_csv
 from pipeline.train.stage import fit_one
+from pipeline.workers import process_pool
 
 DEFAULT_MODELS = ("default", "all-mpnet-base-v2")
 SPEED_TEXTS = 500
@@ -52,6 +53,7 @@ def parse_models(spec: str) -> list[ModelRef]:
     return list(refs.values())
 
 
+@process_pool()
 def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions, embeddings: Path,
                      heads: list[str] | None = None, seed: int = 0, speed_texts: int = SPEED_TEXTS,
                      speed_repeats: int = SPEED_REPEATS, progress: bool = True,

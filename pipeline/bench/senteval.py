@@ -24,6 +24,7 @@ from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.train.heads import fit_head, head_params
 from pipeline.train.stage import fit_one
+from pipeline.workers import process_pool
 
 OUTER_FOLDS = 10
 # Kept scores are reused only when written under the same protocol: bump this when cv_scores, split_scores or the
@@ -59,6 +60,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
             "n": int(len(y)), "C": head_params(model).get("C")}
 
 
+@process_pool()
 def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: Path, tasks: list[str] | None = None,
              seed: int = 0, progress: bool = True, scores: Path | None = None) -> dict:
     """Embed each task once (cached), then score every pooling with its task's protocol. With `scores`, each task's

@@ -24,6 +24,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from pipeline.errors import PipelineError
 from pipeline.registry import parse_names
+from pipeline.workers import process_pool
 
 LARGE_TRAIN = 5_000  # exact kernel SVMs cost O(n^2): ~25 s per fit at 10k rows on 2 cores
 
@@ -123,7 +124,7 @@ def fit_head(name: str, X_train: np.ndarray, y_train: np.ndarray, X_dev: np.ndar
         raise HeadUnavailable(f"head {name} calibrates its probabilities by CV and needs at least 2 rows of every "
                               f"class in each training part ({sel.smallest_class} here): use logreg, mlp or knn, "
                               "or add rows of the rarest class")
-    with warnings.catch_warnings():
+    with process_pool(), warnings.catch_warnings():
         # Expected on some folds and judged by the scores: convergence within max_iter, and a class rarer than
         # the folds. Every other warning is shown.
         warnings.simplefilter("ignore", ConvergenceWarning)

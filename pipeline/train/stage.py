@@ -17,6 +17,7 @@ from pipeline.train.heads import HEADS, HeadUnavailable, fit_head, head_params
 from pipeline.train.metrics import classification_metrics
 from pipeline.train.report import Scored, confusion_png, run_report, summary_row, update_summary
 from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
+from pipeline.workers import process_pool
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ def fit_one(emb: Embeddings, pooling: str, head: str, seed: int = 0) -> Fitted:
                   "the dev split" if len(y_dev) else f"{HEADS[head].folds}-fold CV on train", len(y_tr), len(y_dev))
 
 
+@process_pool()
 def train_cache(cache: Path, poolings: str, heads: list[str], out: Path, seed: int = 0,
                 progress: bool = True) -> list[dict]:
     """Train every head on every pooling of one cache, write each run and the cache's runs.csv. With several heads,
