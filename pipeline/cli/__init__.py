@@ -102,14 +102,28 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except PipelineError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        _fail(f"error: {exc}", 2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
-        sys.exit(130)
+        _fail("error: interrupted; finished shards are kept, run the same command to resume", 130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()} (see --help)", err=True)
-        sys.exit(exc.exit_code or 2)
+        _fail(f"error: {exc.format_message()} (see --help)", exc.exit_code or 2)
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing to say, and nothing more to write
+        sys.stdout = open(os.devnull, "w")  # the dead pipe, replaced until the process ends
+        sys.exit(141)
+    except OSError as exc:  # the machine, not the input: a full disk under `> file`, a folder without write access
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"error: cannot write{where}: {exc.strerror or exc}; free disk space or fix permissions, then run the "
+              "same command (finished work is kept)", 1)
+
+
+def _fail(line: str, code: int) -> None:
+    """The error as the last line on stderr: a progress bar still open when the command stopped is closed first,
+    since tqdm would otherwise redraw it at exit, below the error."""
+    tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+    click.echo(line, err=True)
+    sys.exit(code)
 
 
 def run() -> None:
