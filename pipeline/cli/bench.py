@@ -19,7 +19,8 @@ def _all_heads() -> list[str]:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: which pooling and head win (heads), and how fast the embed stage is (speed)."""
+    """Benchmarks: which pooling and head win (heads), which encoder (models), how fast the embed stage is (speed),
+    and accuracy against labelled rows per class (curve)."""
 
 
 @bench.command("heads")

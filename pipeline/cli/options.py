@@ -132,7 +132,7 @@ def encoder_options(func):
 
 def embeddings_option(func):
     return click.option("--embeddings", default="artifacts/embeddings", show_default=True,
-                        type=click.Path(path_type=Path), help="Cache root to search for --data/--model.")(func)
+                        type=click.Path(path_type=Path), help="Root folder of the embedding caches.")(func)
 
 
 def progress_option(func):

@@ -108,7 +108,7 @@ def _print(clf, texts: list[str], proba) -> None:
               help="The .onnx file; <name>.json (labels, settings) and <name>.tokenizer/ are written beside it.")
 def export(run_path, runs, out) -> None:
     """Export a run for serving: one ONNX graph (input_ids, attention_mask -> class probabilities) holding the
-    encoder, the run's pooling and its head (logreg, linear-svm or mlp), plus its tokenizer and label names."""
+    encoder, the run's pooling and its head (logreg, linear-svm, rbf-svm or mlp), plus its tokenizer and label names."""
     from pipeline.predict import load_classifier
     from pipeline.predict.export import PROBES, export_onnx
 
