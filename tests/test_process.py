@@ -176,6 +176,14 @@ def test_bench_speed_on_a_few_texts(space, env):
     assert "texts/s" in done.out
 
 
+
+def test_embed_on_ray_ends_when_its_work_ends_and_stops_the_ray_it_started(space, env):
+    pytest.importorskip("ray")
+    own = {**env, "BERT_PIPELINE_TEST_TOKEN": uuid.uuid4().hex}
+    done = ok(run(space, own, "embed", *COMMON, "--pooling", "mean", "--engine", "ray", "--out", "ray-cache"))
+    assert "embedded 160 rows" in done.out
+    assert _wait_gone(own["BERT_PIPELINE_TEST_TOKEN"], 10) == [], "Ray's processes outlived the command"
+
 @pytest.mark.parametrize("args, says", [
     (["embed", "--data", "missing.csv", "--model", "tiny"], "missing.csv"),
     (["train", "--data", "toy.csv", "--model", "tiny", "--head", "nope"], "unknown head 'nope'"),
