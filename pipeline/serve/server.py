@@ -3,10 +3,12 @@ own graceful stop on SIGTERM/SIGINT (in-flight requests finish, for at most --gr
 request. With --workers N, each worker process loads the run itself: they share the kept graph files on disk and
 nothing else (each has its own queue and its own /metrics)."""
 
+import contextlib
 import ipaddress
 import json
 import logging
 import os
+import signal
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +48,8 @@ def serve(target: ServeTarget, host: str, port: int, workers: int = 1, log_level
     if workers == 1:
         app = create_app(clf, target.settings)
         log.info("serving %s on %s (docs: %s/docs)", clf.path, where, where)
-        uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
+        with _stop_signals_end_normally():
+            uvicorn.Server(uvicorn.Config(app, **options)).run(sockets=[sock])
         failure = app.state.service.failure
         if failure:
             raise PipelineError(failure)
@@ -62,6 +65,23 @@ def worker_app():
     given = json.loads(os.environ[WORKER_ENV])
     logging.basicConfig(level=given["log_level"].upper(), format=FORMAT)
     return create_app(load_classifier(Path(given["run"]), given["device"]), ServeSettings(**given["settings"]))
+
+
+@contextlib.contextmanager
+def _stop_signals_end_normally():
+    """After draining, uvicorn raises the stopping signal again with the handler it found: by default that kills the
+    process by SIGTERM (status 143) or turns SIGINT into "interrupted". Stopping is how a server ends, so the
+    handler it finds here ends the command with status 0 (also for a signal that comes before uvicorn listens)."""
+    previous = {sig: signal.signal(sig, _normal_end) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _normal_end(signum: int, frame) -> None:
+    raise SystemExit(0)
 
 
 def _bind(host: str, port: int) -> socket.socket:
