@@ -241,17 +241,20 @@ def test_a_full_queue_answers_503_with_retry_after(run):
 def test_sigterm_finishes_the_requests_in_flight_then_exits(run, clf):
     draining = Server(run, "--max-wait-ms", "800", "--grace", "20")
     texts = [[text] for text, _ in sentiment_rows(6, seed=9)]
-    with ThreadPoolExecutor(len(texts)) as clients:
-        flying = [clients.submit(draining.post, "/predict", {"texts": t}) for t in texts]
-        time.sleep(0.3)  # all sent, none answered: their batch waits 0.8 s for mates
-        assert not any(f.done() for f in flying)
-        start = time.monotonic()
-        draining.proc.send_signal(signal.SIGTERM)
-        for t, answer in zip(texts, flying, strict=True):
-            status, got = answer.result(timeout=30)
-            assert status == 200, got
-            check_predictions(got, t, clf)
-    assert draining.proc.wait(timeout=20) == 0, draining.log
+    try:
+        with ThreadPoolExecutor(len(texts)) as clients:
+            flying = [clients.submit(draining.post, "/predict", {"texts": t}) for t in texts]
+            time.sleep(0.3)  # all sent, none answered: their batch waits 0.8 s for mates
+            assert not any(f.done() for f in flying)
+            start = time.monotonic()
+            draining.proc.send_signal(signal.SIGTERM)
+            for t, answer in zip(texts, flying, strict=True):
+                status, got = answer.result(timeout=30)
+                assert status == 200, got
+                check_predictions(got, t, clf)
+        assert draining.proc.wait(timeout=20) == 0, draining.log
+    finally:
+        draining.stop()
     assert time.monotonic() - start < 10, "it left soon after its last answer"
     assert "Traceback" not in draining.log
 
@@ -266,3 +269,22 @@ def test_a_bad_run_or_a_busy_port_is_one_line_before_any_server(run, run_cli, tm
         taken.listen()
         code, _, err = run_cli("serve", "--run", str(run), "--port", str(taken.getsockname()[1]))
     assert code == 2 and "cannot listen on 127.0.0.1:" in err and "pick another --port" in err, err
+
+
+def test_workers_each_load_the_run_and_stop_together(run, clf):
+    """--workers 2: two processes on one port give predict's answers, and SIGTERM to the parent ends them all."""
+    pair = Server(run, "--workers", "2")
+    try:
+        texts = [text for text, _ in sentiment_rows(12, seed=2)]
+        with ThreadPoolExecutor(4) as clients:
+            answers = list(clients.map(lambda t: pair.post("/predict", {"texts": [t]}), texts))
+        for text, (status, got) in zip(texts, answers, strict=True):
+            assert status == 200, got
+            check_predictions(got, [text], clf)
+        workers = {int(pid) for pid in re.findall(r"Started server process \[(\d+)\]", pair.log)}
+        assert len(workers) == 2, pair.log
+    finally:
+        assert pair.stop() == 0, pair.log
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -1,9 +1,11 @@
 """The HTTP routes of `serve`, on Starlette: a small, well-kept ASGI toolkit (FastAPI is built on it) that leaves
 request checking to us, so every refusal is one line we wrote, and adds no per-request validation layer.
 
-POST /predict and /embed go through the batcher; GET /health answers 200 only after the model answered a warm-up
-request; /info describes the run; /metrics is Prometheus' text format; /, /docs and /openapi.json give the OpenAPI
-schema. Anything else is a 404 or 405 with a one-line JSON reason, never a traceback.
+POST /predict and /embed go through the batcher. The model answers a warm-up request before the server accepts its
+first connection (connections made meanwhile wait in the socket's backlog), so GET /health answers 200 only from a
+warm worker, and with --workers a warming worker takes no requests. /info describes the run; /metrics is
+Prometheus' text format; /, /docs and /openapi.json give the OpenAPI schema. Anything else is a 404 or 405 with
+a one-line JSON reason, never a traceback.
 """
 
 import asyncio
@@ -24,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
+from pipeline.embed.models import first_line
 from pipeline.predict import Classifier
 from pipeline.serve.access import AccessLog
 from pipeline.serve.batcher import Batcher, QueueFull
@@ -31,6 +34,7 @@ from pipeline.serve.bodies import BadRequest, parse_texts, read_body
 from pipeline.serve.metrics import Metrics
 
 log = logging.getLogger("pipeline.serve")
+STARTUP_FAILURE = 3  # uvicorn's exit status for a worker that could not start: its supervisor then stops
 WARM_UP_TEXT = "a short text to warm the model up"
 
 
@@ -48,20 +52,20 @@ class ServeSettings:
 
 class Service:
     """What the routes share: the classifier, its batcher (made at start-up, in the server's event loop), the
-    metrics, and whether the warm-up answered (or why it failed)."""
+    metrics, and why the warm-up failed, if it did. A worker process (--workers) whose warm-up fails exits with
+    uvicorn's start-up failure status, which stops its parent instead of restarting it forever."""
 
-    def __init__(self, clf: Classifier, settings: ServeSettings) -> None:
-        self.clf, self.settings, self.metrics = clf, settings, Metrics()
+    def __init__(self, clf: Classifier, settings: ServeSettings, worker: bool = False) -> None:
+        self.clf, self.settings, self.metrics, self.worker = clf, settings, Metrics(), worker
         self.batcher: Batcher | None = None
-        self.ready, self.failure = False, None
+        self.failure: str | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette):
         s = self.settings
         self.batcher = Batcher(self.clf, self.metrics, s.batch_tokens, s.max_wait_ms / 1000, s.max_queue)
-        warm = asyncio.create_task(self.warm_up())
+        await self.warm_up()
         yield
-        warm.cancel()
         await asyncio.to_thread(self.batcher.stop, 5.0)  # by now uvicorn drained (or, after --grace, cancelled) all
 
     async def warm_up(self) -> None:
@@ -70,11 +74,12 @@ class Service:
         try:
             await self.batcher.submit([WARM_UP_TEXT])
         except Exception as exc:
-            self.failure = f"the model failed its warm-up ({type(exc).__name__}: {exc})"
+            self.failure = f"the model failed its warm-up ({type(exc).__name__}: {first_line(exc)})"
             log.error("error: %s", self.failure)
-            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own graceful stop, in this worker
+            if self.worker:
+                os._exit(STARTUP_FAILURE)
+            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own stop; the command then reports the failure
             return
-        self.ready = True
         log.info("ready: %s answered its warm-up in %.2f s", self.clf.path, time.perf_counter() - start)
 
     async def score(self, request: Request):
@@ -82,8 +87,6 @@ class Service:
         body = await read_body(request.headers.get("content-length"), request.stream(),
                                self.settings.max_body_bytes)
         texts = parse_texts(body, self.settings.max_client_batch)
-        if not self.ready:
-            raise BadRequest(503, "the model is still warming up: retry in a second")
         request.scope["texts"] = len(texts)
         return await self.batcher.submit(texts)
 
@@ -108,8 +111,8 @@ def error(status: int, reason: str, retry: bool = False) -> JSONResponse:
     return JSONResponse({"error": reason}, status, headers={"Retry-After": "1"} if retry else None)
 
 
-def create_app(clf: Classifier, settings: ServeSettings = ServeSettings()) -> Starlette:
-    service = Service(clf, settings)
+def create_app(clf: Classifier, settings: ServeSettings = ServeSettings(), worker: bool = False) -> Starlette:
+    service = Service(clf, settings, worker)
 
     async def answer(request: Request, shape) -> Response:
         try:
@@ -131,7 +134,7 @@ def create_app(clf: Classifier, settings: ServeSettings = ServeSettings()) -> St
           400: {description: 'invalid JSON'}
           413: {description: 'body or text count over the limits'}
           422: {description: 'missing texts, non-string or empty texts'}
-          503: {description: 'queue full or warming up (Retry-After)'}
+          503: {description: 'the queue is full (Retry-After)'}
         """
         names = clf.label_names
         return await answer(request, lambda s: {"predictions": [
@@ -151,13 +154,13 @@ def create_app(clf: Classifier, settings: ServeSettings = ServeSettings()) -> St
                                                 "embeddings": s.vectors.tolist()})
 
     async def health(request: Request) -> Response:
-        """200 once the model answered its warm-up request, 503 before (or after a failed warm-up).
+        """200: the model answered its warm-up request; 503 while a failed warm-up stops the server.
         ---
-        responses: {200: {description: ready}, 503: {description: warming up}}
+        responses: {200: {description: ready}, 503: {description: the warm-up failed}}
         """
-        if service.ready:
+        if service.failure is None:
             return JSONResponse({"status": "ready"})
-        return error(503, service.failure or "warming up", retry=service.failure is None)
+        return error(503, service.failure)
 
     async def info(request: Request) -> Response:
         """The run: model, pooling, head, labels, its test metrics, and this server's limits.

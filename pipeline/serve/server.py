@@ -64,24 +64,31 @@ def worker_app():
     """The app of one --workers process (uvicorn imports this by name in each)."""
     given = json.loads(os.environ[WORKER_ENV])
     logging.basicConfig(level=given["log_level"].upper(), format=FORMAT)
-    return create_app(load_classifier(Path(given["run"]), given["device"]), ServeSettings(**given["settings"]))
+    return create_app(load_classifier(Path(given["run"]), given["device"]), ServeSettings(**given["settings"]),
+                      worker=True)
 
 
 @contextlib.contextmanager
 def _stop_signals_end_normally():
     """After draining, uvicorn raises the stopping signal again with the handler it found: by default that kills the
     process by SIGTERM (status 143) or turns SIGINT into "interrupted". Stopping is how a server ends, so the
-    handler it finds here ends the command with status 0 (also for a signal that comes before uvicorn listens)."""
+    handler it finds here ends the command normally (also for a signal that comes before uvicorn listens)."""
     previous = {sig: signal.signal(sig, _normal_end) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
+    except _Stopped:
+        pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
+class _Stopped(Exception):
+    """A stop signal, raised where the server's run is waited for."""
+
+
 def _normal_end(signum: int, frame) -> None:
-    raise SystemExit(0)
+    raise _Stopped
 
 
 def _bind(host: str, port: int) -> socket.socket:
