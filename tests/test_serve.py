@@ -288,3 +288,21 @@ def test_workers_each_load_the_run_and_stop_together(run, clf):
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_bench_serve_measures_each_client_count_beside_offline_predict(run, clf, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    write_csv(Path("texts.csv"), sentiment_rows(24, seed=4))
+    code, out, err = run_cli("bench", "serve", "--run", str(run), "--data", "texts.csv", "--clients", "1,4",
+                             "--time-limit", "60", "--out", "bench")
+    assert code == 0, err
+    [written] = list(Path("bench/serve").iterdir())
+    record = json.loads((written / "serve.json").read_text())
+    assert [row["clients"] for row in record["loads"]] == [1, 4]
+    for row in record["loads"]:
+        assert row["requests"] == row["answered"] == 24 and row["errors"] == 0
+        assert row["texts_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"]
+        assert row["max_abs_diff_vs_offline"] < 1e-6, "fp32: the served answers are offline predict's"
+    assert record["offline_texts_per_s"] > 0 and record["server_exit_code"] == 0
+    assert "| 4 | 24 | 0 |" in (written / "serve.md").read_text() and "| clients |" in out

@@ -138,6 +138,7 @@ def offline(run: Path, texts: list[str], repeats: int) -> tuple[float, np.ndarra
 def serve_benchmark(run: Path, texts: list[str], clients: list[int], time_limit: float, server_args: list[str],
                     log=print) -> dict:
     """Offline throughput, then one server process for every client count in turn, then its SIGTERM."""
+    load_before = os.getloadavg()[0]
     offline_tps, want = offline(run, texts, 3)
     log(f"offline predict: {offline_tps:.1f} texts/s on {len(texts)} texts")
     server = ServerProcess(run, server_args)
@@ -161,7 +162,8 @@ def serve_benchmark(run: Path, texts: list[str], clients: list[int], time_limit:
             "dtype": info["dtype"], "runtime": info["runtime"], "texts": len(texts), "time_limit_s": time_limit,
             "server_args": server_args, "startup_to_ready_s": server.ready_s, "offline_texts_per_s": offline_tps,
             "loads": loads, "server_exit_code": exit_code,
-            "machine": {"processor": _cpu_name(), "threads": os.cpu_count(), "python": platform.python_version()}}
+            "machine": {"processor": _cpu_name(), "threads": os.cpu_count(), "python": platform.python_version(),
+                        "load_average_1min": [load_before, os.getloadavg()[0]]}}
 
 
 def _cpu_name() -> str:
@@ -184,7 +186,9 @@ def write_serve(folder: Path, record: dict) -> list[Path]:
 
 def serve_markdown(r: dict) -> str:
     lines = [f"Run {r['run']} ({r['head']} on {r['pooling']}, model {r['model']}, {r['dtype']}, runtime "
-             f"{r['runtime']}). {r['machine']['processor']}, {r['machine']['threads']} threads. {r['texts']} texts, "
+             f"{r['runtime']}). {r['machine']['processor']}, {r['machine']['threads']} threads, load average "
+             f"{r['machine']['load_average_1min'][0]:.1f} before and {r['machine']['load_average_1min'][1]:.1f} after "
+             f"(other work on the machine takes its share). {r['texts']} texts, "
              f"one per request. Offline predict: **{r['offline_texts_per_s']:.1f} texts/s**; server start to "
              f"/health ready: {r['startup_to_ready_s']:.2f} s.", "",
              "| clients | requests | errors | texts/s | vs offline | p50 ms | p95 ms | p99 ms | max abs diff |",
