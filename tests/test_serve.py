@@ -305,4 +305,5 @@ def test_bench_serve_measures_each_client_count_beside_offline_predict(run, clf,
         assert row["texts_per_s"] > 0 and row["p50_ms"] <= row["p99_ms"]
         assert row["max_abs_diff_vs_offline"] < 1e-6, "fp32: the served answers are offline predict's"
     assert record["offline_texts_per_s"] > 0 and record["server_exit_code"] == 0
+    assert all(row["texts_per_batch"] >= 1 and row["inference_ms_per_text"] > 0 for row in record["loads"])
     assert "| 4 | 24 | 0 |" in (written / "serve.md").read_text() and "| clients |" in out

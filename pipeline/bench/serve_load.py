@@ -122,6 +122,22 @@ def closed_loop(port: int, texts: list[str], clients: int, time_limit: float) ->
             "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)), "_proba": proba}
 
 
+def batch_totals(port: int) -> dict[str, float]:
+    """The server's running totals from /metrics: batches, texts batched, seconds in the encoder and head."""
+    text = request(port, "GET", "/metrics")[1].decode()
+    names = {"batches": "serve_batch_texts_count", "texts": "serve_batch_texts_sum",
+             "inference_s": "serve_inference_seconds_sum"}
+    return {key: float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1)) for key, name in names.items()}
+
+
+def batch_stats(before: dict[str, float], after: dict[str, float]) -> dict:
+    """Mean texts per batch and encoder + head milliseconds per text over one load (how full and how costly the
+    server's batches were)."""
+    batches, texts = after["batches"] - before["batches"], after["texts"] - before["texts"]
+    return {"batches": int(batches), "texts_per_batch": texts / batches if batches else None,
+            "inference_ms_per_text": 1000 * (after["inference_s"] - before["inference_s"]) / texts if texts else None}
+
+
 def offline(run: Path, texts: list[str], repeats: int) -> tuple[float, np.ndarray]:
     """Offline `predict` throughput on the texts (one call, as `predict --input` scores them; best of `repeats`
     after a warm-up) and its probabilities."""
@@ -140,14 +156,16 @@ def serve_benchmark(run: Path, texts: list[str], clients: list[int], time_limit:
     """Offline throughput, then one server process for every client count in turn, then its SIGTERM."""
     load_before = os.getloadavg()[0]
     offline_tps, want = offline(run, texts, 3)
-    log(f"offline predict: {offline_tps:.1f} texts/s on {len(texts)} texts")
+    log(f"offline predict: {offline_tps:.1f} texts/s on {len(texts)} texts ({1000 / offline_tps:.2f} ms a text)")
     server = ServerProcess(run, server_args)
     log(f"server ready in {server.ready_s:.2f} s (process start to /health 200)")
     info = json.loads(request(server.port, "GET", "/info")[1])
     loads = []
     try:
         for n in clients:
+            before = batch_totals(server.port)
             row = closed_loop(server.port, texts, n, time_limit)
+            row.update(batch_stats(before, batch_totals(server.port)))
             got = row.pop("_proba")
             done = [i for i, p in enumerate(got) if p is not None]
             row["max_abs_diff_vs_offline"] = float(np.abs(np.array([got[i] for i in done]) - want[done]).max()) \
@@ -191,11 +209,16 @@ def serve_markdown(r: dict) -> str:
              f"(other work on the machine takes its share). {r['texts']} texts, "
              f"one per request. Offline predict: **{r['offline_texts_per_s']:.1f} texts/s**; server start to "
              f"/health ready: {r['startup_to_ready_s']:.2f} s.", "",
-             "| clients | requests | errors | texts/s | vs offline | p50 ms | p95 ms | p99 ms | max abs diff |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| clients | requests | errors | texts/s | vs offline | p50 ms | p95 ms | p99 ms | max abs diff | "
+             "texts/batch | inference ms/text |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in r["loads"]:
         diff = "-" if row["max_abs_diff_vs_offline"] is None else f"{row['max_abs_diff_vs_offline']:.1e}"
         lines.append(f"| {row['clients']} | {row['requests']} | {row['errors']} | {row['texts_per_s']:.1f} | "
                      f"{row['ratio_to_offline']:.0%} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "
-                     f"{row['p99_ms']:.1f} | {diff} |")
+                     f"{row['p99_ms']:.1f} | {diff} | {_number(row['texts_per_batch'])} | "
+                     f"{_number(row['inference_ms_per_text'], 2)} |")
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"

@@ -83,7 +83,7 @@ class Service:
         log.info("ready: %s answered its warm-up in %.2f s", self.clf.path, time.perf_counter() - start)
 
     async def score(self, request: Request):
-        """The request's texts and their Scored answer (BadRequest / QueueFull / NotReady on the way)."""
+        """The Scored answer to the request's texts (BadRequest or QueueFull on the way)."""
         body = await read_body(request.headers.get("content-length"), request.stream(),
                                self.settings.max_body_bytes)
         texts = parse_texts(body, self.settings.max_client_batch)
@@ -118,7 +118,7 @@ def create_app(clf: Classifier, settings: ServeSettings = ServeSettings(), worke
         try:
             scored = await service.score(request)
         except BadRequest as exc:
-            return error(exc.status, exc.reason, retry=exc.status == 503)
+            return error(exc.status, exc.reason)
         except QueueFull as exc:
             return error(503, f"the server is busy ({exc}): retry shortly", retry=True)
         return JSONResponse(shape(scored))
