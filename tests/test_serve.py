@@ -259,6 +259,26 @@ def test_sigterm_finishes_the_requests_in_flight_then_exits(run, clf):
     assert "Traceback" not in draining.log
 
 
+BROKEN_MODEL = """
+from pipeline.predict import Classifier
+def embed(self, texts):
+    raise RuntimeError("the model cannot run here\\nsecond line of a long library message")
+Classifier.embed = embed
+"""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_model_that_fails_its_warm_up_stops_the_server_with_one_error_line(run, workers, tmp_path):
+    """The model breaks in every process (sitecustomize: also in the --workers processes uvicorn spawns)."""
+    (tmp_path / "sitecustomize.py").write_text(BROKEN_MODEL)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "serve", "--run", str(run), "--port", "0",
+                           "--workers", workers], capture_output=True, text=True, env=env, timeout=120)
+    assert "the model failed its warm-up (RuntimeError: the model cannot run here)" in done.stderr
+    assert "second line" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith("error: the model failed")
+
+
 def test_a_bad_run_or_a_busy_port_is_one_line_before_any_server(run, run_cli, tmp_path):
     import socket
 

@@ -52,11 +52,12 @@ class ServeSettings:
 
 class Service:
     """What the routes share: the classifier, its batcher (made at start-up, in the server's event loop), the
-    metrics, and why the warm-up failed, if it did. A worker process (--workers) whose warm-up fails exits with
-    uvicorn's start-up failure status, which stops its parent instead of restarting it forever."""
+    metrics, and why the warm-up failed, if it did. A worker process (--workers) whose warm-up fails writes why to
+    `failure_file` for its parent and exits with uvicorn's start-up failure status, which stops the parent instead
+    of restarting the worker forever."""
 
-    def __init__(self, clf: Classifier, settings: ServeSettings, worker: bool = False) -> None:
-        self.clf, self.settings, self.metrics, self.worker = clf, settings, Metrics(), worker
+    def __init__(self, clf: Classifier, settings: ServeSettings, failure_file: Path | None = None) -> None:
+        self.clf, self.settings, self.metrics, self.failure_file = clf, settings, Metrics(), failure_file
         self.batcher: Batcher | None = None
         self.failure: str | None = None
 
@@ -76,7 +77,8 @@ class Service:
         except Exception as exc:
             self.failure = f"the model failed its warm-up ({type(exc).__name__}: {first_line(exc)})"
             log.error("error: %s", self.failure)
-            if self.worker:
+            if self.failure_file is not None:
+                self.failure_file.write_text(self.failure)
                 os._exit(STARTUP_FAILURE)
             os.kill(os.getpid(), signal.SIGTERM)  # uvicorn's own stop; the command then reports the failure
             return
@@ -111,8 +113,9 @@ def error(status: int, reason: str, retry: bool = False) -> JSONResponse:
     return JSONResponse({"error": reason}, status, headers={"Retry-After": "1"} if retry else None)
 
 
-def create_app(clf: Classifier, settings: ServeSettings = ServeSettings(), worker: bool = False) -> Starlette:
-    service = Service(clf, settings, worker)
+def create_app(clf: Classifier, settings: ServeSettings = ServeSettings(),
+               failure_file: Path | None = None) -> Starlette:
+    service = Service(clf, settings, failure_file)
 
     async def answer(request: Request, shape) -> Response:
         try:
@@ -185,7 +188,7 @@ def create_app(clf: Classifier, settings: ServeSettings = ServeSettings(), worke
         return error(exc.status_code, reason.get(exc.status_code, exc.detail))
 
     async def internal(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, first_line(exc))
         return error(500, f"internal error ({type(exc).__name__}): see the server's log")
 
     schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": f"bert-pipeline: {clf.head} on {clf.pooling}",

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.embed.models import first_line
 from pipeline.predict import Classifier
 from pipeline.serve.metrics import Metrics
 
@@ -147,7 +148,7 @@ class Batcher:
                 for job in batch:
                     self._run([job])
                 return
-            log.error("a batch failed: %s: %s", type(exc).__name__, exc)
+            log.error("a batch failed: %s: %s", type(exc).__name__, first_line(exc))
             batch[0].settle(None, exc)
             return
         self.metrics.inference_seconds.observe(time.perf_counter() - start)

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,10 +55,15 @@ def serve(target: ServeTarget, host: str, port: int, workers: int = 1, log_level
         if failure:
             raise PipelineError(failure)
         return
-    os.environ[WORKER_ENV] = json.dumps({"run": str(clf.path), "device": target.device,
-                                         "settings": asdict(target.settings), "log_level": log_level})
     log.info("serving %s on %s with %d workers (docs: %s/docs)", clf.path, where, workers, where)
-    uvicorn.run("pipeline.serve.server:worker_app", factory=True, fd=_inheritable(sock), workers=workers, **options)
+    with tempfile.TemporaryDirectory() as tmp:
+        failure = Path(tmp) / "failure"  # where a worker whose warm-up failed says why
+        os.environ[WORKER_ENV] = json.dumps({"run": str(clf.path), "device": target.device, "log_level": log_level,
+                                             "settings": asdict(target.settings), "failure_file": str(failure)})
+        uvicorn.run("pipeline.serve.server:worker_app", factory=True, fd=_inheritable(sock), workers=workers,
+                    **options)
+        if failure.exists():
+            raise PipelineError(failure.read_text())
 
 
 def worker_app():
@@ -65,7 +71,7 @@ def worker_app():
     given = json.loads(os.environ[WORKER_ENV])
     logging.basicConfig(level=given["log_level"].upper(), format=FORMAT)
     return create_app(load_classifier(Path(given["run"]), given["device"]), ServeSettings(**given["settings"]),
-                      worker=True)
+                      Path(given["failure_file"]))
 
 
 @contextlib.contextmanager
