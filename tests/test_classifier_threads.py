@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.embed.encoder import Encoder
-from pipeline.predict import Classifier, load_classifier
-from pipeline.train.runs import load_run
+from pipeline.predict import load_classifier
 
 from conftest import sentiment_rows, train_once, write_csv
 
@@ -17,16 +15,25 @@ THREADS, ROUNDS = 8, 6
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root = tmp_path_factory.mktemp("threads")
-    write_csv(root / "train.csv", sentiment_rows(120))
-    return root
+def projects(tmp_path_factory):
+    """A folder per runtime, each with the training data."""
+    folders = {}
+    for runtime in ("openvino", "torch"):
+        folders[runtime] = tmp_path_factory.mktemp(f"threads-{runtime}")
+        write_csv(folders[runtime] / "train.csv", sentiment_rows(120))
+    return folders
 
 
-@pytest.fixture
-def run(project, tiny_bert, run_cli, monkeypatch) -> Path:
-    train_once(project, run_cli, monkeypatch, tiny_bert, "train.csv", ("--dtype", "fp32"))
-    return next(Path("artifacts/runs").glob("*/mean/logreg"))
+@pytest.fixture(params=["openvino", "torch"])
+def run(request, projects, tiny_bert, run_cli, monkeypatch) -> Path:
+    """A trained fp32 run whose vectors the given runtime made (and predict therefore uses)."""
+    if request.param == "openvino":
+        pytest.importorskip("openvino")
+    args = ("--dtype", "fp32", "--pooling", "mean", "--runtime", request.param)
+    train_once(projects[request.param], run_cli, monkeypatch, tiny_bert, "train.csv", args)
+    path = next(Path("artifacts/runs").glob("*/mean/logreg"))
+    assert load_classifier(path, "cpu").settings.runtime == request.param
+    return path
 
 
 def hammer(call, groups: list[list[str]]) -> tuple[list[str], list[tuple[int, np.ndarray]]]:
@@ -50,14 +57,11 @@ def hammer(call, groups: list[list[str]]) -> tuple[list[str], list[tuple[int, np
     return errors, answers
 
 
-@pytest.mark.parametrize("runtime", ["openvino", "torch"])
-def test_concurrent_calls_give_the_sequential_answers(run, runtime):
-    pytest.importorskip("openvino") if runtime == "openvino" else None
+def test_concurrent_calls_give_the_sequential_answers(run):
     texts = [text for text, _ in sentiment_rows(240, seed=3)]
     groups = [texts[k::THREADS] for k in range(THREADS)]  # different texts and lengths per thread
-    shared = Classifier(load_run(run), "cpu", Encoder(load_classifier(run, "cpu").ref, "cpu", "fp32", 128,
-                                                      runtime=runtime))
-    want = [Classifier(shared.run, "cpu", shared.encoder).predict_proba(g) for g in groups]  # before any thread
+    shared = load_classifier(run, "cpu")
+    want = [shared.predict_proba(g) for g in groups]  # one after another, before any thread
     errors, answers = hammer(shared.predict_proba, groups)
     assert errors == [], errors[:3]
     assert len(answers) == THREADS * ROUNDS
