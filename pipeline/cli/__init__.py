@@ -20,6 +20,7 @@ from pipeline.cli.options import (
     pooling_option,
     progress_option,
 )
+from pipeline.cli.serve import serve
 from pipeline.cli.use import export, predict
 from pipeline.errors import PipelineError
 
@@ -95,6 +96,7 @@ cli.add_command(eval_)
 cli.add_command(finetune)
 cli.add_command(predict)
 cli.add_command(export)
+cli.add_command(serve)
 
 
 def main() -> None:

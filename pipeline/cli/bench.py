@@ -226,3 +226,39 @@ def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned
     n_test = EmbeddingCache(cache).manifest().data.split_counts.get("test", 0)
     click.echo(curve_markdown(points, plan, pooling, cache.name, n_test))
     click.echo(f"written: {folder}/curve.csv, curve.md, curve.png")
+
+
+@bench.command("serve")
+@click.option("--run", "run_path", type=click.Path(path_type=Path), default=None,
+              help="Run folder to serve; default: the newest under --runs.")
+@click.option("--runs", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path))
+@click.option("--data", required=True, help="Texts to send: a table file, a benchmark folder or the demo set.")
+@click.option("--text-col", default="text", show_default=True)
+@click.option("--split", default=None, help="Only the rows of this split (e.g. test); needs labelled data.")
+@click.option("--clients", default="1,8,32", show_default=True, help="Comma list of concurrent client counts.")
+@click.option("--limit", default=0, type=click.IntRange(min=0), help="Send only the first N texts (0: all).")
+@click.option("--time-limit", default=120.0, show_default=True, type=click.FloatRange(min=1),
+              help="Seconds per client count at most (the texts left are not sent).")
+@click.option("--server-args", default="", help="Extra `serve` options, e.g. '--max-wait-ms 5 --batch-tokens 4096'.")
+@click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))
+def bench_serve(run_path, runs, data, text_col, split, clients, limit, time_limit, server_args, out) -> None:
+    """`serve` under closed-loop load (1, 8, 32 clients, one text per request) beside offline `predict` on the same
+    texts: texts/s, p50/p95/p99 latency, errors; written to <out>/serve/<run>/serve.json and serve.md."""
+    import shlex
+
+    from pipeline.bench.serve_load import serve_benchmark, serve_markdown, write_serve
+    from pipeline.data import ColumnSpec, DataSpec, load_texts, subset
+    from pipeline.paths import safe_name
+    from pipeline.registry import parse_sizes
+    from pipeline.train.runs import newest_run
+
+    counts = parse_sizes(clients, "--clients")
+    ds = load_texts(DataSpec(data, ColumnSpec(text_col)), split)
+    ds = subset(ds, slice(0, limit)) if limit else ds
+    run = Path(run_path) if run_path is not None else newest_run(runs)
+    record = serve_benchmark(run, list(ds.texts), counts, time_limit, shlex.split(server_args),
+                             log=lambda line: click.echo(line, err=True))
+    name = safe_name("-".join(run.resolve().parts[-3:]), 120)
+    written = write_serve(Path(out) / "serve" / name, record)
+    click.echo(serve_markdown(record))
+    click.echo(f"written: {', '.join(map(str, written))}")

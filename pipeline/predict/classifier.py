@@ -6,8 +6,14 @@
 
 The CLI's `predict` uses this same object; texts are embedded exactly as the run's training vectors were made (same
 model files, max length and dtype), in chunks, so memory does not grow with the number of texts.
+
+One object may be shared by several threads (a server does): calls take turns on the encoder. Its tokenizer's
+settings and its OpenVINO infer-request queue (whose callback is set per call) are one per encoder, so two calls at
+once raised "Infer Request is busy" or, worse, handed one call's rows to the other. A lock costs no throughput worth
+having: one call already runs its batches on every core (OpenVINO's parallel streams, torch's threads).
 """
 
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -35,6 +41,7 @@ class Classifier:
         self.run, self.device = run, device
         self.ref = encoder.ref if encoder is not None else checked_model(run)
         self._encoder = encoder
+        self._turn = threading.Lock()  # one call at a time on the encoder (see the module's docstring)
 
     @property
     def path(self) -> Path:
@@ -76,13 +83,25 @@ class Classifier:
                                     runtime=settings.runtime)
         return self._encoder
 
+    def embed(self, texts: Iterable[str]) -> np.ndarray:
+        """The vectors the head reads, one row per text: the run's pooling (for 'layerK', layer K). Thread-safe:
+        concurrent calls wait for each other and each gets exactly its sequential answer."""
+        texts = check_texts(texts)
+        source, layer = self.source
+        with self._turn:
+            parts = [embed_texts(self.encoder, texts[i:i + CHUNK], [source])[source]
+                     for i in range(0, len(texts), CHUNK)]
+        vectors = np.vstack(parts)
+        return vectors[:, layer] if layer is not None else vectors
+
+    def token_counts(self, texts: list[str]) -> np.ndarray:
+        """Tokens per text as the encoder sees them (truncated at the run's max length), e.g. to fill batches."""
+        with self._turn:
+            return self.encoder.tokenize(texts).lengths
+
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """Class probabilities, one row per text, one column per label (`classes_`), rows summing to 1."""
-        texts = check_texts(texts)
-        source, _ = self.source
-        parts = [self.proba_of(embed_texts(self.encoder, texts[i:i + CHUNK], [source])[source])
-                 for i in range(0, len(texts), CHUNK)]
-        return np.vstack(parts)
+        return self.head_proba(self.embed(texts))
 
     def predict(self, texts: Iterable[str]) -> list[str]:
         """The most probable label name per text."""
@@ -91,7 +110,10 @@ class Classifier:
     def proba_of(self, vectors: np.ndarray) -> np.ndarray:
         """Probabilities from vectors of the run's cached pooling (for 'layerK': all layers, this picks K)."""
         _, layer = self.source
-        X = vectors[:, layer] if layer is not None else vectors
+        return self.head_proba(vectors[:, layer] if layer is not None else vectors)
+
+    def head_proba(self, X: np.ndarray) -> np.ndarray:
+        """Probabilities from the vectors `embed` gives (onnxruntime and scikit-learn heads are thread-safe)."""
         return full_proba(self.run.head, X, len(self.label_names))
 
     def labels_of(self, proba: np.ndarray) -> list[str]:
