@@ -23,9 +23,10 @@ from pipeline.cache import load_embeddings
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.pooling import DEFAULT_POOLINGS, POOLINGS
-from pipeline.embed.stage import EncoderOptions, embed_dataset, embed_texts
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import ModelRef, resolve_model
+from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.registry import parse_names
@@ -63,8 +64,7 @@ def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions,
     loaded = []
     for ref in refs:
         log(f"{ref.name}: loading")
-        encoder = Encoder(ref, options.device, options.dtype, options.max_length, options.batch_tokens,
-                          runtime=options.runtime)
+        encoder = Encoder(options.resolve(ref))
         loaded.append((ref, encoder, [p for p in DEFAULT_POOLINGS
                                       if encoder.has_pooler or not POOLINGS[p].needs_pooler]))
     settings = {(str(e.device), dtype_name(e.dtype)) for _, e, _ in loaded}

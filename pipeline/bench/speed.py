@@ -22,8 +22,10 @@ from pipeline.bench.profile import profile_embed, profile_markdown, sync
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef
 from pipeline.embed.pooling import DEFAULT_POOLINGS
+from pipeline.embed.runtimes import torch_eager
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 
@@ -104,11 +106,12 @@ def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) 
     return found
 
 
-def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-                    log: Callable[[str], None] = print, batch_tokens: int = 0, runtime: str = "auto") -> dict:
+def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = EncoderOptions(), repeats: int = 3,
+                    log: Callable[[str], None] = print) -> dict:
     """Time every contender on the texts of `ds` and return the speed.json record."""
-    encoder = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime=runtime)
-    fp32 = Encoder(ref, str(encoder.device), "fp32")
+    config = options.resolve(ref)
+    encoder = Encoder(config)
+    fp32 = Encoder(config.variant(dtype="fp32"))
     texts = ds.texts
     lengths = encoder.tokenize(texts).lengths
     flops = model_flops(lengths, encoder.model.config)
@@ -132,15 +135,16 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
         record(name, seconds, f"ONNX Runtime (CPU), same batches; min cosine vs st_default: "
                               f"{min_cosine(vectors, st_vectors):.4f}")
     ours = [("ours_all", encoder, list(DEFAULT_POOLINGS)), ("ours_mean", encoder, ["mean"])]
-    if encoder.runtime != "torch":  # what the runtime brings: the same stage on PyTorch
-        torch_run = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime="torch")
-        ours.append(("ours_all_torch", torch_run, list(DEFAULT_POOLINGS)))
+    on_torch = config.variant(runtime=torch_eager.KIND.name, batch_tokens=options.batch_tokens)
+    if on_torch.runtime != config.runtime:  # what the runtime brings: the same stage on PyTorch
+        ours.append(("ours_all_torch", Encoder(on_torch), list(DEFAULT_POOLINGS)))
     with tempfile.TemporaryDirectory() as tmp:
         for name, runner, poolings in ours:
             folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
             seconds, _ = time_it(lambda e=runner, p=poolings, f=folders: embed_dataset(ds, e, p, next(f),
                                                                                       progress=False), repeats)
-            record(name, seconds, f"embed stage ({runner.runtime}) to a Parquet cache, poolings: {','.join(poolings)}")
+            record(name, seconds, f"embed stage ({runner.config.runtime}) to a Parquet cache, poolings: "
+                                  f"{','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
     return {**record, "profile": profile_embed(ds, encoder, list(DEFAULT_POOLINGS))}
@@ -155,7 +159,7 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
                     "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
         "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype),
-        "runtime": encoder.runtime, "texts": n,
+        "runtime": encoder.config.runtime, "texts": n,
         "tokens": tokens,
         "matmul_peak_gflops": peaks,
         "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
