@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -61,10 +62,11 @@ def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions,
                      log: Callable[[str], None] = print) -> dict:
     """The models.json record: one row per model, best first, plus each model's full leaderboard."""
     sample = _speed_sample(ds, speed_texts, seed)
+    config = options.resolve(refs[0])  # device, dtype and runtime picked once, for every model alike
     loaded = []
     for ref in refs:
         log(f"{ref.name}: loading")
-        encoder = Encoder(options.resolve(ref))
+        encoder = Encoder(replace(config, model=ref))
         loaded.append((ref, encoder, [p for p in DEFAULT_POOLINGS
                                       if encoder.has_pooler or not POOLINGS[p].needs_pooler]))
     settings = {(str(e.device), dtype_name(e.dtype)) for _, e, _ in loaded}

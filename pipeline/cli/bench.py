@@ -131,13 +131,14 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
     """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
     from pipeline.bench.senteval import evaluate, find_tasks, results_markdown, write_results
     from pipeline.data.benchmarks import TASKS
+    from pipeline.embed.encoder import load_encoder
     from pipeline.embed.pooling import parse_poolings
     from pipeline.paths import safe_name
     from pipeline.registry import parse_names
 
     names = find_tasks(data_dir, parse_names(tasks, TASKS, "task"))  # before the model loads: fail fast
     poolings = parse_poolings(pooling)
-    encoder = options.load(model)
+    encoder = load_encoder(model, options)
     folder = Path(out) / safe_name(encoder.ref.name.split("/")[-1])
     record = evaluate(data_dir, encoder, poolings, embeddings, names, seed, progress, folder / "scores")
     write_results(folder, record)
