@@ -66,7 +66,7 @@ def test_a_vector_does_not_depend_on_its_batch_mates(encoder):
 
 
 def test_all_poolings_come_from_one_forward_pass_per_batch(encoder, monkeypatch):
-    if encoder.runtime != "torch":
+    if encoder.config.runtime != "torch":
         pytest.skip("one compiled graph per batch by construction; this counts PyTorch forward calls")
     calls = []
     original = encoder.model.forward

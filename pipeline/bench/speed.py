@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -28,6 +29,37 @@ from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.paths import atomic_write_bytes, atomic_write_json
+
+
+class ContenderResult(TypedDict):
+    seconds: float  # median over the repeats
+    texts_per_s: float
+    tokens_per_s: float  # real tokens, no padding
+    gflops: float  # model FLOPs over real tokens per second
+    note: str
+
+
+class SpeedRecord(TypedDict):
+    """speed.json: the machine, the settings, every contender's speed, the ratios the README quotes, and where the
+    stage's time goes (profile.py). Plain JSON values: speed_markdown and later runs read it back as it is."""
+
+    machine: dict[str, str | int | None]
+    model: str
+    device: str
+    dtype: str
+    runtime: str
+    texts: int
+    tokens: int
+    matmul_peak_gflops: dict[str, float]
+    fraction_of_peak: float
+    fraction_of_best_peak: float
+    contenders: dict[str, ContenderResult]
+    st_best: str
+    speedup_vs_seed: float
+    speedup_vs_sentence_transformers_default: float
+    speedup_vs_sentence_transformers_best: float
+    min_cosine_vs_sentence_transformers: float
+    profile: dict
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
@@ -107,7 +139,7 @@ def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) 
 
 
 def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = EncoderOptions(), repeats: int = 3,
-                    log: Callable[[str], None] = print) -> dict:
+                    log: Callable[[str], None] = print) -> SpeedRecord:
     """Time every contender on the texts of `ds` and return the speed.json record."""
     config = options.resolve(ref)
     encoder = Encoder(config)
@@ -116,7 +148,7 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
     lengths = encoder.tokenize(texts).lengths
     flops = model_flops(lengths, encoder.model.config)
     peaks = {name: matmul_peak(dt, encoder.device) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    results: dict[str, dict] = {}
+    results: dict[str, ContenderResult] = {}
 
     def record(name: str, seconds: float, note: str = "") -> None:
         results[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds,
@@ -146,11 +178,12 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
             record(name, seconds, f"embed stage ({runner.config.runtime}) to a Parquet cache, poolings: "
                                   f"{','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
-    record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
-    return {**record, "profile": profile_embed(ds, encoder, list(DEFAULT_POOLINGS))}
+    profile = profile_embed(ds, encoder, list(DEFAULT_POOLINGS))
+    return speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
 
 
-def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
+def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int,
+                 tokens: int, profile: dict) -> SpeedRecord:
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
     used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
@@ -168,11 +201,11 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
         "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
         "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
         "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
-        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors),
+        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors), "profile": profile,
     }
 
 
-def write_speed(folder: Path, record: dict) -> list[Path]:
+def write_speed(folder: Path, record: SpeedRecord) -> list[Path]:
     """speed.json and speed.md under `folder`."""
     paths = [Path(folder) / "speed.json", Path(folder) / "speed.md"]
     atomic_write_json(paths[0], record)
@@ -180,7 +213,7 @@ def write_speed(folder: Path, record: dict) -> list[Path]:
     return paths
 
 
-def speed_markdown(r: dict) -> str:
+def speed_markdown(r: SpeedRecord) -> str:
     lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
              f"{r['machine']['threads']} threads), dtype {r['dtype']}, runtime {r.get('runtime', 'torch')}, "
              f"{r['texts']} texts, {r['tokens']} tokens. "

@@ -1,6 +1,8 @@
-"""Token ids, batched: tokenised rows, the token-budget batcher every runtime and the fine-tuning loop use, and
-padding. A long-text mode (windows per text) slots in between tokenising and batching."""
+"""Token ids, batched: tokenised rows, the token-budget batcher every runtime and the fine-tuning loop use, padding,
+and the sink that puts each batch's vectors back in input order. A long-text mode (windows per text) slots in
+between tokenising and batching, with a sink that folds a text's windows into its row."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
 
@@ -42,3 +44,21 @@ def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
     ids = np.full(mask.shape, pad_id, dtype=np.int64)
     ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
     return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+
+
+class InOrder:
+    """Where a runtime puts each batch's vectors: one float32 array per pooling, rows back in input order, and
+    `done(n)` after each batch of n rows (a progress bar)."""
+
+    def __init__(self, rows: int, done: Callable[[int], object] = lambda n: None) -> None:
+        self.rows, self.done, self.out = rows, done, {}
+
+    def put(self, rows: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+        for name, array in arrays.items():
+            if name not in self.out:
+                self.out[name] = np.empty((self.rows, *array.shape[1:]), dtype=np.float32)
+            self.out[name][rows] = array
+        self.done(len(rows))
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self.out

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.cache import EncoderSettings
-from pipeline.embed.batching import Tokenized, pad_ids, token_batches
+from pipeline.embed.batching import InOrder, Tokenized, pad_ids, token_batches
 from pipeline.embed.device import torch_dtype
 from pipeline.embed.loading import check_vocab, load_config, load_model, load_tokenizer, position_limit
 from pipeline.embed.pooling import EncoderOutput
@@ -128,8 +128,11 @@ class Encoder:
     def encode(self, tokens: Tokenized, poolings: list[str], done: Callable[[int], object] = lambda n: None,
                clock: Clock = untimed) -> dict[str, np.ndarray]:
         """Every requested pooling of tokenised rows, from one forward pass per batch, back in input order: the one
-        path from tokens to vectors. `clock` (the bench's profile) times each step the runtime takes."""
-        return self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), poolings, done, clock)
+        path from tokens to vectors. `done(n)` after each batch of n rows; `clock` (the bench's profile) times each
+        step the runtime takes."""
+        vectors = InOrder(len(tokens.input_ids), done)
+        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), poolings, vectors.put, clock)
+        return vectors.result()
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
         """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""

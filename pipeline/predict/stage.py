@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,9 @@ from pipeline.predict.classifier import Classifier, check_texts
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
+if TYPE_CHECKING:  # sklearn loads only when a labelled file is scored
+    from pipeline.train.metrics import Metrics
+
 
 @dataclass(frozen=True)
 class PredictResult:
@@ -35,7 +39,7 @@ class PredictResult:
     output: Path | None
     cache: Path
     computed_rows: int
-    metrics: dict | None
+    metrics: "Metrics | None"
     reports: list[Path]
 
 

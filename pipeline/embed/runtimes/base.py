@@ -1,8 +1,9 @@
 """The runtime seam: what every runtime is (a registry entry, RuntimeKind) and does (a Runtime per encoder).
 
 An encoder's text path is the same whatever runs it: tokenise, group rows into token-budget batches, then the
-runtime turns each batch into the poolings' float32 vectors, returned in input order. What differs between runtimes
-lives behind `Runtime.encode`; nothing outside this package asks which runtime it has.
+runtime turns each batch into the poolings' float32 vectors and hands them to the caller's sink (batching.InOrder
+puts them back in input order). What differs between runtimes lives behind `Runtime.encode`; nothing outside this
+package asks which runtime it has.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from pipeline.embed.encoder import Encoder
 
 Clock = Callable[..., Any]  # clock(step name, work, *args) -> work(*args), timing it under the step's name
+Put = Callable[[np.ndarray, dict[str, np.ndarray]], None]  # put(row indices, {pooling: float32 array}): one batch
 
 
 def untimed(step: str, work: Callable, *args) -> Any:
@@ -46,10 +48,10 @@ class Runtime(Protocol):
         """The model's spec and fast tokenizer (`tokenizers.Tokenizer`) when this runtime has them without loading
         the model (a kept graph); None: the encoder loads the model and reads them off it."""
 
-    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str],
-               done: Callable[[int], object], clock: Clock = untimed) -> dict[str, np.ndarray]:
-        """Every pooling of the rows, batch by batch (`batches` hold row indices), as float32 arrays in input order;
-        `done(n)` after each batch's n rows. `clock` times each step (the bench's profile); a run leaves it be."""
+    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
+               clock: Clock = untimed) -> None:
+        """Every pooling of the rows, batch by batch (`batches` hold row indices): each batch's float32 vectors go
+        to `put`, one call at a time (in any order of batches). `clock` times each step (the bench's profile)."""
 
 
 @dataclass(frozen=True)
@@ -71,15 +73,3 @@ class RuntimeKind:
     package: str | None = None
     auto: bool = True
 
-
-def assemble(n: int, poolings: list[str], results: list[tuple[np.ndarray, list[np.ndarray]]]
-             ) -> dict[str, np.ndarray]:
-    """Each pooling's batches (row indices, one array per pooling) put back in input order, one float32 array per
-    pooling."""
-    out: dict[str, np.ndarray] = {}
-    for k, name in enumerate(poolings):
-        for rows, arrays in results:
-            if name not in out:
-                out[name] = np.empty((n, *arrays[k].shape[1:]), dtype=np.float32)
-            out[name][rows] = arrays[k]
-    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Callable
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +25,7 @@ from pipeline.embed.device import cpu_runs_bf16_natively, device_kind
 from pipeline.embed.loading import quiet_conversion, tokenizer_json
 from pipeline.embed.pooling import POOLINGS
 from pipeline.embed.runtimes import kept_graphs
-from pipeline.embed.runtimes.base import Clock, ModelSpec, RuntimeKind, assemble, untimed
+from pipeline.embed.runtimes.base import Clock, ModelSpec, Put, RuntimeKind, untimed
 from pipeline.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
@@ -50,12 +50,12 @@ class OpenVINORuntime:
         """With a kept graph the model and tokenizer load only if something asks for them."""
         return (self.kept.info.spec, self.kept.tokenizer()) if self.kept is not None else None
 
-    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str],
-               done: Callable[[int], object], clock: Clock = untimed) -> dict[str, np.ndarray]:
+    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
+               clock: Clock = untimed) -> None:
         if self.graph is None:
             self.graph = Graph(self.encoder)
         try:
-            return clock(STEP, self.graph.pool, input_ids, poolings, batches, done)
+            clock(STEP, self.graph.pool, input_ids, poolings, batches, put)
         except PipelineError:
             self.graph = None
             raise
@@ -83,21 +83,22 @@ class Graph:
                                 f"{encoder.dtype_name}: use --runtime torch or --dtype fp32")
         self.queue = ov.AsyncInferQueue(compiled, 0)
 
-    def pool(self, input_ids: list[list[int]], poolings: list[str], batches: list[np.ndarray],
-             done: Callable[[int], object]) -> dict[str, np.ndarray]:
-        """All requested poolings of a chunk, back in input order. Batches run in parallel requests whose callbacks
-        only copy results out; an error there is kept and raised here, on the caller's thread, as one line."""
+    def pool(self, input_ids: list[list[int]], poolings: list[str], batches: list[np.ndarray], put: Put) -> None:
+        """All requested poolings of a chunk. Batches run in parallel requests whose callbacks copy results out and
+        hand them to `put`, one at a time; an error there is kept and raised here, on the caller's thread, as one
+        line."""
         missing = [p for p in poolings if p not in self.names]
         if missing:
             raise PipelineError(f"the OpenVINO graph has no {', '.join(missing)}: use --runtime torch")
         wanted = [self.names.index(p) for p in poolings]
-        results: list[tuple[np.ndarray, list[np.ndarray]]] = []
         errors: list[BaseException] = []
+        lock = threading.Lock()
 
         def finished(request, rows: np.ndarray) -> None:
             try:
-                results.append((rows, [request.get_output_tensor(k).data.copy() for k in wanted]))
-                done(len(rows))
+                arrays = {p: request.get_output_tensor(k).data.copy() for p, k in zip(poolings, wanted, strict=True)}
+                with lock:
+                    put(rows, arrays)
             except BaseException as exc:  # nothing may escape into OpenVINO's thread: it would abort the process
                 errors.append(exc)
 
@@ -112,7 +113,6 @@ class Graph:
         if errors:
             raise PipelineError(f"OpenVINO failed on a batch ({type(errors[0]).__name__}: {first_line(errors[0])}):"
                                 " use --runtime torch") from None
-        return assemble(len(input_ids), poolings, results)
 
 
 def _model(encoder: Encoder):

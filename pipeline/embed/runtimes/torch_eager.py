@@ -1,12 +1,10 @@
 """The 'torch' runtime: PyTorch op by op, on every device; the one that trains. The encoder's own forward pass,
 then the poolings of pooling.POOLINGS on its outputs, then one copy to the host per batch."""
 
-from collections.abc import Callable
-
 import numpy as np
 
 from pipeline.embed.pooling import POOLINGS, pool
-from pipeline.embed.runtimes.base import Clock, RuntimeKind, assemble, untimed
+from pipeline.embed.runtimes.base import Clock, Put, RuntimeKind, untimed
 
 # Token budget per batch by device: on CPU small batches stay in cache; a GPU wants many rows at once.
 BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384}
@@ -21,23 +19,20 @@ class TorchRuntime:
     def model_free(self) -> None:
         return None  # PyTorch needs the model itself
 
-    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str],
-               done: Callable[[int], object], clock: Clock = untimed) -> dict[str, np.ndarray]:
+    def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
+               clock: Clock = untimed) -> None:
         hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
-        results = []
         for rows in batches:
             inputs = clock("pad + copy to device", self.encoder.prepare, [input_ids[i] for i in rows])
             outputs = clock("forward (model)", self.encoder.run, inputs, hidden)
             vectors = clock("pooling", pool, poolings, outputs)
-            results.append((rows, clock("copy to host (fp32 numpy)", _to_host, vectors)))
-            done(len(rows))
-        return assemble(len(input_ids), poolings, results)
+            put(rows, clock("copy to host (fp32 numpy)", _to_host, vectors))
 
 
-def _to_host(vectors: dict) -> list[np.ndarray]:
+def _to_host(vectors: dict) -> dict[str, np.ndarray]:
     import torch
 
-    return [v.to(torch.float32).cpu().numpy() for v in vectors.values()]
+    return {name: v.to(torch.float32).cpu().numpy() for name, v in vectors.items()}
 
 
 KIND = RuntimeKind("torch", "PyTorch, op by op (every device; the one that trains)",
