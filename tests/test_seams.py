@@ -77,13 +77,13 @@ def test_a_new_runtime_plugs_in_as_one_registry_entry(tiny_bert, tmp_path, monke
             halve = lambda rows, arrays: put(rows, {name: v / 2 for name, v in arrays.items()})  # noqa: E731
             super().encode(input_ids, batches, poolings, halve, *clock)
 
-    kind = replace(torch_eager.KIND, name="halved", description="test", auto=False, start=Halved)
+    kind = replace(torch_eager.KIND, name="halved", description="test", auto_rank=None, start=Halved)
     monkeypatch.setattr(runtimes, "RUNTIMES", {**runtimes.RUNTIMES, "halved": kind})
     plain, halved = load_encoder(str(tiny_bert), replace(CPU, runtime="torch")), load_encoder(
         str(tiny_bert), replace(CPU, runtime="halved"))
     np.testing.assert_array_equal(embed_texts(halved, TEXTS, ["mean"])["mean"],
                                   embed_texts(plain, TEXTS, ["mean"])["mean"] / 2)
-    assert runtimes.pick_runtime("auto", "cpu", "fp32") != "halved", "'auto' never picks a runtime that opts out"
+    assert runtimes.pick_runtime("auto", "cpu", "fp32") != "halved", "'auto' never picks an unranked runtime"
     toy = load_dataset(write_csv(tmp_path / "toy.csv", sentiment_rows(20)))
     result = embed_dataset(toy, halved, ["mean"], tmp_path / "emb", progress=False)
     assert result.manifest.encoder.runtime == "halved"

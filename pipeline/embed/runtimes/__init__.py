@@ -13,8 +13,7 @@ from pipeline.embed.runtimes import openvino_graph, torch_eager
 from pipeline.embed.runtimes.base import ModelSpec, Runtime, RuntimeKind
 from pipeline.errors import PipelineError
 
-# In order of preference for 'auto': the first that runs here (and that 'auto' may pick) is chosen.
-RUNTIMES: dict[str, RuntimeKind] = {kind.name: kind for kind in (openvino_graph.KIND, torch_eager.KIND)}
+RUNTIMES: dict[str, RuntimeKind] = {kind.name: kind for kind in (torch_eager.KIND, openvino_graph.KIND)}
 
 __all__ = ["RUNTIMES", "ModelSpec", "Runtime", "RuntimeKind", "batch_tokens", "pick_runtime", "runtime_here",
            "runtime_supported", "start_runtime"]
@@ -28,12 +27,13 @@ def runtime_supported(name: str, device, dtype, training: bool = False) -> bool:
 
 
 def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
-    """'auto': the first runtime in RUNTIMES that runs here (OpenVINO for CPU inference in fp32, or bf16 on x86 CPUs
+    """'auto': the best-ranked runtime that runs here (OpenVINO for CPU inference in fp32, or bf16 on x86 CPUs
     with native bf16, measured faster than PyTorch there; PyTorch everywhere else and always for training). A named
     runtime must run here, else a one-line error with the fix."""
     requested, device, dtype = (requested or "auto").strip().lower(), str(device), dtype_name(dtype)
     if requested == "auto":
-        return next(k.name for k in RUNTIMES.values() if k.auto and runtime_supported(k.name, device, dtype, training))
+        ranked = sorted((k for k in RUNTIMES.values() if k.auto_rank is not None), key=lambda k: k.auto_rank)
+        return next(k.name for k in ranked if runtime_supported(k.name, device, dtype, training))
     kind = RUNTIMES.get(requested)
     if kind is None:
         raise PipelineError(f"unknown --runtime '{requested}': use auto, {', '.join(RUNTIMES)}")

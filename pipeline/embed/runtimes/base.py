@@ -61,7 +61,8 @@ class RuntimeKind:
 
     `supports(device, dtype, training)` takes names ('cpu', 'bf16'); `limits` says the same in words for the error
     when it is asked for where it cannot run; `package` is what it needs installed (None: nothing beyond torch);
-    `auto`: 'auto' may pick it (registry order is the preference); `batch_tokens(device kind)` is its default token
+    `auto_rank`: 'auto' picks the lowest-ranked runtime that runs here (None: only by name, as a runtime whose vectors
+    differ should be); `batch_tokens(device kind)` is its default token
     budget per batch."""
 
     name: str
@@ -71,5 +72,5 @@ class RuntimeKind:
     batch_tokens: Callable[[str], int]
     start: Callable[[Encoder], Runtime]
     package: str | None = None
-    auto: bool = True
+    auto_rank: int | None = None
 

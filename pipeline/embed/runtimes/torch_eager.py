@@ -37,4 +37,4 @@ def _to_host(vectors: dict) -> dict[str, np.ndarray]:
 
 KIND = RuntimeKind("torch", "PyTorch, op by op (every device; the one that trains)",
                    supports=lambda device, dtype, training: True, limits="every device and dtype",
-                   batch_tokens=BATCH_TOKENS.__getitem__, start=TorchRuntime)
+                   batch_tokens=BATCH_TOKENS.__getitem__, start=TorchRuntime, auto_rank=1)  # runs everywhere: last
