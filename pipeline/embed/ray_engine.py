@@ -3,8 +3,9 @@
 Ray Data reads the file (read_csv / read_json / read_parquet, so any path the cluster reaches); the driver then
 validates the rows and computes the cache key exactly as the local engine does (the key needs a fingerprint of every
 row, and the split is assigned centrally). Ray Data maps the unfinished shards over a pool of actors, each loading
-the model once; every actor writes whole shards atomically in the cache format, and the
-driver writes the manifest last. So resume, keys and files are those of the local engine, and `make train` reads
+the model once from the driver's resolved EncoderConfig (nothing is picked again on an actor); every actor writes
+whole shards atomically in the cache format (shards.py, as the local engine), and the driver writes the manifest
+last. So resume, keys and files are those of the local engine, and `make train` reads
 the result unchanged. Ray is imported only here.
 """
 
