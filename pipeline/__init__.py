@@ -5,7 +5,7 @@ public API for notebooks; each is imported on first use, so `import pipeline.tra
 
     import pipeline
     ds = pipeline.DataSpec("reviews.csv").load()
-    encoder = pipeline.EncoderOptions().load("default")
+    encoder = pipeline.load_encoder("default", pipeline.EncoderOptions(max_length=128))
     result = pipeline.embed_dataset(ds, encoder, ["mean", "cls"], Path("artifacts/embeddings"))
     rows = pipeline.train_cache(result.path, "all", ["logreg"], Path("artifacts/runs"))
     clf = pipeline.load_classifier(Path("artifacts/runs") / result.path.name / "mean" / "logreg")
@@ -19,10 +19,11 @@ __version__ = "0.1.0"
 _API = {
     "pipeline.data": ["ColumnSpec", "DataSpec", "Dataset", "load_dataset", "resolve_data"],
     "pipeline.cache": ["EmbeddingCache", "Embeddings", "Manifest", "load_embeddings"],
-    "pipeline.embed.models": ["resolve_model"],
-    "pipeline.embed.encoder": ["Encoder"],
+    "pipeline.embed.sources": ["resolve_model"],
+    "pipeline.embed.settings": ["EncoderConfig", "EncoderOptions"],
+    "pipeline.embed.encoder": ["Encoder", "load_encoder"],
     "pipeline.embed.pooling": ["POOLINGS", "DEFAULT_POOLINGS"],
-    "pipeline.embed.stage": ["EncoderOptions", "embed_dataset", "embed_texts"],  # `pipeline.embed` is the package
+    "pipeline.embed.stage": ["embed_dataset", "embed_texts"],  # `pipeline.embed` is the package
     "pipeline.train.heads": ["HEADS", "fit_head"],
     "pipeline.train.metrics": ["classification_metrics"],
     "pipeline.train.runs": ["RunRecord", "load_run"],

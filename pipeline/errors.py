@@ -7,3 +7,10 @@ single line (what is wrong, and how to fix it) and exits non-zero, without a tra
 
 class PipelineError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-blank line of an error, cut to `limit` characters: a library's error can be pages long (a
+    converter's traceback, Ray's wrapped one), while the message the user sees must stay one line."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

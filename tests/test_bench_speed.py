@@ -3,10 +3,12 @@ command reads a texts-only file."""
 
 import pytest
 
-from pipeline.bench.profile import GRAPH, STEPS, profile_embed
+from pipeline.bench.profile import profile_embed
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.runtimes import openvino_graph
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import resolve_model
 
 from conftest import sentiment_rows, write_csv
 
@@ -14,10 +16,11 @@ from conftest import sentiment_rows, write_csv
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
 def test_profile_times_every_step_of_the_stage(tiny_bert, tmp_path, runtime):
     ds = load_dataset(write_csv(tmp_path / "t.csv", sentiment_rows(200)))
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32, runtime=runtime)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32", runtime=runtime))
     profile = profile_embed(ds, encoder, ["mean", "last4_mean"])
     seconds = profile["step_seconds"]
-    steps = ["tokenise", GRAPH] if runtime == "openvino" else list(STEPS[:5])
+    steps = ["tokenise", openvino_graph.STEP] if runtime == "openvino" else [
+        "tokenise", "pad + copy to device", "forward (model)", "pooling", "copy to host (fp32 numpy)"]
     assert list(seconds) == [*steps, "Parquet write", "sha256 of the shards"]
     assert all(s > 0 for s in seconds.values()) and profile["wall_seconds"] > 0
     if runtime == "torch":
@@ -58,7 +61,7 @@ def test_a_random_encoder_of_a_named_shape_loads_in_both_stacks(tiny_bert, tmp_p
     from pipeline.embed.stage import embed_texts
 
     folder = random_model(tiny_bert, "minilm-l6", tmp_path / "minilm-l6-random")
-    encoder = Encoder(resolve_model(str(folder)), "cpu", "fp32")
+    encoder = load_encoder(str(folder), EncoderOptions(device="cpu", dtype="fp32"))
     assert (encoder.num_layers, encoder.hidden_size, encoder.ref.name) == (6, 384, "minilm-l6-random")
     texts = ["a good film", "a dull, bad film"]
     ours = embed_texts(encoder, texts, ["mean"])["mean"]
@@ -74,7 +77,7 @@ def test_onnx_runtime_peer_gives_the_stage_vectors_in_fp32(tiny_bert):
     from pipeline.bench.onnx_peer import ort_candidates
     from pipeline.embed.stage import embed_texts
 
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32")
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(device="cpu", dtype="fp32"))
     texts = ["a good film", "a dull, bad and very slow film", "fine"]
     want = embed_texts(encoder, texts, ["mean"])["mean"]
     peers = ort_candidates(encoder)

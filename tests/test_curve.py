@@ -10,7 +10,8 @@ from pipeline.bench import curve as curve_module
 from pipeline.bench.curve import ALL, CurvePlan, capped, draw, learning_curve, parse_ks
 from pipeline.bench.curve_report import summarise, winners
 from pipeline.data import ColumnSpec, DataSpec
-from pipeline.embed.stage import EncoderOptions, embed
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.stage import embed
 from pipeline.errors import PipelineError
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.train.stage import train_cache

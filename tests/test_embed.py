@@ -8,9 +8,10 @@ import torch
 
 from pipeline.cache import cache_key, load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
 from pipeline.embed.pooling import POOLINGS, parse_poolings
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import resolve_model
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.errors import PipelineError
 
@@ -22,8 +23,8 @@ ALL = list(POOLINGS)
 @pytest.fixture(scope="module", params=["torch", "openvino"])
 def encoder(tiny_bert, request):
     """Every test of this module runs on both runtimes: they must give the same vectors."""
-    return Encoder(resolve_model(str(tiny_bert)), device="cpu", dtype="fp32", max_length=16, batch_tokens=64,
-                   runtime=request.param)
+    options = EncoderOptions(max_length=16, device="cpu", dtype="fp32", batch_tokens=64, runtime=request.param)
+    return load_encoder(str(tiny_bert), options)
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ def test_a_vector_does_not_depend_on_its_batch_mates(encoder):
 
 
 def test_all_poolings_come_from_one_forward_pass_per_batch(encoder, monkeypatch):
-    if encoder.runtime != "torch":
+    if encoder.config.runtime != "torch":
         pytest.skip("one compiled graph per batch by construction; this counts PyTorch forward calls")
     calls = []
     original = encoder.model.forward
@@ -136,9 +137,9 @@ def test_resume_recomputes_only_missing_shards_and_gives_the_same_cache(encoder,
 
 
 def test_an_interrupted_run_resumes_from_its_finished_shards(encoder, toy, tmp_path, monkeypatch):
-    from pipeline.embed import stage as embed_module
+    from pipeline.embed import shards
 
-    original, writes = embed_module._write_shard, []
+    original, writes = shards.write_shard, []
 
     def dying(store, index, *args):
         if index == 2:
@@ -146,10 +147,10 @@ def test_an_interrupted_run_resumes_from_its_finished_shards(encoder, toy, tmp_p
         writes.append(index)
         original(store, index, *args)
 
-    monkeypatch.setattr(embed_module, "_write_shard", dying)
+    monkeypatch.setattr(shards, "write_shard", dying)
     with pytest.raises(KeyboardInterrupt):
         embed_dataset(toy, encoder, ["mean"], tmp_path / "c", shard_rows=15, progress=False)
-    monkeypatch.setattr(embed_module, "_write_shard", original)
+    monkeypatch.setattr(shards, "write_shard", original)
     resumed = embed_dataset(toy, encoder, ["mean"], tmp_path / "c", shard_rows=15, progress=False)
     assert writes == [0, 1] and resumed.computed_shards == [2, 3]
     fresh = embed_dataset(toy, encoder, ["mean"], tmp_path / "d", shard_rows=15, progress=False)
@@ -168,9 +169,10 @@ def test_asking_for_a_new_pooling_adds_it_without_losing_the_old_ones(encoder, t
 
 def test_key_changes_with_everything_that_changes_the_vectors(encoder, toy, tmp_path, tiny_bert):
     base = cache_key(encoder.settings(), toy.fingerprint)
-    other_len = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", max_length=8)
-    other_model = Encoder(resolve_model(str(write_tiny_bert(tmp_path / "other", seed=1))), "cpu", "fp32", 16)
-    bf16 = Encoder(resolve_model(str(tiny_bert)), "cpu", "bf16", max_length=16)
+    other_len = load_encoder(str(tiny_bert), EncoderOptions(max_length=8, device="cpu", dtype="fp32"))
+    other_model = load_encoder(str(write_tiny_bert(tmp_path / "other", seed=1)),
+                               EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
+    bf16 = load_encoder(str(tiny_bert), EncoderOptions(max_length=16, device="cpu", dtype="bf16"))
     rows = sentiment_rows(60)
     rows[5] = (rows[5][0] + "!", rows[5][1])
     changed_text = load_dataset(write_csv(tmp_path / "toy2.csv", rows))
@@ -181,7 +183,7 @@ def test_key_changes_with_everything_that_changes_the_vectors(encoder, toy, tmp_
 
 def test_pooler_is_refused_for_a_model_without_one(tmp_path, toy):
     folder = write_tiny_bert(tmp_path / "nopool", pooler=False)
-    enc = Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+    enc = load_encoder(str(folder), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
     assert not enc.has_pooler
     with pytest.raises(PipelineError, match="no trained pooler"):
         embed_dataset(toy, enc, ["mean", "pooler"], tmp_path / "f", progress=False)
@@ -240,7 +242,8 @@ def test_auto_dtype_on_cpu_is_the_same_every_time_and_follows_the_flags(monkeypa
     expected = torch.bfloat16 if device_module.cpu_prefers_bf16(device_module.cpu_flags(), __import__(
         "platform").machine()) else torch.float32
     assert {device_module.pick_dtype("auto", cpu) for _ in range(5)} == {expected}
-    keys = {Encoder(resolve_model(str(tiny_bert)), "cpu", "auto", 16).settings() for _ in range(2)}
+    options = EncoderOptions(max_length=16, device="cpu", dtype="auto")
+    keys = {load_encoder(str(tiny_bert), options).settings() for _ in range(2)}
     assert len(keys) == 1 and next(iter(keys)).dtype == device_module.dtype_name(expected)
     for native, dtype in ((True, torch.bfloat16), (False, torch.float32)):
         monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
@@ -252,7 +255,7 @@ def test_the_manifest_no_longer_records_a_timing_and_old_ones_still_load(encoder
     result = embed_dataset(toy, encoder, ["mean"], tmp_path / "h", progress=False)
     manifest_path = result.path / "_manifest.json"
     record = json.loads(manifest_path.read_text())
-    assert record["cpu_bf16_speedup"] is None
+    assert "cpu_bf16_speedup" not in record
     manifest_path.write_text(json.dumps({**record, "cpu_bf16_speedup": 0.72}))  # as written by earlier versions
     assert load_embeddings(result.path, "mean").X.shape == (60, 32)
     again = embed_dataset(toy, encoder, ["mean"], tmp_path / "h", progress=False)

@@ -66,10 +66,10 @@ def test_markdown_puts_published_figures_beside_ours():
 
 @pytest.mark.skipif(not (SHARED / "trec").exists(), reason="../shared/data not present")
 def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.encoder import load_encoder
+    from pipeline.embed.settings import EncoderOptions
 
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     record = evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], progress=False)
     trec = record["tasks"]["trec"]
     assert trec["classes"] == 6 and trec["rows"] == 5952
@@ -81,10 +81,10 @@ def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "trec").exists(), reason="../shared/data not present")
 def test_eval_keeps_each_task_s_scores_and_a_rerun_resumes_from_them(tiny_bert, tmp_path, monkeypatch):
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.encoder import load_encoder
+    from pipeline.embed.settings import EncoderOptions
 
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     run = lambda seed: evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], seed,  # noqa: E731
                                            progress=False, scores=tmp_path / "scores")
     first = run(0)

@@ -22,7 +22,8 @@ from conftest import sentiment_rows, write_csv
 KILLER = """
 import os, signal, sys
 from pipeline import cache
-from pipeline.embed import encoder, openvino_graph
+from pipeline.embed import encoder
+from pipeline.embed.runtimes import openvino_graph
 target, when = sys.argv.pop(1), int(sys.argv.pop(1))
 calls = {"n": 0}
 def after(owner, name, kill_before=False, half_write=False):
@@ -126,11 +127,11 @@ def damage(path: Path, how: str) -> None:
 
 def embed_in_process(data: Path, out: Path, model: Path):
     from pipeline.data import load_dataset
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.encoder import load_encoder
+    from pipeline.embed.settings import EncoderOptions
     from pipeline.embed.stage import embed_dataset
 
-    encoder = Encoder(resolve_model(str(model)), "cpu", "fp32", batch_tokens=64)
+    encoder = load_encoder(str(model), EncoderOptions(device="cpu", dtype="fp32", batch_tokens=64))
     return embed_dataset(load_dataset(data), encoder, ["mean", "cls"], out, SHARD_ROWS, progress=False)
 
 

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.batching import token_batches
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import embed_texts
 from pipeline.errors import PipelineError
 from pipeline.finetune import loop as loop_module
 from pipeline.finetune.checkpoint import Checkpoints
-from pipeline.finetune.data import sample_pairs, split_rows, token_batches
+from pipeline.finetune.data import sample_pairs, split_rows
 from pipeline.finetune.full import Classifier, collate, to_logreg
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.finetune.stage import _save_model, run_method
@@ -92,13 +93,15 @@ def test_setfit_end_to_end_with_shots(run_cli, tiny_bert, toy, tmp_path, monkeyp
 def test_saved_folder_predicts_what_the_in_memory_model_predicted(tiny_bert, toy, tmp_path):
     ds = load_dataset(toy)
     with pytest.raises(PipelineError, match="training=True"):  # an inference graph would keep the untrained weights
-        run_method(Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32, runtime="openvino"), ds,
+        inference = EncoderOptions(max_length=32, device="cpu", dtype="fp32", runtime="openvino")
+        run_method(load_encoder(str(tiny_bert), inference), ds,
                    split_rows(ds, None, 0), FinetuneSettings().resolved("fp32"), Checkpoints(None, "k"), False)
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32, training=True)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"), training=True)
     settings = FinetuneSettings(epochs=2, lr=1e-3, max_length=32).resolved("fp32")
     outcome = run_method(encoder, ds, split_rows(ds, None, 0), settings, Checkpoints(None, "k"), progress=False)
     _save_model(encoder, tmp_path / "tuned")
-    reloaded = Encoder(resolve_model(str(tmp_path / "tuned")), "cpu", "fp32", 32, runtime="torch")  # as trained
+    as_trained = EncoderOptions(max_length=32, device="cpu", dtype="fp32", runtime="torch")
+    reloaded = load_encoder(str(tmp_path / "tuned"), as_trained)
     test = [ds.texts[i] for i in np.flatnonzero(ds.splits == "test")]
     proba = full_proba(outcome.head, embed_texts(reloaded, test, ["mean"])["mean"], 2)
     np.testing.assert_allclose(proba, outcome.proba_test, atol=1e-5)
@@ -107,7 +110,7 @@ def test_saved_folder_predicts_what_the_in_memory_model_predicted(tiny_bert, toy
 
 @pytest.mark.parametrize("n_labels", [2, 3])
 def test_the_exported_head_gives_the_classifier_s_probabilities(tiny_bert, n_labels):
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     model = Classifier(encoder, "mean", n_labels).eval()
     torch.nn.init.normal_(model.head.weight, std=1.0)
     texts = ["good fun film", "bad dull plot", "the movie was fine", "awful"]

@@ -12,8 +12,9 @@ import torch
 
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset, resolve_data
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import resolve_model
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.train.stage import train_cache
 
@@ -48,13 +49,13 @@ def st_reference(model_ref, sentences):
 @pytest.mark.parametrize("dtype, bound", [("fp32", 0.9999), ("bf16", 0.999)])
 def test_mean_equals_sentence_transformers(model_ref, sentences, st_reference, dtype, bound):
     texts = sentences if dtype == "fp32" else sentences[:100]
-    encoder = Encoder(model_ref, "cpu", dtype, max_length=128)
+    encoder = load_encoder(model_ref, EncoderOptions(max_length=128, device="cpu", dtype=dtype))
     ours = embed_texts(encoder, texts, ["mean"])["mean"]
     assert cosine_rows(ours, st_reference[: len(texts)]).min() >= bound
 
 
 def test_cls_is_the_first_token_of_the_last_layer(model_ref, sentences):
-    encoder = Encoder(model_ref, "cpu", "fp32", max_length=128)
+    encoder = load_encoder(model_ref, EncoderOptions(max_length=128, device="cpu", dtype="fp32"))
     texts = sentences[:40]
     ours = embed_texts(encoder, texts, ["cls"])["cls"]
     batch = encoder.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
@@ -88,13 +89,15 @@ def test_resume_after_kill_gives_the_same_cache(tmp_path, sentences):
 
 def test_a_changed_max_length_or_model_gives_a_new_cache(tmp_path, model_ref, sentences, tiny_bert):
     ds = load_dataset(write_csv(tmp_path / "s.csv", [(t, i % 2) for i, t in enumerate(sentences[:60])]))
-    paths = {embed_dataset(ds, Encoder(ref, "cpu", "fp32", n), ["mean"], tmp_path / "emb", progress=False).path
+    paths = {embed_dataset(ds, load_encoder(ref, EncoderOptions(max_length=n, device="cpu", dtype="fp32")), ["mean"],
+                           tmp_path / "emb", progress=False).path
              for ref, n in [(model_ref, 128), (model_ref, 32), (resolve_model(str(tiny_bert)), 128)]}
     assert len(paths) == 3
 
 
 def test_logreg_on_mean_reaches_published_accuracy_on_sst2(tmp_path, model_ref):
     ds = resolve_data(str(SHARED / "sst2"))
-    result = embed_dataset(ds, Encoder(model_ref, "auto", "auto", 128), ["mean"], tmp_path / "emb", progress=False)
+    result = embed_dataset(ds, load_encoder(model_ref, EncoderOptions(max_length=128)), ["mean"], tmp_path / "emb",
+                           progress=False)
     rows = train_cache(result.path, "mean", ["logreg"], tmp_path / "runs", progress=False)
     assert rows[0]["accuracy"] >= 0.79, rows[0]

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.embed import models
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import TOKENIZER_FILES, resolve_model
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import files as models
+from pipeline.embed.sources import resolve_model
+from pipeline.embed.sources.files import TOKENIZER_FILES
 from pipeline.embed.stage import embed_texts
 from pipeline.errors import PipelineError
 
@@ -111,14 +113,14 @@ def test_a_tokenizer_with_more_tokens_than_the_model_has_embeddings_is_refused(t
     write_wordpiece(folder, vocab + [f"extra{i}" for i in range(50)])
     with pytest.raises(PipelineError, match=f"token ids up to {len(vocab) + 49}, but the model has embeddings for "
                                             f"only {len(vocab)} .*belongs to another model"):
-        Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+        load_encoder(str(folder), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
 
 
 def test_a_tokenizer_with_fewer_tokens_than_the_embedding_rows_loads(tiny_bert, tmp_path):
     folder = copy_model(tiny_bert, tmp_path / "small-tokenizer")
     vocab = (tiny_bert / "vocab.txt").read_text().split()
     write_wordpiece(folder, vocab[:-10])  # like a model whose embedding matrix is padded past its vocabulary
-    encoder = Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+    encoder = load_encoder(str(folder), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
     assert len(encoder.tokenizer) == len(vocab) - 10
     assert embed_texts(encoder, ["good movie"], ["mean"])["mean"].shape == (1, 32)
 
@@ -127,7 +129,7 @@ def test_a_placeholder_tokenizer_for_a_big_vocabulary_model_is_refused(tiny_bert
     folder = write_bert_like(tmp_path / "big-vocab", tiny_bert, vocab_size=2000)
     write_wordpiece(folder, (tiny_bert / "vocab.txt").read_text().split()[:40])
     with pytest.raises(PipelineError, match="has only 40 tokens for a model with 2000: it is a placeholder"):
-        Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+        load_encoder(str(folder), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
 
 
 # --- custom code ------------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def test_a_model_asking_for_custom_code_is_refused_in_one_line(tiny_bert, tmp_pa
         resolve_model(str(folder))
     folder = copy_model(tiny_bert, tmp_path / "unknown-type", config={"model_type": "not-a-real-type"})
     with pytest.raises(PipelineError, match=f"^unknown-type {CUSTOM_CODE} supports natively$"):
-        Encoder(resolve_model(str(folder)), "cpu", "fp32", 16)
+        load_encoder(str(folder), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
 
 
 def test_the_real_cli_prints_exactly_one_line_for_models_that_fail_late(tiny_bert, tmp_path, own_cache_home):
@@ -194,8 +196,8 @@ def test_a_file_given_as_the_model_folder_is_named(tmp_path):
 def test_a_model_with_fewer_positions_than_the_default_max_length_says_which_limit(tiny_bert, tmp_path):
     folder = write_bert_like(tmp_path / "short", tiny_bert, max_position_embeddings=64)
     with pytest.raises(PipelineError, match="--max-length 128 is out of range: use 2..64 for this model"):
-        Encoder(resolve_model(str(folder)), "cpu", "fp32")
-    encoder = Encoder(resolve_model(str(folder)), "cpu", "fp32", max_length=64)
+        load_encoder(str(folder), EncoderOptions(device="cpu", dtype="fp32"))
+    encoder = load_encoder(str(folder), EncoderOptions(max_length=64, device="cpu", dtype="fp32"))
     tokens = encoder.tokenize(["good " * 200])
     assert tokens.lengths.tolist() == [64]
     assert embed_texts(encoder, ["good " * 200], ["mean"])["mean"].shape == (1, 32)
@@ -205,7 +207,7 @@ def test_a_model_with_fewer_positions_than_the_default_max_length_says_which_lim
 
 
 def test_an_mpnet_model_without_token_type_ids_embeds_like_its_unpadded_reference(tiny_mpnet):
-    encoder = Encoder(resolve_model(str(tiny_mpnet)), "cpu", "fp32", max_length=38)
+    encoder = load_encoder(str(tiny_mpnet), EncoderOptions(max_length=38, device="cpu", dtype="fp32"))
     assert "token_type_ids" not in encoder.tokenizer.model_input_names
     assert "token_type_ids" not in encoder.prepare([[0, 5, 2]])
     texts = ["the movie was great fun", "bad", "the plot was very slow and the actor was dull " * 3]
@@ -222,8 +224,8 @@ def test_roberta_style_positions_leave_room_for_the_padding_offset(tiny_mpnet):
     """40 position embeddings numbered from padding_idx + 1 = 2 hold 38 tokens: 39 or 40 would crash mid-run."""
     ref = resolve_model(str(tiny_mpnet))
     with pytest.raises(PipelineError, match="--max-length 40 is out of range: use 2..38 for this model"):
-        Encoder(ref, "cpu", "fp32", max_length=40)
-    encoder = Encoder(ref, "cpu", "fp32", max_length=38)
+        load_encoder(ref, EncoderOptions(max_length=40, device="cpu", dtype="fp32"))
+    encoder = load_encoder(ref, EncoderOptions(max_length=38, device="cpu", dtype="fp32"))
     assert embed_texts(encoder, ["good " * 100], ["mean"])["mean"].shape == (1, 32)
 
 

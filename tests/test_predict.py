@@ -232,12 +232,12 @@ def test_error_analysis_lists_the_most_confident_mistakes_and_least_confident_ri
 
 def test_train_reports_quote_texts_and_caches_without_texts_still_load(tiny_bert, tmp_path):
     from pipeline.data import load_dataset
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.encoder import load_encoder
+    from pipeline.embed.settings import EncoderOptions
     from pipeline.embed.stage import embed_dataset
 
     ds = load_dataset(write_csv(tmp_path / "toy.csv", sentiment_rows(80)))
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
     first = embed_dataset(ds, encoder, ["mean"], tmp_path / "emb", shard_rows=30, progress=False)
     emb = load_embeddings(first.path, "mean")
     assert emb.texts.tolist() == ds.texts
@@ -359,13 +359,13 @@ def test_a_changed_head_graph_is_refused_in_one_line(three_class_runs, tmp_path,
 def three_class_runs(tmp_path_factory, tiny_bert):
     """fp32 runs of every head that converts to ONNX, on a 3-class set, on several poolings."""
     from pipeline.data import load_dataset
-    from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.encoder import load_encoder
+    from pipeline.embed.settings import EncoderOptions
     from pipeline.embed.stage import embed_dataset
 
     tmp = tmp_path_factory.mktemp("export")
     ds = load_dataset(write_csv(tmp / "three.csv", three_class_rows(150)))
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     cache = embed_dataset(ds, encoder, ["mean", "max", "layers"], tmp / "emb", progress=False).path
     for pooling, head in (("mean", "logreg"), ("layer1", "linear-svm"), ("max", "mlp"), ("mean", "rbf-svm")):
         train_cache(cache, pooling, [head], tmp / "runs", progress=False)

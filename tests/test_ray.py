@@ -5,8 +5,8 @@ import pytest
 
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import embed_dataset
 
 from conftest import sentiment_rows, write_csv
@@ -26,13 +26,19 @@ def local_ray():
 def setup(tiny_bert, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     ds = load_dataset(write_csv(tmp / "toy.csv", sentiment_rows(300)))
-    encoder = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 32)
+    encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     return ds, encoder, tmp
 
 
-def test_ray_cache_equals_the_local_cache(local_ray, setup):
-    from pipeline.embed.ray_engine import embed_with_ray
+def embed_with_ray(ds, encoder, poolings, out, **options):
+    """The embed stage with its unfinished shards computed by Ray actors (the `--engine ray` path)."""
+    from pipeline.embed.ray_engine import ray_session, run_actors
 
+    with ray_session(out):
+        return embed_dataset(ds, encoder, poolings, out, runner=run_actors, **options)
+
+
+def test_ray_cache_equals_the_local_cache(local_ray, setup):
     ds, encoder, tmp = setup
     local = embed_dataset(ds, encoder, ["mean", "cls"], tmp / "local", shard_rows=100, progress=False)
     distributed = embed_with_ray(ds, encoder, ["mean", "cls"], tmp / "ray", shard_rows=100, progress=False)
@@ -45,8 +51,6 @@ def test_ray_cache_equals_the_local_cache(local_ray, setup):
 
 
 def test_ray_resume_recomputes_only_the_missing_shard(local_ray, setup):
-    from pipeline.embed.ray_engine import embed_with_ray
-
     ds, encoder, tmp = setup
     first = embed_with_ray(ds, encoder, ["mean"], tmp / "resume", shard_rows=100, progress=False)
     before = load_embeddings(first.path, "mean").X

@@ -13,10 +13,12 @@ from pipeline.cache import EncoderSettings, ModelIdentity, cache_key
 from pipeline.data import load_dataset
 from pipeline.embed import device as dev
 from pipeline.embed import encoder as encoder_module
-from pipeline.embed import kept_graphs, openvino_graph
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed import runtimes
+from pipeline.embed.encoder import Encoder, load_encoder
 from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.runtimes import kept_graphs, openvino_graph
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import resolve_model
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.errors import PipelineError
 
@@ -46,7 +48,7 @@ def conversions(monkeypatch):
 
 
 def load(folder, runtime="auto", dtype="fp32") -> Encoder:
-    return Encoder(resolve_model(str(folder)), "cpu", dtype, 32, runtime=runtime)
+    return load_encoder(str(folder), EncoderOptions(max_length=32, device="cpu", dtype=dtype, runtime=runtime))
 
 
 @pytest.mark.parametrize(("device", "dtype", "training", "want"), [
@@ -54,21 +56,21 @@ def load(folder, runtime="auto", dtype="fp32") -> Encoder:
     (torch.device("cpu"), torch.float32, False, "openvino"), ("cuda:1", "bf16", False, "torch"),
     ("cpu", "fp16", False, "torch")])
 def test_auto_takes_openvino_for_cpu_inference_only(device, dtype, training, want):
-    assert dev.pick_runtime("auto", device, dtype, training) == want
+    assert runtimes.pick_runtime("auto", device, dtype, training) == want
 
 
 def test_auto_bf16_on_cpu_follows_the_cpu_flags(monkeypatch):
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: False)
-    assert dev.pick_runtime("auto", "cpu", "bf16") == "torch"
+    assert runtimes.pick_runtime("auto", "cpu", "bf16") == "torch"
     monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: True)
-    assert dev.pick_runtime("auto", "cpu", "bf16") == "openvino"
+    assert runtimes.pick_runtime("auto", "cpu", "bf16") == "openvino"
 
 
 def test_auto_falls_back_to_torch_without_openvino_and_asking_for_it_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(dev, "find_spec", lambda name: None)
-    assert dev.pick_runtime("auto", "cpu", "fp32") == "torch"
+    monkeypatch.setattr(runtimes, "find_spec", lambda name: None)
+    assert runtimes.pick_runtime("auto", "cpu", "fp32") == "torch"
     with pytest.raises(PipelineError, match="pip install openvino"):
-        dev.pick_runtime("openvino", "cpu", "fp32")
+        runtimes.pick_runtime("openvino", "cpu", "fp32")
 
 
 @pytest.mark.parametrize(("requested", "device", "training", "message"), [
@@ -76,7 +78,7 @@ def test_auto_falls_back_to_torch_without_openvino_and_asking_for_it_says_how_to
     ("openvino", "cpu", True, "not training")])
 def test_a_runtime_that_cannot_run_is_refused_with_the_fix(requested, device, training, message):
     with pytest.raises(PipelineError, match=message) as caught:
-        dev.pick_runtime(requested, device, "bf16" if device == "cuda" else "fp32", training)
+        runtimes.pick_runtime(requested, device, "bf16" if device == "cuda" else "fp32", training)
     assert "\n" not in str(caught.value)
 
 
@@ -101,10 +103,10 @@ def test_auto_device_asks_torch_only_where_a_gpu_driver_is(monkeypatch, tmp_path
 
 
 def test_runtime_here_keeps_a_runs_runtime_only_where_it_runs(monkeypatch):
-    assert dev.runtime_here("openvino", "cpu", "fp32") == "openvino"
-    assert dev.runtime_here("torch", "cpu", "fp32") == "torch"
-    monkeypatch.setattr(dev, "find_spec", lambda name: None)  # a machine without OpenVINO
-    assert dev.runtime_here("openvino", "cpu", "fp32") == "torch"
+    assert runtimes.runtime_here("openvino", "cpu", "fp32") == "openvino"
+    assert runtimes.runtime_here("torch", "cpu", "fp32") == "torch"
+    monkeypatch.setattr(runtimes, "find_spec", lambda name: None)  # a machine without OpenVINO
+    assert runtimes.runtime_here("openvino", "cpu", "fp32") == "torch"
 
 
 def test_openvino_gives_pytorchs_vectors_for_every_pooling(tiny_bert):
@@ -160,18 +162,19 @@ def test_with_a_kept_graph_the_torch_model_loads_only_when_asked_for(tiny_bert, 
     for name in POOLINGS:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     with pytest.raises(PipelineError, match="out of range: use 2..128"):
-        Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 500)  # the position limit comes from the kept graph
+        # the position limit comes from the kept graph
+        load_encoder(str(tiny_bert), EncoderOptions(max_length=500, device="cpu", dtype="fp32"))
     assert again.model.config.hidden_size == 32 and loads[-1] == "load_model"  # asked for: now it loads
 
 
 def test_a_start_up_with_a_kept_graph_imports_neither_torch_nor_transformers(tiny_bert, own_cache):
     """What makes a CPU start-up fast: about 2 s of imports are not paid when the graph is kept."""
     want = embed_texts(load(tiny_bert), TEXTS, ["mean"])["mean"]
-    code = ("import sys, numpy as np; from pipeline.embed.encoder import Encoder; "
-            "from pipeline.embed.models import resolve_model; from pipeline.embed.stage import embed_texts; "
-            f"e = Encoder(resolve_model({str(tiny_bert)!r}), 'cpu', 'fp32', 32); "
+    code = ("import sys, numpy as np; from pipeline.embed.encoder import load_encoder; "
+            "from pipeline.embed.settings import EncoderOptions; from pipeline.embed.stage import embed_texts; "
+            f"e = load_encoder({str(tiny_bert)!r}, EncoderOptions(max_length=32, device='cpu', dtype='fp32')); "
             f"np.save(sys.argv[1], embed_texts(e, {TEXTS!r}, ['mean'])['mean']); "
-            "print(e.runtime, *[m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules])")
+            "print(e.config.runtime, *[m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code, str(own_cache.parent / "v.npy")], capture_output=True,
                          text=True, check=True)
     assert out.stdout.split() == ["openvino"]
@@ -209,7 +212,7 @@ def test_an_error_in_a_batch_is_one_line_and_the_next_call_works(tiny_bert):
     encoder = load(tiny_bert)
     tokens = encoder.tokenize(TEXTS)
     with pytest.raises(PipelineError, match=r"^OpenVINO failed on a batch \(ValueError: boom\): use --runtime torch$"):
-        openvino_graph.pool_chunk(encoder, tokens, ["mean"], Broken())
+        encoder.encode(tokens, ["mean"], Broken().update)
     want = embed_texts(load(tiny_bert, "torch"), TEXTS, ["mean"])["mean"]
     np.testing.assert_allclose(embed_texts(encoder, TEXTS, ["mean"])["mean"], want, atol=2e-5, rtol=1e-4)
 

@@ -7,8 +7,8 @@ import pytest
 
 from pipeline.cache import load_embeddings
 from pipeline.data import load_dataset
-from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import resolve_model
+from pipeline.embed.encoder import load_encoder
+from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.predict import load_encoder_for, predict_texts
@@ -24,7 +24,7 @@ from conftest import sentiment_rows, write_csv
 def cache(tiny_bert, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train")
     ds = load_dataset(write_csv(tmp / "toy.csv", sentiment_rows(160)))
-    enc = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    enc = load_encoder(str(tiny_bert), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
     return embed_dataset(ds, enc, ["mean", "cls", "layers"], tmp / "emb", progress=False).path
 
 
@@ -114,7 +114,7 @@ def test_predict_uses_the_runs_model_settings_and_pooling(cache, tmp_path):
 
 
 def test_one_class_train_empty_test_and_unseen_labels_are_refused(tiny_bert, tmp_path):
-    enc = Encoder(resolve_model(str(tiny_bert)), "cpu", "fp32", 16)
+    enc = load_encoder(str(tiny_bert), EncoderOptions(max_length=16, device="cpu", dtype="fp32"))
     cases = {
         "only one class": [(f"good {i}", "pos", "train") for i in range(6)] + [("bad", "neg", "test")],
         "test split is empty": [(f"good {i}", ["pos", "neg"][i % 2], "train") for i in range(6)],

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from pipeline.bench.curve_report import ALL, read_csv, write_curve
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
 from pipeline.data import DataSpec, subset
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.finetune.data import draw_per_class, split_rows
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.train.heads import HEADS, HeadUnavailable
@@ -95,7 +95,7 @@ def frozen_points(cache: Path, pooling: str, plan: CurvePlan, seed: int, done: s
                         warnings.simplefilter("ignore")  # few-shot CV folds warn by design; scores judge them
                         fitted = fit_one(part, pooling, head, s)
                 except (HeadUnavailable, ValueError) as exc:
-                    tqdm.write(f"skipped {head} at k={k}, seed {s}: {str(exc).splitlines()[0][:160]}",
+                    tqdm.write(f"skipped {head} at k={k}, seed {s}: {first_line(exc, 160)}",
                                file=sys.stderr)
                     bar.update()
                     continue
@@ -112,17 +112,15 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                  write, bar, progress: bool) -> None:
     """SetFit and full fine-tuning at their ks. Below k = all each point trains a fresh copy of the base model on
     a data set of its drawn rows plus the test rows; k = all is the `finetune` stage itself (reused if finished)."""
-    from pipeline.embed.device import pick_device_name, pick_dtype_name
     from pipeline.embed.encoder import Encoder
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.settings import EncoderOptions
     from pipeline.finetune.checkpoint import Checkpoints
     from pipeline.finetune.stage import finetune, run_method
 
     ds = data.load()
-    ref = resolve_model(model)
+    config = EncoderOptions(plan.finetune.max_length, device, plan.finetune.dtype).resolve(model, training=True)
     smallest = int(np.bincount(ds.labels[ds.splits == "train"]).min())
     test = np.flatnonzero(ds.splits == "test")
-    dtype = pick_dtype_name(plan.finetune.dtype, pick_device_name(device))
     for method, ks in (("setfit", plan.setfit_ks), ("full", plan.full_ks)):
         for k in capped([k for k in ks if k in plan.ks], smallest):
             for s in ([data.seed] if k == ALL else range(data.seed, data.seed + plan.tuned_seeds)):
@@ -132,13 +130,13 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                 started = time.perf_counter()
                 settings = replace(plan.finetune, method=method, seed=s)
                 if k == ALL:
-                    accuracy = finetune(data, model, settings, models, runs, device, progress).record["test_accuracy"]
+                    accuracy = finetune(data, model, settings, models, runs, device, progress).record.test_accuracy
                 else:
                     part = subset(ds, np.sort(np.concatenate([draw(ds.labels, ds.splits, k, s), test])))
                     settings = replace(settings, min_steps=plan.small_k_steps if method == "full" else 0)
-                    settings = settings.resolved(dtype)
+                    settings = settings.resolved(config.dtype)
                     rows = split_rows(part, None, s, hold_out=False)
-                    encoder = Encoder(ref, device, settings.dtype, settings.max_length, training=True)
+                    encoder = Encoder(config)
                     outcome = run_method(encoder, part, rows, settings, Checkpoints(None, ""), progress)
                     accuracy = float((outcome.proba_test.argmax(axis=1) == part.labels[rows.test]).mean())
                 write(method, k, s, accuracy, time.perf_counter() - started)

@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,10 @@ from pipeline.cache import load_embeddings
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.pooling import DEFAULT_POOLINGS, POOLINGS
-from pipeline.embed.stage import EncoderOptions, embed_dataset, embed_texts
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import ModelRef, resolve_model
+from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.registry import parse_names
@@ -60,11 +62,11 @@ def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions,
                      log: Callable[[str], None] = print) -> dict:
     """The models.json record: one row per model, best first, plus each model's full leaderboard."""
     sample = _speed_sample(ds, speed_texts, seed)
+    config = options.resolve(refs[0])  # device, dtype and runtime picked once, for every model alike
     loaded = []
     for ref in refs:
         log(f"{ref.name}: loading")
-        encoder = Encoder(ref, options.device, options.dtype, options.max_length, options.batch_tokens,
-                          runtime=options.runtime)
+        encoder = Encoder(replace(config, model=ref))
         loaded.append((ref, encoder, [p for p in DEFAULT_POOLINGS
                                       if encoder.has_pooler or not POOLINGS[p].needs_pooler]))
     settings = {(str(e.device), dtype_name(e.dtype)) for _, e, _ in loaded}

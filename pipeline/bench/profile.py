@@ -9,23 +9,18 @@ the pace, and the sum of the steps against the wall time shows how much the over
 
 import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from itertools import accumulate
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from pipeline.cache import EmbeddingCache, file_sha256
+from pipeline.cache import EmbeddingCache
 from pipeline.data import Dataset
-from pipeline.embed import openvino_graph
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.pooling import POOLINGS, pool
 from pipeline.embed.stage import embed_dataset
-
-GRAPH = "OpenVINO graph (pad, forward, pooling, copy out)"  # the openvino runtime's one compute step
-STEPS = ("tokenise", "pad + copy to device", "forward (model)", "pooling", "copy to host (fp32 numpy)", GRAPH,
-         "Parquet write", "sha256 of the shards")
+from pipeline.paths import file_sha256
 
 
 def sync(device: torch.device) -> None:
@@ -40,7 +35,7 @@ def profile_embed(ds: Dataset, encoder: Encoder, poolings: list[str]) -> dict:
         started = time.perf_counter()
         result = embed_dataset(ds, encoder, poolings, Path(tmp) / "stage", progress=False)
         wall = time.perf_counter() - started
-        seconds = dict.fromkeys(STEPS, 0.0)
+        seconds: dict[str, float] = defaultdict(float)
         clock = _Clock(seconds, encoder.device)
         ends = list(accumulate(record.rows for record in result.manifest.shards))
         stage, again = EmbeddingCache(result.path), EmbeddingCache(Path(tmp) / "again")
@@ -51,7 +46,6 @@ def profile_embed(ds: Dataset, encoder: Encoder, poolings: list[str]) -> dict:
             clock("Parquet write", again.write_shard, index, table)
             clock("sha256 of the shards", file_sha256, again.shard_path(index))
     seconds["Parquet write"] -= seconds["sha256 of the shards"]  # write_shard hashes what it wrote
-    seconds["forward (model)"] -= seconds["pad + copy to device"]  # forward prepares its own inputs
     return {"wall_seconds": wall, "step_seconds": {step: s for step, s in seconds.items() if s > 0}}
 
 
@@ -71,22 +65,9 @@ class _Clock:
 
 
 def _shard_steps(texts: list[str], encoder: Encoder, poolings: list[str], clock: _Clock) -> None:
-    """One shard's compute steps, as the stage runs them, each timed alone."""
-    hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
+    """One shard's compute steps, as the stage runs them (the runtime names its own steps), each timed alone."""
     tokens = clock("tokenise", encoder.tokenize, texts)
-    if encoder.runtime == "openvino":
-        clock(GRAPH, openvino_graph.pool_chunk, encoder, tokens, poolings, tqdm(disable=True))
-        return
-    for rows in encoder.batches(tokens.lengths):
-        ids = [tokens.input_ids[i] for i in rows]
-        clock("pad + copy to device", encoder.prepare, ids)
-        outputs = clock("forward (model)", encoder.forward, ids, hidden)
-        vectors = clock("pooling", pool, poolings, outputs)
-        clock("copy to host (fp32 numpy)", _to_host, vectors)
-
-
-def _to_host(vectors: dict[str, torch.Tensor]) -> list:
-    return [v.to(torch.float32).cpu().numpy() for v in vectors.values()]
+    encoder.encode(tokens, poolings, clock=clock)
 
 
 def profile_markdown(profile: dict) -> str:

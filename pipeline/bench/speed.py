@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -22,10 +23,43 @@ from pipeline.bench.profile import profile_embed, profile_markdown, sync
 from pipeline.data import Dataset
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef
 from pipeline.embed.pooling import DEFAULT_POOLINGS
+from pipeline.embed.runtimes import torch_eager
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.paths import atomic_write_bytes, atomic_write_json
+
+
+class ContenderResult(TypedDict):
+    seconds: float  # median over the repeats
+    texts_per_s: float
+    tokens_per_s: float  # real tokens, no padding
+    gflops: float  # model FLOPs over real tokens per second
+    note: str
+
+
+class SpeedRecord(TypedDict):
+    """speed.json: the machine, the settings, every contender's speed, the ratios the README quotes, and where the
+    stage's time goes (profile.py). Plain JSON values: speed_markdown and later runs read it back as it is."""
+
+    machine: dict[str, str | int | None]
+    model: str
+    device: str
+    dtype: str
+    runtime: str
+    texts: int
+    tokens: int
+    matmul_peak_gflops: dict[str, float]
+    fraction_of_peak: float
+    fraction_of_best_peak: float
+    contenders: dict[str, ContenderResult]
+    st_best: str
+    speedup_vs_seed: float
+    speedup_vs_sentence_transformers_default: float
+    speedup_vs_sentence_transformers_best: float
+    min_cosine_vs_sentence_transformers: float
+    profile: dict
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
@@ -104,16 +138,17 @@ def st_candidates(ref: ModelRef, device: torch.device, fast_dtype: torch.dtype) 
     return found
 
 
-def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str = "auto", repeats: int = 3,
-                    log: Callable[[str], None] = print, batch_tokens: int = 0, runtime: str = "auto") -> dict:
+def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = EncoderOptions(), repeats: int = 3,
+                    log: Callable[[str], None] = print) -> SpeedRecord:
     """Time every contender on the texts of `ds` and return the speed.json record."""
-    encoder = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime=runtime)
-    fp32 = Encoder(ref, str(encoder.device), "fp32")
+    config = options.resolve(ref)
+    encoder = Encoder(config)
+    fp32 = Encoder(config.variant(dtype="fp32"))
     texts = ds.texts
     lengths = encoder.tokenize(texts).lengths
     flops = model_flops(lengths, encoder.model.config)
     peaks = {name: matmul_peak(dt, encoder.device) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    results: dict[str, dict] = {}
+    results: dict[str, ContenderResult] = {}
 
     def record(name: str, seconds: float, note: str = "") -> None:
         results[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds,
@@ -132,21 +167,23 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, device: str = "auto", dtype: str
         record(name, seconds, f"ONNX Runtime (CPU), same batches; min cosine vs st_default: "
                               f"{min_cosine(vectors, st_vectors):.4f}")
     ours = [("ours_all", encoder, list(DEFAULT_POOLINGS)), ("ours_mean", encoder, ["mean"])]
-    if encoder.runtime != "torch":  # what the runtime brings: the same stage on PyTorch
-        torch_run = Encoder(ref, device, dtype, batch_tokens=batch_tokens, runtime="torch")
-        ours.append(("ours_all_torch", torch_run, list(DEFAULT_POOLINGS)))
+    on_torch = config.variant(runtime=torch_eager.KIND.name, batch_tokens=options.batch_tokens)
+    if on_torch.runtime != config.runtime:  # what the runtime brings: the same stage on PyTorch
+        ours.append(("ours_all_torch", Encoder(on_torch), list(DEFAULT_POOLINGS)))
     with tempfile.TemporaryDirectory() as tmp:
         for name, runner, poolings in ours:
             folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
             seconds, _ = time_it(lambda e=runner, p=poolings, f=folders: embed_dataset(ds, e, p, next(f),
                                                                                       progress=False), repeats)
-            record(name, seconds, f"embed stage ({runner.runtime}) to a Parquet cache, poolings: {','.join(poolings)}")
+            record(name, seconds, f"embed stage ({runner.config.runtime}) to a Parquet cache, poolings: "
+                                  f"{','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
-    record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()))
-    return {**record, "profile": profile_embed(ds, encoder, list(DEFAULT_POOLINGS))}
+    profile = profile_embed(ds, encoder, list(DEFAULT_POOLINGS))
+    return speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
 
 
-def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int, tokens: int) -> dict:
+def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int,
+                 tokens: int, profile: dict) -> SpeedRecord:
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
     used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
@@ -155,7 +192,7 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
                     "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
         "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype),
-        "runtime": encoder.runtime, "texts": n,
+        "runtime": encoder.config.runtime, "texts": n,
         "tokens": tokens,
         "matmul_peak_gflops": peaks,
         "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
@@ -164,11 +201,11 @@ def speed_record(results: dict, ours_mean, st_vectors, encoder: Encoder, peaks: 
         "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
         "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
         "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
-        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors),
+        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors), "profile": profile,
     }
 
 
-def write_speed(folder: Path, record: dict) -> list[Path]:
+def write_speed(folder: Path, record: SpeedRecord) -> list[Path]:
     """speed.json and speed.md under `folder`."""
     paths = [Path(folder) / "speed.json", Path(folder) / "speed.md"]
     atomic_write_json(paths[0], record)
@@ -176,7 +213,7 @@ def write_speed(folder: Path, record: dict) -> list[Path]:
     return paths
 
 
-def speed_markdown(r: dict) -> str:
+def speed_markdown(r: SpeedRecord) -> str:
     lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
              f"{r['machine']['threads']} threads), dtype {r['dtype']}, runtime {r.get('runtime', 'torch')}, "
              f"{r['texts']} texts, {r['tokens']} tokens. "

@@ -9,7 +9,7 @@ column (each row's text, so reports can quote it) is not part of the key; shards
 still load, with `Embeddings.texts` None for their rows.
 """
 
-from pipeline.cache.lookup import find_cache, require_cache
+from pipeline.cache.lookup import find_cache, is_complete, require_cache, verified_shards
 from pipeline.cache.records import (
                                     MANIFEST_FILE,
                                     SCHEMA_VERSION,
@@ -31,7 +31,6 @@ from pipeline.cache.store import (
                                     EmbeddingCache,
                                     Embeddings,
                                     cache_dir,
-                                    file_sha256,
                                     load_embeddings,
                                     pooling_column,
                                     pooling_source,
@@ -40,5 +39,5 @@ from pipeline.cache.store import (
 
 __all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "KEY_FILE", "LAYERS",
            "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION", "ShardRecord",
-           "TEXT", "cache_dir", "cache_key", "check_schema", "file_sha256", "find_cache", "load_embeddings",
-           "pooling_column", "pooling_source", "require_cache", "shard_table"]
+           "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache", "is_complete", "load_embeddings",
+           "pooling_column", "pooling_source", "require_cache", "shard_table", "verified_shards"]

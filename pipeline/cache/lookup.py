@@ -1,8 +1,10 @@
-"""Finding a finished cache by what it holds: the data's fingerprint and the model's weights and tokenizer hashes."""
+"""Finding a finished cache by what it holds (the data's fingerprint, the model's weights and tokenizer hashes), and
+deciding whether a cache is complete for a key: the one rule the embed stage and predict share."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
-from pipeline.cache.records import ModelIdentity
+from pipeline.cache.records import ModelIdentity, ShardRecord
 from pipeline.cache.store import EmbeddingCache
 from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
@@ -34,3 +36,25 @@ def require_cache(embeddings: Path, data_name: str, data_fingerprint: str, model
 
 def _same_model(a: ModelIdentity, b: ModelIdentity) -> bool:
     return (a.weights_sha256, a.tokenizer_sha256) == (b.weights_sha256, b.tokenizer_sha256)
+
+
+def verified_shards(store: EmbeddingCache, key: str, rows: list[int] | None = None
+                    ) -> tuple[dict[int, ShardRecord], set[str]]:
+    """The shards the manifest of `key` vouches for that still hash to its record (each read once, to hash it), and
+    the poolings it lists (a manifest is written only when every shard holds all of them). `rows`: each shard's
+    expected row count (default: the manifest's own)."""
+    previous = store.previous_manifest()
+    if previous is None or previous.key != key:
+        return {}, set()
+    rows = [shard.rows for shard in previous.shards] if rows is None else rows
+    if len(previous.shards) != len(rows):
+        return {}, set()
+    records = {i: record for i, (record, n) in enumerate(zip(previous.shards, rows, strict=True))
+               if store.verified_shard(i, n, record)}
+    return records, set(previous.poolings)
+
+
+def is_complete(store: EmbeddingCache, key: str, poolings: Iterable[str]) -> bool:
+    """A finished cache of `key` holding `poolings`, every shard intact: usable as it is, nothing to compute."""
+    verified, listed = verified_shards(store, key)
+    return bool(verified) and len(verified) == len(store.previous_manifest().shards) and set(poolings) <= listed

@@ -12,6 +12,7 @@ from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
 
 MANIFEST_FILE = "_manifest.json"
+DROPPED = frozenset({"cpu_bf16_speedup"})  # manifest fields of older versions, no longer written or read
 
 SCHEMA_VERSION = 1
 
@@ -103,7 +104,6 @@ class Manifest:
     truncated: int
     device: str
     batch_tokens: int
-    cpu_bf16_speedup: float | None
     last_run: RunStats
     versions: dict[str, str | None]
     schema: int = field(default=SCHEMA_VERSION)
@@ -113,10 +113,12 @@ class Manifest:
 
     @classmethod
     def from_json(cls, record: dict, where: Path) -> "Manifest":
-        """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix."""
+        """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix. Fields
+        older versions wrote and no one reads any more (DROPPED) are skipped."""
         check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
         try:
-            manifest = cls(**{**record, "data": DataInfo(**record["data"]),
+            kept = {k: v for k, v in record.items() if k not in DROPPED}
+            manifest = cls(**{**kept, "data": DataInfo(**record["data"]),
                               "encoder": EncoderSettings.from_json(record["encoder"]),
                               "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
                               "shards": [ShardRecord(**s) for s in record["shards"]],
@@ -130,15 +132,17 @@ class Manifest:
         return manifest
 
 
-def check_schema(record: object, path: Path, rebuild: str) -> None:
-    """Refuse a record written by another version of this tool's format, saying which way to go."""
+def check_schema(record: object, path: Path, rebuild: str, current: int = SCHEMA_VERSION,
+                 oldest: int | None = None) -> None:
+    """Refuse a record written by another version of its format (versions `oldest`..`current` are read; a record
+    without a version is version 1), saying which way to go."""
     version = record.get("schema", 1) if isinstance(record, dict) else None
-    if version == SCHEMA_VERSION:
+    if isinstance(version, int) and (oldest or current) <= version <= current:
         return
-    if isinstance(version, int) and version > SCHEMA_VERSION:
+    if isinstance(version, int) and version > current:
         raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
-                            f"({SCHEMA_VERSION}): upgrade bert-pipeline, or run {rebuild}")
-    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {SCHEMA_VERSION}): "
+                            f"({current}): upgrade bert-pipeline, or run {rebuild}")
+    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {current}): "
                         f"run {rebuild}")
 
 

@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.cache.records import MANIFEST_FILE, Manifest, ShardRecord
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, file_stamp, hash_file_into, publish, safe_name
+from pipeline.paths import atomic_write_json, file_sha256, file_stamp, publish, safe_name
 
 EMB_PREFIX = "emb_"
 KEY_FILE = "_key.json"
@@ -98,7 +98,7 @@ class EmbeddingCache:
             return None
         try:
             table = self.read_shard(index)
-        except Exception:
+        except (OSError, pa.ArrowException):  # unreadable, truncated or failing its page checksums: recompute it
             return None
         if table.num_rows != len(ids) or table.column("id").to_pylist() != ids:
             return None
@@ -270,12 +270,6 @@ def _read_checked(store: EmbeddingCache, shard: ShardRecord, column: str) -> pa.
             problem = "has the wrong row count"
     raise PipelineError(f"cache shard {path} {problem}: run the same `bert-pipeline embed` command again to "
                         "recompute it")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    hash_file_into(digest, path)
-    return digest.hexdigest()
 
 
 def _flat_matrix(column: pa.ChunkedArray) -> np.ndarray:

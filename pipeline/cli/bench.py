@@ -84,9 +84,11 @@ def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, runti
         click.echo(scaling.scaling_markdown(rows))
     else:
         from pipeline.bench.speed import speed_benchmark, speed_markdown, write_speed
+        from pipeline.embed.settings import EncoderOptions
 
+        options = EncoderOptions(device=device, dtype=dtype, batch_tokens=batch_tokens, runtime=runtime)
         with _timed_model(model, shape) as ref:
-            record = speed_benchmark(ds, ref, device, dtype, repeats, click.echo, batch_tokens, runtime)
+            record = speed_benchmark(ds, ref, options, repeats, click.echo)
         written = write_speed(Path(out) / f"shape-{shape}" if shape else out, record)
         click.echo(speed_markdown(record))
     click.echo(f"written: {', '.join(map(str, written))}")
@@ -96,7 +98,7 @@ def bench_speed(data, text_col, split, model, device, dtype, batch_tokens, runti
 def _timed_model(model: str | None, shape: str | None) -> Iterator:
     """The model to time: --model itself, or (with --shape) a random-weights encoder of that size with its tokenizer,
     in a temporary folder."""
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.sources import resolve_model
 
     ref = resolve_model(model)
     if not shape:
@@ -130,13 +132,14 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
     """SentEval-style table: frozen encoder + logreg on MR, CR, SUBJ, MPQA, SST-2/5, TREC and TweetEval."""
     from pipeline.bench.senteval import evaluate, find_tasks, results_markdown, write_results
     from pipeline.data.benchmarks import TASKS
+    from pipeline.embed.encoder import load_encoder
     from pipeline.embed.pooling import parse_poolings
     from pipeline.paths import safe_name
     from pipeline.registry import parse_names
 
     names = find_tasks(data_dir, parse_names(tasks, TASKS, "task"))  # before the model loads: fail fast
     poolings = parse_poolings(pooling)
-    encoder = options.load(model)
+    encoder = load_encoder(model, options)
     folder = Path(out) / safe_name(encoder.ref.name.split("/")[-1])
     record = evaluate(data_dir, encoder, poolings, embeddings, names, seed, progress, folder / "scores")
     write_results(folder, record)
@@ -208,7 +211,7 @@ def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned
     from pipeline.bench.curve import CurvePlan, default_pooling, learning_curve, parse_ks
     from pipeline.bench.curve_report import curve_markdown
     from pipeline.cache import EmbeddingCache
-    from pipeline.embed.stage import EncoderOptions
+    from pipeline.embed.settings import EncoderOptions
     from pipeline.embed.stage import embed as embed_stage
     from pipeline.paths import ensure_writable
     from pipeline.train.heads import parse_heads

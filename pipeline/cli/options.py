@@ -37,9 +37,9 @@ class LazyHelpOption(click.Option):
 
 
 def _runtimes_help() -> str:
-    from pipeline.embed.device import RUNTIMES
+    from pipeline.embed.runtimes import RUNTIMES
 
-    listed = "; ".join(f"{name}: {text}" for name, text in RUNTIMES.items())
+    listed = "; ".join(f"{name}: {kind.description}" for name, kind in RUNTIMES.items())
     return f"What runs the encoder: auto (openvino for CPU inference where it can, else torch); {listed}."
 
 
@@ -121,7 +121,7 @@ def encoder_options(func):
 
     @functools.wraps(func)
     def wrapper(*args, max_length, device, dtype, batch_tokens, runtime, **kwargs):
-        from pipeline.embed.stage import EncoderOptions
+        from pipeline.embed.settings import EncoderOptions
 
         return func(*args, options=EncoderOptions(max_length, device, dtype, batch_tokens, runtime), **kwargs)
 
@@ -142,7 +142,7 @@ def progress_option(func):
 def find_cache(embeddings: Path, data, model: str) -> Path:
     """The cache of `data` made by this very `model` (matched on its weights and tokenizer hashes)."""
     from pipeline.cache import require_cache
-    from pipeline.embed.models import resolve_model
+    from pipeline.embed.sources import resolve_model
 
     ds, identity = data.load(), resolve_model(model).identity
     model_arg = "" if model == "default" else f" MODEL={model}"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 import pyarrow.parquet as pq
 
 from pipeline.data.sniff import not_utf8, refuse_non_parquet, refuse_non_text, refuse_single_document, separator_hint
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -193,8 +193,8 @@ def _parquet(path: Path, read: Callable[[Path], T]) -> T:
     try:
         return read(path)
     except Exception as exc:  # pyarrow raises several types for damaged files, some with multi-line messages
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PipelineError(f"cannot read {path} as Parquet ({first}): check that the file is complete") from None
+        raise PipelineError(f"cannot read {path} as Parquet ({first_line(exc)}): check that the file is "
+                            "complete") from None
 
 
 def stored_type(path: Path, column: str, value: object) -> str:

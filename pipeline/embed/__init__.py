@@ -1,5 +1,11 @@
-"""Stage one: texts -> encoder -> poolings -> cache. The only stage that runs the encoder (and imports torch).
+"""Stage one: texts -> encoder -> poolings -> cache. The stage that runs the encoder for inference.
 
-models (find and identify a model's files), device (device and dtype), encoder (tokenise, batch, forward),
-pooling (the pooling registry), stage (the cached, resumable embed), ray_engine (the same stage on Ray Data).
+By concern, one way (pyproject.toml's import contracts check it):
+  stage.py       the cached, resumable embed as a short plan: key, plan the shards, run them, write the manifest
+  ray_engine.py  the same shards computed by Ray Data actors;  shards.py  computing and writing one shard
+  encoder.py     tokenise -> token-budget batches -> runtime -> poolings (Encoder.encode, the one path)
+  settings.py    EncoderOptions (as asked) -> EncoderConfig (resolved once: device, dtype, runtime, budget)
+  runtimes/      the Runtime seam: a registry of runtimes (torch, openvino), chosen once, made by one factory
+  device.py      device and dtype picks;  pooling.py  the pooling registry;  batching.py  batcher and padding
+  sources/       model sources: a registry that finds a --model's files and identifies them
 """

@@ -2,13 +2,13 @@
 reports (never from a timing, which varies from run to run and would change the cache key).
 
 Picks are made by name ('cpu', 'cuda:1'; 'fp32', 'bf16'), and torch is imported only when the answer needs it: a GPU
-could be there, or a caller asks for torch's own device and dtype objects. A CPU-only start-up (the openvino runtime
+could be there, or a caller asks for torch's own device and dtype objects. Only settings.py (EncoderOptions.resolve)
+asks for picks; everything else reads the resolved EncoderConfig. A CPU-only start-up (the openvino runtime
 with a kept graph) then never pays for `import torch` (about 1 s).
 """
 
 import platform
 from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 
 from pipeline.errors import PipelineError
@@ -84,44 +84,9 @@ def device_kind(device) -> str:
     return str(device).split(":")[0]
 
 
-RUNTIMES = {
-    "torch": "PyTorch, op by op (every device; the one that trains)",
-    "openvino": "encoder and poolings compiled by OpenVINO as one graph (CPU: fp32, or bf16 on x86; inference only)",
-}
-
-
-def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
-    """'auto': OpenVINO for CPU inference in fp32, or in bf16 on x86 CPUs with native bf16 (measured faster than
-    PyTorch there, README "Speed"), when it is installed; PyTorch everywhere else and always for training.
-    `device` and `dtype` are names ('cpu', 'bf16') or torch's objects."""
-    requested, dtype = (requested or "auto").strip().lower(), dtype_name(dtype)
-    if requested == "auto":
-        return "openvino" if runtime_supported("openvino", device, dtype, training) else "torch"
-    if requested not in RUNTIMES:
-        raise PipelineError(f"unknown --runtime '{requested}': use auto, {', '.join(RUNTIMES)}")
-    if requested == "openvino" and find_spec("openvino") is None:
-        raise PipelineError("--runtime openvino needs OpenVINO: pip install openvino, or use --runtime torch")
-    if not runtime_supported(requested, device, dtype, training):
-        raise PipelineError(f"--runtime openvino runs inference on a CPU in fp32 (or bf16 where the CPU has it), "
-                            f"not {'training' if training else f'{device_kind(device)} {dtype}'}: use "
-                            "--runtime torch")
-    return requested
-
-
-def runtime_supported(runtime: str, device, dtype, training: bool = False) -> bool:
-    if runtime != "openvino":
-        return runtime in RUNTIMES
-    dtype = dtype_name(dtype)
-    x86_bf16 = cpu_has_native_bf16() and platform.machine().strip().lower() in X86  # OpenVINO's CPU bf16 is x86's
-    return device_kind(device) == "cpu" and not training and find_spec("openvino") is not None and (
-        dtype == "fp32" or (dtype == "bf16" and x86_bf16))
-
-
-def runtime_here(runtime: str, device: str, dtype: str) -> str:
-    """`runtime` where it can run on this machine's pick of `device` and `dtype`, else what 'auto' picks here."""
-    chosen = pick_device_name(device)
-    low = pick_dtype_name(dtype, chosen)
-    return runtime if runtime_supported(runtime, chosen, low) else pick_runtime("auto", chosen, low)
+def cpu_runs_bf16_natively() -> bool:
+    """The CPU has native bf16 and is x86 (where graph compilers such as OpenVINO use it)."""
+    return cpu_has_native_bf16() and platform.machine().strip().lower() in X86
 
 
 def pick_dtype_name(requested: str, device) -> str:

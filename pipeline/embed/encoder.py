@@ -1,82 +1,62 @@
-"""Run a BERT-family encoder over texts: batched fast tokenisation, token-budget batches, one forward pass each.
+"""Run a BERT-family encoder over texts: fast tokenisation, token-budget batches, then the runtime.
 
-The encoder knows nothing of poolings or caches: it yields, per batch, the row indices and the raw outputs that a
-pooling needs (hidden states of every layer only when asked for). torch, transformers, the config, the tokenizer and
-the model load on first use: with a kept OpenVINO graph (kept_graphs.py) a CPU run needs none of them.
+`Encoder.encode` is the one path every caller takes (the embed stage on any engine, predict, the bench): tokenised
+rows -> token-budget batches -> the runtime -> one float32 array per pooling, in input order. The encoder is made
+from one resolved EncoderConfig (settings.py) and never picks a setting itself. torch, transformers, the config, the
+tokenizer and the model load on first use: a runtime that has what it needs without them (a kept OpenVINO graph)
+starts without any of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cached_property
-from itertools import chain
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.cache import EncoderSettings
-from pipeline.embed import kept_graphs
-from pipeline.embed.device import pick_device_name, pick_dtype_name, pick_runtime, torch_dtype
-from pipeline.embed.kept_graphs import ModelSpec
+from pipeline.embed.batching import InOrder, Tokenized, pad_ids, token_batches
+from pipeline.embed.device import torch_dtype
 from pipeline.embed.loading import check_vocab, load_config, load_model, load_tokenizer, position_limit
-from pipeline.embed.models import ModelRef, read_config
+from pipeline.embed.pooling import EncoderOutput
+from pipeline.embed.runtimes import ModelSpec, start_runtime
+from pipeline.embed.runtimes.base import Clock, untimed
+from pipeline.embed.settings import EncoderConfig, EncoderOptions
+from pipeline.embed.sources import ModelRef
+from pipeline.embed.sources.files import read_config
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
     import torch
 
-# Token budget per batch by device (cpu: small batches stay in cache) and for the openvino runtime, whose requests run
-# in parallel streams (1024 measured ~3% faster than 2048 and 7% than 4096 there, quiet Zen 4, all six poolings).
-DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536, "mps": 16384, "openvino": 1024}
-
-
-@dataclass(frozen=True)
-class EncoderOutput:
-    """One batch's outputs; hidden_states is None unless asked for, pooler_output None if the model has none."""
-
-    last_hidden: torch.Tensor
-    mask: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None
-    pooler_output: torch.Tensor | None
-
-
-@dataclass(frozen=True)
-class Tokenized:
-    input_ids: list[list[int]]
-    truncated: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self.input_ids))
-
 
 class Encoder:
-    """A model and its tokenizer on one device, with the settings that change its vectors."""
+    """A model and its tokenizer on one device, with the settings that change its vectors, and its runtime."""
 
-    def __init__(self, ref: ModelRef, device: str = "auto", dtype: str = "auto", max_length: int = 128,
-                 batch_tokens: int = 0, training: bool = False, runtime: str = "auto") -> None:
-        """`training` keeps fp32 weights everywhere (low precision then comes from autocast); for inference on a GPU
-        the weights themselves are cast to the low-precision dtype, which runs faster there than autocast.
-        `runtime` says what runs the poolings' batches (device.RUNTIMES); forward() is always PyTorch's."""
-        self.ref, self._training = ref, training
-        self.device_name = pick_device_name(device)
-        self.dtype_name = pick_dtype_name(dtype, self.device_name)
-        self.runtime = pick_runtime(runtime, self.device_name, self.dtype_name, training)
-        self._config = self._tokenizer = self._model = None
-        kept = kept_graphs.find(ref.identity, self.raw_config) if self.runtime == "openvino" else None
-        if kept is None:  # transformers' own backend, as its __call__ runs it
-            self.spec, fast = self._inspect(), self.tokenizer.backend_tokenizer
-        else:  # the kept graph stands in for the model and tokenizer, which load only if something asks for them
-            self.spec, fast = kept.info.spec, kept.tokenizer()
-        self.max_length = _check_max_length(max_length, self.spec.position_limit, ref.name)
-        self._fast = fast
-        kind = "openvino" if self.runtime == "openvino" else self.device_name.split(":")[0]
-        self.batch_tokens = max(batch_tokens or DEFAULT_BATCH_TOKENS[kind], self.max_length)
+    def __init__(self, config: EncoderConfig) -> None:
+        """`config.training` keeps fp32 weights everywhere (low precision then comes from autocast); for inference on
+        a GPU the weights themselves are cast to the low-precision dtype, which runs faster there than autocast."""
+        self.config, self.ref = config, config.model
+        self._hf_config = self._tokenizer = self._model = None
+        self.runtime = start_runtime(self)
+        known = self.runtime.model_free()
+        self.spec, self._fast = known or (self._inspect(), self.tokenizer.backend_tokenizer)
+        _check_max_length(config.max_length, self.spec.position_limit, self.ref.name)
+
+    device_name = property(lambda self: self.config.device)
+    dtype_name = property(lambda self: self.config.dtype)
+    max_length = property(lambda self: self.config.max_length)
+    batch_tokens = property(lambda self: self.config.batch_tokens)
+    has_pooler = property(lambda self: self.spec.has_pooler)
+    num_layers = property(lambda self: self.spec.num_layers)
+    hidden_size = property(lambda self: self.spec.hidden_size)
+    pad_id = property(lambda self: self.spec.pad_id)
+    token_types = property(lambda self: self.spec.token_types)
 
     def _inspect(self) -> ModelSpec:
         """Load the config, tokenizer and model (see _load) and read off what the encoder needs of them."""
-        config, tokenizer = self.config, self.tokenizer
+        config, tokenizer = self.hf_config, self.tokenizer
         check_vocab(self.ref, tokenizer, config)
         has_pooler = self._load()
         return ModelSpec(has_pooler, position_limit(self.model), int(config.num_hidden_layers),
@@ -90,23 +70,23 @@ class Encoder:
         return read_config(self.ref.folder, self.ref.name)
 
     @property
-    def config(self):
+    def hf_config(self):
         """transformers' config of the model (loaded on first use)."""
-        if self._config is None:
-            self._config = load_config(self.ref)
-        return self._config
+        if self._hf_config is None:
+            self._hf_config = load_config(self.ref)
+        return self._hf_config
 
     @property
     def tokenizer(self):
         """transformers' fast tokenizer of the model (loaded on first use); tokenize() runs its backend (the
-        `tokenizers` library) directly, or the copy kept with the graph."""
+        `tokenizers` library) directly, or the copy a runtime kept."""
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.ref)
         return self._tokenizer
 
     @property
     def model(self) -> torch.nn.Module:
-        """The PyTorch model, loaded on first use when a kept OpenVINO graph made it unneeded at start-up."""
+        """The PyTorch model, loaded on first use when the runtime made it unneeded at start-up."""
         if self._model is None:
             self._load()
         return self._model
@@ -121,22 +101,16 @@ class Encoder:
     def dtype(self) -> torch.dtype:
         return torch_dtype(self.dtype_name)
 
-    has_pooler = property(lambda self: self.spec.has_pooler)
-    num_layers = property(lambda self: self.spec.num_layers)
-    hidden_size = property(lambda self: self.spec.hidden_size)
-    pad_id = property(lambda self: self.spec.pad_id)
-    token_types = property(lambda self: self.spec.token_types)
-
     def _load(self) -> bool:
         """Load the weights (see loading.load_model); for inference on a GPU cast them to the low-precision dtype."""
-        self._model, has_pooler = load_model(self.ref, self.config, self.device)
-        if not self._training and self.device.type != "cpu" and self.dtype_name != "fp32":
+        self._model, has_pooler = load_model(self.ref, self.hf_config, self.device)
+        if not self.config.training and self.device.type != "cpu" and self.dtype_name != "fp32":
             self._model.to(self.dtype)
         return has_pooler
 
     def settings(self) -> EncoderSettings:
         """Everything about the encoder that changes the vectors: model, tokenizer, max length, dtype, runtime."""
-        return EncoderSettings(self.ref.identity, self.max_length, self.dtype_name, self.runtime)
+        return self.config.settings()
 
     def tokenize(self, texts: list[str]) -> Tokenized:
         """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length.
@@ -148,20 +122,26 @@ class Encoder:
         return Tokenized([e.ids for e in encoded], truncated)
 
     def batches(self, lengths: np.ndarray) -> list[np.ndarray]:
-        """Row indices grouped longest-first so that rows x longest length stays within the token budget."""
-        order = np.argsort(-lengths, kind="stable")
-        groups, start = [], 0
-        while start < len(order):
-            rows = max(1, self.batch_tokens // int(lengths[order[start]]))
-            groups.append(order[start:start + rows])
-            start += rows
-        return groups
+        """Row indices in token-budget batches, longest first."""
+        return token_batches(lengths, self.batch_tokens)
+
+    def encode(self, tokens: Tokenized, poolings: list[str], done: Callable[[int], object] = lambda n: None,
+               clock: Clock = untimed) -> dict[str, np.ndarray]:
+        """Every requested pooling of tokenised rows, from one forward pass per batch, back in input order: the one
+        path from tokens to vectors. `done(n)` after each batch of n rows; `clock` (the bench's profile) times each
+        step the runtime takes."""
+        vectors = InOrder(len(tokens.input_ids), done)
+        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), poolings, vectors.put, clock)
+        return vectors.result()
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
         """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""
+        return self.run(self.prepare(input_ids), hidden_states)
+
+    def run(self, inputs: dict[str, torch.Tensor], hidden_states: bool = False) -> EncoderOutput:
+        """The model on a prepared batch (see prepare), in the chosen dtype."""
         import torch
 
-        inputs = self.prepare(input_ids)
         use_autocast = self.dtype != next(self.model.parameters()).dtype  # CPU: bf16 autocast over fp32 weights
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype, enabled=use_autocast):
             out = self.model(**inputs, output_hidden_states=hidden_states, return_dict=True)
@@ -170,41 +150,25 @@ class Encoder:
                              out.hidden_states if hidden_states else None, pooler)
 
     def prepare(self, input_ids: list[list[int]]) -> dict[str, torch.Tensor]:
-        """A batch of token ids as the model's padded inputs, on the device."""
-        return self._to_device(self.pad(input_ids))
-
-    def pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
-        return pad_ids(input_ids, self.pad_id)
-
-    def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """The batch on the device; token type ids (all zeros for one-segment texts) are made there, not copied."""
+        """A batch of token ids as the model's padded inputs, on the device; token type ids (all zeros for
+        one-segment texts) are made there, not copied."""
         import torch
 
-        tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in arrays.items()}
+        tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in self.pad(input_ids).items()}
         if self.token_types:
             tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
         return tensors
 
-
-def pad_ids(input_ids: list[list[int]], pad_id: int) -> dict[str, np.ndarray]:
-    """Right-padded ids and mask, built in numpy without a loop over rows (a GPU eats batches faster than a Python
-    loop over thousands of rows fills them)."""
-    lengths = np.fromiter(map(len, input_ids), dtype=np.int64, count=len(input_ids))
-    mask = np.arange(int(lengths.max())) < lengths[:, None]
-    ids = np.full(mask.shape, pad_id, dtype=np.int64)
-    ids[mask] = np.fromiter(chain.from_iterable(input_ids), dtype=np.int64, count=int(lengths.sum()))
-    return {"input_ids": ids, "attention_mask": mask.astype(np.int64)}
+    def pad(self, input_ids: list[list[int]]) -> dict[str, np.ndarray]:
+        return pad_ids(input_ids, self.pad_id)
 
 
-def _check_max_length(max_length: int, limit: int, name: str) -> int:
+def load_encoder(model: str | ModelRef, options: EncoderOptions = EncoderOptions(), training: bool = False) -> Encoder:
+    """The encoder of `model` with `options` resolved here (the API's and tests' one-liner)."""
+    return Encoder(options.resolve(model, training))
+
+
+def _check_max_length(max_length: int, limit: int, name: str) -> None:
     if not 2 <= max_length <= limit:
         raise PipelineError(f"--max-length {max_length} is out of range: use 2..{limit} for this model ({name} has "
                             f"position embeddings for {limit} tokens)")
-    return max_length
-
-
-def iter_outputs(encoder: Encoder, tokens: Tokenized,
-                 hidden_states: bool) -> Iterator[tuple[np.ndarray, EncoderOutput]]:
-    """(row indices, outputs) for every batch of an already tokenised chunk of texts."""
-    for rows in encoder.batches(tokens.lengths):
-        yield rows, encoder.forward([tokens.input_ids[i] for i in rows], hidden_states)

@@ -3,13 +3,16 @@ of error (not transformers' logs and warnings) when something is wrong."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from pipeline.embed.models import ModelRef, custom_code_error, first_line, read_config
-from pipeline.errors import PipelineError
+from pipeline.embed.sources import ModelRef
+from pipeline.embed.sources.files import custom_code_error, read_config
+from pipeline.errors import PipelineError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -37,6 +40,20 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+@contextmanager
+def quiet_conversion(failure: str) -> Iterator[None]:
+    """A graph converter at work (OpenVINO's, torch's ONNX exporter): no autograd, its warnings and prints kept off
+    the terminal, and its error (pages long) as one line: `failure` with {error} filled by the error's first line."""
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        except Exception as exc:
+            raise PipelineError(failure.format(error=f"{type(exc).__name__}: {first_line(exc)}")) from None
 
 
 def load_config(ref: ModelRef):

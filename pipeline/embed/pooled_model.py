@@ -3,8 +3,7 @@ the ONNX export), so that a pooling is defined once, in pooling.POOLINGS, whatev
 
 import torch
 
-from pipeline.embed.encoder import EncoderOutput
-from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.pooling import POOLINGS, EncoderOutput
 
 
 class PooledModel(torch.nn.Module):

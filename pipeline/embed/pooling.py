@@ -12,12 +12,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from pipeline.embed.encoder import EncoderOutput
 from pipeline.errors import PipelineError
 from pipeline.registry import parse_names
 
 if TYPE_CHECKING:
     import torch
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """What a pooling reads of one batch's forward pass; hidden_states is None unless a pooling needs them,
+    pooler_output None if the model has none."""
+
+    last_hidden: torch.Tensor
+    mask: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    pooler_output: torch.Tensor | None
 
 
 @dataclass(frozen=True)

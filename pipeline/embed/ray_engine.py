@@ -3,8 +3,9 @@
 Ray Data reads the file (read_csv / read_json / read_parquet, so any path the cluster reaches); the driver then
 validates the rows and computes the cache key exactly as the local engine does (the key needs a fingerprint of every
 row, and the split is assigned centrally). Ray Data maps the unfinished shards over a pool of actors, each loading
-the model once; every actor writes whole shards atomically in the cache format, and the
-driver writes the manifest last. So resume, keys and files are those of the local engine, and `make train` reads
+the model once from the driver's resolved EncoderConfig (nothing is picked again on an actor); every actor writes
+whole shards atomically in the cache format (shards.py, as the local engine), and the driver writes the manifest
+last. So resume, keys and files are those of the local engine, and `make train` reads
 the result unchanged. Ray is imported only here.
 """
 
@@ -18,8 +19,10 @@ from pathlib import Path
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
-from pipeline.errors import PipelineError
+from pipeline.embed.runtimes import runtime_supported
+from pipeline.embed.settings import EncoderConfig
+from pipeline.embed.shards import compute_shard
+from pipeline.errors import PipelineError, first_line
 
 MIN_ACTORS_TIMEOUT_S = 600  # no actor could start (e.g. asked for GPUs nobody has): fail instead of waiting forever
 NO_PROGRESS_TIMEOUT_S = 1800  # a stuck job fails with Ray's message instead of hanging
@@ -28,11 +31,11 @@ NO_PROGRESS_TIMEOUT_S = 1800  # a stuck job fails with Ray's message instead of 
 class ShardEmbedder:
     """One Ray actor: loads the encoder once, then embeds and writes whole shards that arrive with their rows."""
 
-    def __init__(self, encoder_args: dict, cache_path: str, todo: dict) -> None:
+    def __init__(self, config: dict, cache_path: str, todo: dict) -> None:
+        """`config`: the driver's EncoderConfig as JSON; the model's files are found again here, nothing is picked."""
         from pipeline.cache import EmbeddingCache
-        from pipeline.embed.models import resolve_model
 
-        self.encoder = Encoder(resolve_model(encoder_args["model"]), **encoder_args["options"])
+        self.encoder = Encoder(EncoderConfig.from_json(config))
         self.store, self.todo = EmbeddingCache(Path(cache_path)), todo
 
     def __call__(self, batch):
@@ -79,17 +82,10 @@ def read_table_ray(path: Path) -> Columns:
     try:
         table = pa.concat_tables(ray.get(readers[fmt]().to_arrow_refs()))
     except Exception as exc:  # Ray wraps the reader's error; its first line says what is wrong
-        raise PipelineError(f"Ray Data cannot read {path}: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise PipelineError(f"Ray Data cannot read {path}: {first_line(exc)}") from None
     if table.num_rows == 0:
         raise PipelineError(f"data file has no rows: {path}")
     return {name: table.column(name).to_pylist() for name in table.column_names}
-
-
-def embed_with_ray(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Path, shard_rows: int,
-                   address: str | None = None, progress: bool = True) -> EmbedResult:
-    """`embed_dataset` with the unfinished shards computed by a Ray Data actor pool (local Ray unless `address`)."""
-    with ray_session(embeddings, address):
-        return embed_dataset(ds, encoder, poolings, embeddings, shard_rows, progress, runner=run_actors)
 
 
 @contextmanager
@@ -122,20 +118,19 @@ def run_actors(ds: Dataset, encoder: Encoder, store, spans, todo: dict, progress
     gpus = int(ray.cluster_resources().get("GPU", 0))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     actors = gpus or 1
-    if gpus and encoder.runtime != "torch":  # the cache key names the runtime; the actors must run that one
-        raise PipelineError(f"the Ray cluster has GPUs, where the {encoder.runtime} runtime cannot run: use "
+    config = encoder.config
+    if gpus and not runtime_supported(config.runtime, "cuda", config.dtype):  # the key names it: run that one
+        raise PipelineError(f"the Ray cluster has GPUs, where the {config.runtime} runtime cannot run: use "
                             "--runtime torch")
+    config = config.variant(device="cuda") if gpus else config.variant(device="cpu", batch_tokens=config.batch_tokens)
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": cpus}
-    options = {"device": "cuda" if gpus else "cpu", "dtype": encoder.dtype_name,
-               "max_length": encoder.max_length, "runtime": encoder.runtime,
-               "batch_tokens": encoder.batch_tokens if not gpus else 0}
     items = [{"shard": i, "ids": ds.ids[a:b], "texts": ds.texts[a:b], "labels": ds.labels[a:b].tolist(),
               "splits": ds.splits[a:b].tolist()} for i, (a, b) in ((i, spans[i]) for i in sorted(todo))]
     work = ray.data.from_items(items, override_num_blocks=len(items))
     results = work.map_batches(
         ShardEmbedder, batch_size=1, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=min(actors, len(todo))),
-        fn_constructor_kwargs={"encoder_args": {"model": encoder.ref.spec, "options": options},
+        fn_constructor_kwargs={"config": config.to_json(),
                                "cache_path": str(store.path), "todo": todo},
         **per_actor,
     ).take_all()

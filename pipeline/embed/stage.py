@@ -1,12 +1,8 @@
 """Stage one: data -> encoder -> poolings -> cache, shard by shard, resumable, one forward pass per batch."""
 
-import os
 import platform
-import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -15,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from pipeline.cache import (
     DataInfo,
@@ -26,23 +21,19 @@ from pipeline.cache import (
     ShardRecord,
     cache_dir,
     cache_key,
-    shard_table,
+    verified_shards,
 )
 from pipeline.data import Dataset, DataSpec, read_table
-from pipeline.embed import openvino_graph
-from pipeline.embed.encoder import Encoder, Tokenized, iter_outputs
-from pipeline.embed.models import package_version, resolve_model
-from pipeline.embed.pooling import POOLINGS, pool
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.shards import Spans, run_local
+from pipeline.embed.sources.files import package_version
 from pipeline.errors import PipelineError
 from pipeline.paths import ensure_writable
 
 DEFAULT_SHARD_ROWS = 4096
-# Shards written at once, each in its own thread: one on small machines (the model needs the cores); a GPU host's
-# spare cores write several, since there the Parquet write and sha256, not the model, set the pace.
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # this process's
-WRITERS = max(1, min(4, CORES // 4))
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
-Spans = list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -51,21 +42,6 @@ class EmbedResult:
     manifest: Manifest
     computed_rows: int
     computed_shards: list[int]
-
-
-@dataclass(frozen=True)
-class EncoderOptions:
-    """How to run the encoder: the settings that change vectors (max_length, dtype) and those that do not."""
-
-    max_length: int = 128
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_tokens: int = 0
-    runtime: str = "auto"
-
-    def load(self, model: str) -> Encoder:
-        return Encoder(resolve_model(model), self.device, self.dtype, self.max_length, self.batch_tokens,
-                       runtime=self.runtime)
 
 
 Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
@@ -79,7 +55,7 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Path, options: E
     with engine_session(engine, out, ray_address) as (reader, runner):
         ds = data.load(reader)
         ensure_writable(out)
-        return embed_dataset(ds, options.load(model), poolings, out, shard_rows, progress, runner)
+        return embed_dataset(ds, Encoder(options.resolve(model)), poolings, out, shard_rows, progress, runner)
 
 
 @contextmanager
@@ -112,7 +88,7 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
         shard_rows = store.start(key, {"encoder": settings.to_json(), "data_fingerprint": ds.fingerprint},
                                  shard_rows)
         spans = [(s, min(s + shard_rows, len(ds))) for s in range(0, len(ds), shard_rows)]
-        verified, listed = _verified_shards(store, spans, key)
+        verified, listed = verified_shards(store, key, [b - a for a, b in spans])
         target, todo = _plan(store, ds, spans, poolings, verified, listed)
         started = time.perf_counter()
         if todo:
@@ -123,17 +99,6 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
-
-
-def _verified_shards(store: EmbeddingCache, spans: Spans, key: str) -> tuple[dict[int, ShardRecord], set[str]]:
-    """Shards the previous manifest vouches for and that still hash to its record (each read once, to hash it),
-    and the poolings that manifest lists: a manifest is written only when every shard holds all of them."""
-    previous = store.previous_manifest()
-    if previous is None or previous.key != key or len(previous.shards) != len(spans):
-        return {}, set()
-    records = {i: record for i, (record, (a, b)) in enumerate(zip(previous.shards, spans, strict=True))
-               if store.verified_shard(i, b - a, record)}
-    return records, set(previous.poolings)
 
 
 def _plan(store: EmbeddingCache, ds: Dataset, spans: Spans, poolings: list[str], verified: dict[int, ShardRecord],
@@ -156,75 +121,15 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
                             "permissions, then run the same command; finished shards are kept") from None
 
 
-def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans,
-              todo: dict[int, list[str]], progress: bool) -> None:
-    """Compute the missing poolings of each unfinished shard. Three things overlap: the next shard is tokenised and
-    the previous ones written (Parquet, sha256) in other threads while this one runs on the model. At most WRITERS
-    shards wait to be written, so memory stays flat whichever side is slower."""
-    reused = len(ds) - sum(spans[i][1] - spans[i][0] for i in todo)
-    bar = tqdm(total=len(ds), initial=reused, unit="text", desc="embed", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, smoothing=0.1)
-    order = sorted(todo)
-    with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=WRITERS) as writer:
-        tokenize = lambda i: encoder.tokenize(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
-        pending, writing = prefetch.submit(tokenize, order[0]), deque()
-        for n, index in enumerate(order):
-            tokens = pending.result()
-            if n + 1 < len(order):
-                pending = prefetch.submit(tokenize, order[n + 1])
-            vectors = _pool_chunk(encoder, tokens, todo[index], bar)
-            while len(writing) >= WRITERS:
-                writing.popleft().result()
-            writing.append(writer.submit(_write_shard, store, index, ds, *spans[index], tokens, vectors))
-        for written in writing:
-            written.result()
-    bar.close()
-
-
-def compute_shard(ds: Dataset, encoder: Encoder, store: EmbeddingCache, index: int, span: tuple[int, int],
-                  poolings: list[str], tokens: Tokenized | None = None, bar: tqdm | None = None) -> None:
-    """Embed one shard's rows (tokenising them unless given) and write the shard; any engine calls this."""
-    a, b = span
-    tokens = tokens or encoder.tokenize(ds.texts[a:b])
-    vectors = _pool_chunk(encoder, tokens, poolings, bar or tqdm(disable=True))
-    _write_shard(store, index, ds, a, b, tokens, vectors)
-
-
 def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
-    """Vectors of a few texts in memory (no cache), e.g. for predict; same code path as the cached stage."""
-    return _pool_chunk(encoder, encoder.tokenize(texts), poolings, tqdm(disable=True))
-
-
-def _pool_chunk(encoder: Encoder, tokens, poolings: list[str], bar: tqdm) -> dict[str, np.ndarray]:
-    """All requested poolings of one chunk from one forward pass per batch, back in input order."""
-    if encoder.runtime == "openvino":
-        return openvino_graph.pool_chunk(encoder, tokens, poolings, bar)
-    import torch
-
-    hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
-    n = len(tokens.input_ids)
-    out: dict[str, np.ndarray] = {}
-    for rows, outputs in iter_outputs(encoder, tokens, hidden):
-        for name, tensor in pool(poolings, outputs).items():
-            array = tensor.to(torch.float32).cpu().numpy()
-            if name not in out:
-                out[name] = np.empty((n, *array.shape[1:]), dtype=np.float32)
-            out[name][rows] = array
-        bar.update(len(rows))
-    return out
-
-
-def _write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int, tokens, vectors) -> None:
-    """Write a shard with its new poolings merged into the ones it already had (if it was whole), and its texts."""
-    old = store.shard_vectors(index, ds.ids[a:b]) or {}
-    table = shard_table(ds.ids[a:b], list(ds.splits[a:b]), ds.labels[a:b], tokens.lengths, tokens.truncated,
-                        {**old, **vectors}, ds.texts[a:b])
-    store.write_shard(index, table)
+    """Vectors of a few texts in memory (no cache), e.g. for predict; the same path as the cached stage."""
+    return encoder.encode(encoder.tokenize(texts), poolings)
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans, poolings: list[str], key: str,
               todo: dict, kept: dict[int, ShardRecord], seconds: float) -> Manifest:
     """The finished cache's record; shards kept from the previous manifest keep their records (no rehash)."""
+    config = encoder.config
     counts = [_token_counts(store, i) for i in range(len(spans))]
     shards = [kept.get(i) or store.shard_record(i, b - a) for i, (a, b) in enumerate(spans)]
     rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), sum(counts[i][0] for i in todo)
@@ -233,11 +138,10 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
     return Manifest(
         name=store.path.name, key=key, created=datetime.now(timezone.utc).isoformat(),
         data=DataInfo(ds.name, ds.fingerprint, ds.split_origin, ds.split_counts()),
-        rows=len(ds), label_names=ds.label_names, encoder=encoder.settings(), model_ref=encoder.ref.spec,
+        rows=len(ds), label_names=ds.label_names, encoder=config.settings(), model_ref=config.model.spec,
         poolings={p: _pooling_info(p, encoder) for p in poolings}, shards=shards,
         tokens=sum(c[0] for c in counts), truncated=sum(c[1] for c in counts),
-        device=encoder.device_name, batch_tokens=encoder.batch_tokens,
-        cpu_bf16_speedup=None,  # no longer measured: the CPU dtype follows its bf16 flags (encoder.dtype)
+        device=config.device, batch_tokens=config.batch_tokens,
         last_run=run, versions=dict(_versions()))
 
 

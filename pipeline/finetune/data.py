@@ -69,22 +69,6 @@ def held_out_slice(labels: np.ndarray, rows: np.ndarray, share: float, seed: int
     return np.sort(np.concatenate(picked))
 
 
-def token_batches(lengths: np.ndarray, budget: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-    """Length-grouped batches within a token budget (rows x longest row), as in the embed stage. With `rng`, rows of
-    equal length are shuffled before grouping and the batch order is shuffled: each epoch sees other batches, while
-    the number of batches (and so the schedule) stays the same."""
-    ties = rng.permutation(len(lengths)) if rng is not None else np.arange(len(lengths))
-    order = ties[np.argsort(-lengths[ties], kind="stable")]
-    groups, start = [], 0
-    while start < len(order):
-        size = max(1, budget // max(1, int(lengths[order[start]])))
-        groups.append(order[start:start + size])
-        start += size
-    if rng is not None:
-        groups = [groups[i] for i in rng.permutation(len(groups))]
-    return groups
-
-
 def sample_pairs(labels: np.ndarray, n_pairs: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """SetFit's pairs without its O(n^2) list: half positive (same label), half negative (different labels), drawn
     directly by index in O(n_pairs) memory. Returns (pairs (n, 2) of positions into `labels`, targets 1.0 / 0.0)."""

@@ -12,11 +12,12 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from pipeline.data import Dataset
-from pipeline.embed.encoder import Encoder, EncoderOutput
-from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.batching import token_batches
+from pipeline.embed.encoder import Encoder
+from pipeline.embed.pooling import POOLINGS, EncoderOutput
 from pipeline.embed.stage import embed_texts
 from pipeline.finetune.checkpoint import Checkpoints
-from pipeline.finetune.data import Rows, token_batches
+from pipeline.finetune.data import Rows
 from pipeline.finetune.loop import LoopResult, Task, train_loop
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.train.head_graph import full_proba

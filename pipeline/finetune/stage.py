@@ -10,21 +10,22 @@ Layout of `<out>/<data>__<model>__<method>__<key12>/`:
 
 import json
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.cache import EncoderSettings, cache_dir, cache_key
+from pipeline.cache import DataInfo, EncoderSettings, cache_dir, cache_key
 from pipeline.data import Dataset, DataSpec
-from pipeline.embed.device import pick_device_name, pick_dtype_name, pick_runtime
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef, resolve_model
 from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.errors import PipelineError
 from pipeline.finetune.card import model_card
 from pipeline.finetune.checkpoint import Checkpoints, seed_everything
 from pipeline.finetune.data import Rows, split_rows
 from pipeline.finetune.full import Outcome, train_full
+from pipeline.finetune.record import FinetuneRecord
 from pipeline.finetune.setfit import train_setfit
 from pipeline.finetune.settings import METHODS, FinetuneSettings, check_method
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish, safe_name
@@ -41,7 +42,7 @@ class FinetuneResult:
     model_dir: Path
     run_dir: Path
     reused: bool
-    record: dict  # finetune.json: settings, data, epochs, seconds, dev and test scores
+    record: FinetuneRecord
 
 
 def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, runs: Path,
@@ -51,8 +52,8 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     ds = data.load()
     ref = resolve_model(model)
     check_pooling(settings.pooling)
-    device_name = pick_device_name(device)
-    settings = settings.resolved(pick_dtype_name(settings.dtype, device_name))
+    config = EncoderOptions(settings.max_length, device, settings.dtype).resolve(ref, training=True)
+    settings = settings.resolved(config.dtype)
     rows = split_rows(ds, settings.shots, settings.seed, hold_out=settings.method == "full")
     key = settings.key(ds.fingerprint, asdict(ref.identity))
     folder = Path(out) / f"{safe_name(ds.name)}__{safe_name(ref.name.split('/')[-1])}__{settings.method}__{key[:12]}"
@@ -61,18 +62,18 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
         return finished
     ensure_writable(Path(out))
     ensure_writable(Path(runs))
-    encoder = Encoder(ref, device, settings.dtype, settings.max_length, training=True)
+    encoder = Encoder(config)
     checkpoints = Checkpoints(folder / "checkpoint", key)
     outcome = run_method(encoder, ds, rows, settings, checkpoints, progress)
     record = _record(ds, ref, encoder, settings, rows, outcome, key, folder)
     _save_model(encoder, folder)
-    frozen = EncoderSettings(ref.identity, settings.max_length, settings.dtype,
-                             pick_runtime("auto", device_name, settings.dtype))
-    record["run"] = str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs, frozen))
+    frozen = config.for_inference().settings()
+    record = replace(record, run=str(_write_run(ds, ref, settings, rows, outcome, key, folder, record, runs,
+                                                 frozen)))
     atomic_write_bytes(folder / "README.md", model_card(record).encode())
-    atomic_write_json(folder / RECORD_FILE, record)
+    atomic_write_json(folder / RECORD_FILE, record.to_json())
     checkpoints.clear()
-    return FinetuneResult(folder, Path(record["run"]), False, record)
+    return FinetuneResult(folder, Path(record.run), False, record)
 
 
 def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSettings, checkpoints: Checkpoints,
@@ -80,9 +81,9 @@ def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSett
     """Train with the method's runner (settings already resolved); the learning curve calls this directly. Seeded
     first: the new head's initial weights come from the seed too. The encoder must be a training one (PyTorch): a
     compiled inference graph would keep the weights it was converted from, not the trained ones."""
-    if encoder.runtime != "torch":
-        raise PipelineError("fine-tuning needs an encoder made with training=True (the PyTorch runtime), not "
-                            f"{encoder.runtime}")
+    if not encoder.config.training:
+        raise PipelineError("fine-tuning needs an encoder resolved with training=True (fp32 weights, the PyTorch "
+                            f"runtime), not one for inference on {encoder.config.runtime}")
     seed_everything(settings.seed)
     return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
 
@@ -96,31 +97,29 @@ def check_pooling(name: str) -> None:
 def _finished(folder: Path, key: str, runs: Path) -> FinetuneResult | None:
     """The finished fine-tune of this key, if its record and its run are both there."""
     try:
-        record = json.loads((folder / RECORD_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    run = Path(record.get("run", ""))
+        record = FinetuneRecord.from_json(json.loads((folder / RECORD_FILE).read_text()), folder / RECORD_FILE)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, PipelineError):
+        return None  # not finished (or its record is damaged): fine-tune again
+    run = Path(record.run or "")
     inside = Path(runs).resolve() in run.resolve().parents
-    if record.get("key") != key or not inside or not (run / "metrics.json").exists():
+    if record.key != key or not inside or not (run / "metrics.json").exists():
         return None
     return FinetuneResult(folder, run, True, record)
 
 
 def _record(ds: Dataset, ref: ModelRef, encoder: Encoder, settings: FinetuneSettings, rows: Rows, outcome: Outcome,
-            key: str, folder: Path) -> dict:
-    y_test = ds.labels[rows.test]
-    test_acc = float((outcome.proba_test.argmax(axis=1) == y_test).mean())
+            key: str, folder: Path) -> FinetuneRecord:
+    test_acc = float((outcome.proba_test.argmax(axis=1) == ds.labels[rows.test]).mean())
     loop = outcome.loop
-    return {"key": key, "name": folder.name, "created": datetime.now(timezone.utc).isoformat(),
-            "base_model": {"name": ref.name, "spec": ref.spec, **asdict(ref.identity)},
-            "data": {"name": ds.name, "fingerprint": ds.fingerprint, "split_origin": ds.split_origin,
-                     "split_counts": ds.split_counts()},
-            "method": settings.method, "method_description": METHODS[settings.method].description,
-            "settings": asdict(settings), "device": str(encoder.device), "label_names": ds.label_names,
-            "rows": {"train": len(rows.train), "select": len(rows.select), "test": len(rows.test)},
-            "selection": rows.select_origin, "epochs": loop.epochs, "best_epoch": loop.best_epoch,
-            "steps": loop.steps, "seconds": round(loop.seconds, 1), "resumed_at_step": loop.resumed_at,
-            "history": loop.history, "dev_accuracy": outcome.dev_score, "test_accuracy": test_acc}
+    return FinetuneRecord(
+        key=key, name=folder.name, created=datetime.now(timezone.utc).isoformat(),
+        base_model={"name": ref.name, "spec": ref.spec, **asdict(ref.identity)},
+        data=DataInfo(ds.name, ds.fingerprint, ds.split_origin, ds.split_counts()), method=settings.method,
+        method_description=METHODS[settings.method].description, settings=settings, device=str(encoder.device),
+        label_names=ds.label_names, rows={"train": len(rows.train), "select": len(rows.select), "test": len(rows.test)},
+        selection=rows.select_origin, epochs=loop.epochs, best_epoch=loop.best_epoch, steps=loop.steps,
+        seconds=round(loop.seconds, 1), resumed_at_step=loop.resumed_at, history=loop.history,
+        dev_accuracy=outcome.dev_score, test_accuracy=test_acc)
 
 
 def _save_model(encoder: Encoder, folder: Path) -> None:
@@ -136,7 +135,7 @@ def _save_model(encoder: Encoder, folder: Path) -> None:
 
 
 def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Rows, outcome: Outcome, key: str,
-               folder: Path, record: dict, runs: Path, frozen: EncoderSettings) -> Path:
+               folder: Path, record: FinetuneRecord, runs: Path, frozen: EncoderSettings) -> Path:
     """A run in the train stage's format, in the runs folder of the frozen cache of the same data, base model and
     settings (`frozen`, as `embed` would make it here), so runs.csv lists frozen and fine-tuned rows side by side and
     `predict --run` uses it as any run. The run itself keeps the 'torch' runtime its test scores were made with."""
@@ -144,7 +143,7 @@ def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Row
     cache_name = cache_dir(Path("."), ds.name, ref.name, cache_key(frozen, ds.fingerprint)).name
     y_test, y_train = ds.labels[rows.test], ds.labels[rows.train]
     metrics = classification_metrics(y_test, outcome.proba_test, ds.label_names, y_train, settings.seed)
-    params = {"lr": settings.lr, "epochs": record["epochs"], "best_epoch": record["best_epoch"],
+    params = {"lr": settings.lr, "epochs": record.epochs, "best_epoch": record.best_epoch,
               **({"shots": settings.shots} if settings.shots else {})}
     run_record = RunRecord(cache=cache_name, cache_key=key, pooling=settings.pooling, head=settings.head_name(),
                            head_description=f"fine-tuned: {METHODS[settings.method].description}",
@@ -155,7 +154,8 @@ def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Row
                            train_seconds=round(outcome.loop.seconds, 1))
     path = run_dir(runs, cache_name, settings.pooling, settings.head_name())
     run_record = save_run(path, outcome.head, run_record)
-    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics, "finetune": record})
+    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics,
+                                                   "finetune": record.to_json()})
     atomic_write_bytes(path / "report.md", run_report(run_record, metrics).encode())
     confusion_png(path / "confusion.png", metrics["confusion"], ds.label_names,
                   f"{settings.head_name()} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
@@ -169,8 +169,8 @@ def reuse_line(result: FinetuneResult) -> str:
 
 def summary_line(result: FinetuneResult) -> str:
     r = result.record
-    dev = "n/a" if r["dev_accuracy"] is None else f"{r['dev_accuracy']:.4f}"
-    best = f" (kept epoch {r['best_epoch']})" if r["best_epoch"] and r["best_epoch"] != r["epochs"] else ""
-    return (f"fine-tuned {r['method']} on {r['data']['name']}: {r['epochs']} epochs{best}, {r['steps']} steps, "
-            f"{r['seconds']:.0f}s on {r['device']} ({r['settings']['dtype']}); dev accuracy {dev}, test accuracy "
-            f"{r['test_accuracy']:.4f}\nmodel: {result.model_dir}\nrun: {result.run_dir}")
+    dev = "n/a" if r.dev_accuracy is None else f"{r.dev_accuracy:.4f}"
+    best = f" (kept epoch {r.best_epoch})" if r.best_epoch and r.best_epoch != r.epochs else ""
+    return (f"fine-tuned {r.method} on {r.data.name}: {r.epochs} epochs{best}, {r.steps} steps, "
+            f"{r.seconds:.0f}s on {r.device} ({r.settings.dtype}); dev accuracy {dev}, test accuracy "
+            f"{r.test_accuracy:.4f}\nmodel: {result.model_dir}\nrun: {result.run_dir}")

@@ -15,16 +15,16 @@ having: one call already runs its batches on every core (OpenVINO's parallel str
 
 import threading
 from collections.abc import Iterable
-from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.cache import EncoderSettings, pooling_source
 from pipeline.data.tables import is_missing
-from pipeline.embed.device import runtime_here
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.models import ModelRef, resolve_model
+from pipeline.embed.settings import EncoderConfig, EncoderOptions
+from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
 from pipeline.errors import PipelineError
 from pipeline.train.head_graph import full_proba
@@ -68,19 +68,26 @@ class Classifier:
         """The cached pooling this run reads, and the layer for 'layerK' (one layer of 'layers')."""
         return pooling_source(self.pooling)
 
+    @cached_property
+    def config(self) -> EncoderConfig:
+        """The encoder texts are embedded with: the run's settings, with the run's runtime where it can run here
+        (else the one 'auto' picks here; vectors then differ as CPU and GPU vectors do, at a cosine of 0.9999 or
+        more). Resolved once per classifier."""
+        if self._encoder is not None:
+            return self._encoder.config
+        run = self.run.record.encoder
+        options = EncoderOptions(max_length=run.max_length, device=self.device, dtype=run.dtype, runtime=run.runtime)
+        return options.resolve(self.ref, fallback=True)
+
     @property
     def settings(self) -> EncoderSettings:
-        """The settings texts are embedded with: the run's, with the run's runtime where it can run here (else the
-        one 'auto' picks here; vectors then differ as CPU and GPU vectors do, at a cosine of 0.9999 or more)."""
-        run = self.run.record.encoder
-        return replace(run, model=self.ref.identity, runtime=runtime_here(run.runtime, self.device, run.dtype))
+        """What the vectors are made with (the run's key settings, as this machine runs them)."""
+        return self.config.settings()
 
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            settings = self.settings
-            self._encoder = Encoder(self.ref, self.device, settings.dtype, settings.max_length,
-                                    runtime=settings.runtime)
+            self._encoder = Encoder(self.config)
         return self._encoder
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:

@@ -8,11 +8,8 @@ head is the run's own graph (head.onnx, converted by skl2onnx at training), join
 anything is written, onnxruntime runs the graph on probe texts and its probabilities must equal the classifier's.
 """
 
-import contextlib
-import io
 import logging
 import tempfile
-import warnings
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.loading import tokenizer_json
+from pipeline.embed.loading import quiet_conversion, tokenizer_json
 from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
@@ -139,18 +136,14 @@ def _to_onnx(graph: nn.Module, example: tuple[torch.Tensor, torch.Tensor]) -> by
     shapes = {name: {0: batch, 1: tokens} for name in INPUTS}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        quiet.setLevel(logging.ERROR)
-        try:
+    quiet.setLevel(logging.ERROR)
+    try:
+        with quiet_conversion("the ONNX exporter failed on this model ({error})"):
             program = torch.onnx.export(graph, example, None, input_names=INPUTS,
                                         output_names=["vectors"], dynamic_shapes=shapes, opset_version=OPSET,
                                         dynamo=True, verbose=False)
-        except Exception as exc:  # the exporter's errors are long; the first line says what failed
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise PipelineError(f"the ONNX exporter failed on this model ({type(exc).__name__}: {first})") from None
-        finally:
-            quiet.setLevel(level)
+    finally:
+        quiet.setLevel(level)
     return program.model_proto.SerializeToString()
 
 

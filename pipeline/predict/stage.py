@@ -10,21 +10,25 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache import EmbeddingCache, cache_dir, cache_key, pooling_column
+from pipeline.cache import EmbeddingCache, cache_dir, cache_key, is_complete, pooling_column
 from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
 from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier, check_texts
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 PARQUET_SUFFIXES = (".parquet", ".pq")
+
+if TYPE_CHECKING:  # sklearn loads only when a labelled file is scored
+    from pipeline.train.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class PredictResult:
     output: Path | None
     cache: Path
     computed_rows: int
-    metrics: dict | None
+    metrics: "Metrics | None"
     reports: list[Path]
 
 
@@ -91,9 +95,7 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     source, _ = clf.source
     key = cache_key(clf.settings, ds.fingerprint)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
-    manifest = store.previous_manifest()
-    if (manifest is not None and manifest.key == key and source in manifest.poolings
-            and all(store.verified_shard(i, shard.rows, shard) for i, shard in enumerate(manifest.shards))):
+    if is_complete(store, key, [source]):
         return store.path, 0
     result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner)
     return result.path, result.computed_rows
@@ -179,7 +181,7 @@ def write_table(path: Path, table: pa.Table) -> None:
             pacsv.write_csv(table, sink)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
-            raise PipelineError(f"cannot write {path} as CSV ({str(exc).splitlines()[0][:120]}): columns "
+            raise PipelineError(f"cannot write {path} as CSV ({first_line(exc, 120)}): columns "
                                 f"{', '.join(nested) or '?'} hold nested values; write .parquet instead") from None
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 

@@ -1,5 +1,7 @@
 """Metrics of a head's predictions on the held-out split, with seeded bootstrap intervals and a baseline."""
 
+from typing import TypedDict
+
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -16,8 +18,42 @@ N_BOOTSTRAP = 1000
 BLOCK_CELLS = 4_000_000  # resample indices held at once (32 MB of int64)
 
 
+class ClassScores(TypedDict):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class Baseline(TypedDict):
+    label: str  # the majority class of train
+    accuracy: float
+    macro_f1: float
+
+
+class Metrics(TypedDict):
+    """One head's test metrics, as metrics.json, the reports and runs.csv read them (train, fine-tune and predict
+    all make them here). Plain JSON values, so the record is written and read back as it is."""
+
+    n_test: int
+    accuracy: float
+    macro_f1: float
+    weighted_f1: float
+    accuracy_ci95: list[float]
+    macro_f1_ci95: list[float]
+    macro_classes: list[str]  # the classes with test rows: what the macro averages cover
+    no_test_rows: dict[str, int]  # other classes: how often each was predicted
+    per_class: dict[str, ClassScores]
+    confusion: list[list[int]]
+    roc_auc: float | None
+    average_precision: float | None
+    log_loss: float
+    ece: float
+    majority_baseline: Baseline
+
+
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: list[str], y_train: np.ndarray,
-                           seed: int = 0) -> dict:
+                           seed: int = 0) -> Metrics:
     """Everything a report shows. `proba` has one column per label in `label_names` order.
 
     Macro averages cover the classes with test rows only (`macro_classes`): a class seen only in train/dev has no

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pipeline.paths import atomic_write_bytes  # noqa: E402
+from pipeline.train.metrics import Metrics  # noqa: E402
 from pipeline.train.runs import RunRecord  # noqa: E402
 
 LARGE = 30  # above this many classes: no per-cell numbers or names in the plot, top confusions in the report
@@ -39,7 +40,7 @@ class Scored:
     proba: np.ndarray
 
 
-def run_report(record: RunRecord, metrics: dict, scored: Scored | None = None, scored_on: str | None = None) -> str:
+def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None, scored_on: str | None = None) -> str:
     """Markdown for one run: headline numbers with intervals, the baseline, per-class scores, the confusion, and
     (given the scored rows) the error analysis. `scored_on` names a labelled set that predict scored, instead of the
     run's own test split."""
@@ -124,7 +125,7 @@ def _cell(value: str) -> str:
     return value.replace("\\", "\\\\").replace("|", "\\|")
 
 
-def per_class_lines(metrics: dict) -> list[str]:
+def per_class_lines(metrics: Metrics) -> list[str]:
     """Per-class scores for the classes with test rows; those without any are named apart, since their zeros are
     not scores and the macro averages leave them out."""
     untested = metrics.get("no_test_rows", {})
@@ -203,7 +204,7 @@ def save_figure(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def summary_row(record: RunRecord, metrics: dict) -> dict:
+def summary_row(record: RunRecord, metrics: Metrics) -> dict:
     return {"pooling": record.pooling, "head": record.head, "accuracy": metrics["accuracy"],
             "acc_lo": metrics["accuracy_ci95"][0], "acc_hi": metrics["accuracy_ci95"][1],
             "macro_f1": metrics["macro_f1"], "f1_lo": metrics["macro_f1_ci95"][0],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import SCHEMA_VERSION, EncoderSettings, check_schema
+from pipeline.cache import EncoderSettings, check_schema
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
 from pipeline.train.head_graph import GraphHead, head_graph
@@ -33,6 +33,8 @@ TRUSTED_TYPES = [
     "sklearn.model_selection._split.StratifiedKFold", "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 ]
 RUN_FILE = "run.json"
+# run.json's own format version. 1: runs written when it shared the cache format's number; 2: its own (same fields).
+RUN_SCHEMA = 2
 
 
 @dataclass(frozen=True)
@@ -57,17 +59,17 @@ class RunRecord:
     head_sha256: str | None = None
     head_classes: list[int] | None = None  # the labels the head saw, its probability columns (None: older runs)
     head_graph_sha256: str | None = None  # of head.onnx, when the head converted to one
-    schema: int = SCHEMA_VERSION
+    schema: int = RUN_SCHEMA
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, record: object, path: Path) -> "RunRecord":
-        """Parse and check run.json (runs made before the field existed are version 1)."""
-        check_schema(record, path, "`make train` again to retrain the run")
+        """Parse and check run.json (runs made before the field existed are version 1, and still load)."""
+        check_schema(record, path, "`make train` again to retrain the run", current=RUN_SCHEMA, oldest=1)
         try:
-            return cls(**{**record, "schema": SCHEMA_VERSION, "encoder": EncoderSettings.from_json(record["encoder"])})
+            return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"])})
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{path} is damaged ({type(exc).__name__}: {exc}): retrain with `make train`") from None
 

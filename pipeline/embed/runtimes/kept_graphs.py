@@ -19,28 +19,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.cache import ModelIdentity
-from pipeline.embed.models import hash_files, package_version
+from pipeline.embed.runtimes.base import ModelSpec
+from pipeline.embed.sources.files import hash_files, package_version
 from pipeline.paths import atomic_write_json, user_cache_dir
 
 GRAPH_VERSION = 3
 KEPT_GRAPHS = 8  # graphs kept on disk (the most recently used); each is about the size of the weights
 STALE_TMP_SECONDS = 3600  # a temp folder this old belongs to a run that was killed while keeping its graph
 FILES = ("model.xml", "model.bin", "tokenizer.json")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the encoder needs of a model besides its weights: read from the loaded model and tokenizer, or from the
-    kept graph that stands in for them."""
-
-    has_pooler: bool
-    position_limit: int
-    num_layers: int
-    hidden_size: int
-    pad_id: int
-    token_types: bool  # the model takes token_type_ids (all zeros for one-segment texts)
-    truncation_side: str
-    split_special_tokens: bool  # special tokens typed in a text are split like words (tokenizer_config.json)
 
 
 @dataclass(frozen=True)
@@ -83,8 +69,8 @@ def graph_folder(model: ModelIdentity, config: dict) -> Path | None:
 @lru_cache(maxsize=1)
 def _code_sha256() -> str:
     """The code baked into a graph: the poolings' maths and the conversion. Editing either makes a new graph."""
-    here = Path(__file__).parent
-    return hash_files((here / "pooling.py", here / "pooled_model.py", here / "openvino_graph.py"))
+    here, embed = Path(__file__).parent, Path(__file__).parent.parent
+    return hash_files((embed / "pooling.py", embed / "pooled_model.py", here / "openvino_graph.py"))
 
 
 def find(model: ModelIdentity, config: dict) -> KeptGraph | None:

