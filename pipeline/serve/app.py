@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from pipeline.embed.models import first_line
+from pipeline.errors import first_line
 from pipeline.predict import Classifier
 from pipeline.serve.access import AccessLog
 from pipeline.serve.batcher import Batcher, QueueFull

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.embed.models import first_line
+from pipeline.errors import first_line
 from pipeline.predict import Classifier
 from pipeline.serve.metrics import Metrics
 
