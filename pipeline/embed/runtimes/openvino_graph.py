@@ -110,6 +110,9 @@ class Graph:
             self.queue.wait_all()
         except RuntimeError as exc:
             errors.append(exc)
+        except BaseException:  # Ctrl-C mid-chunk: the requests in flight finish before the stage unwinds
+            self.queue.wait_all()
+            raise
         if errors:
             raise PipelineError(f"OpenVINO failed on a batch ({type(errors[0]).__name__}: {first_line(errors[0])}):"
                                 " use --runtime torch") from None
