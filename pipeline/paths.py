@@ -93,13 +93,26 @@ def _write_error(path: Path, exc: OSError) -> str:
 _UMASK_LOCK = threading.Lock()  # the umask is process-wide; reading it means setting it, so one thread at a time
 
 
+def _kept_mode(path: Path) -> int | None:
+    """The permission bits of the file being replaced (None for a new file): a file a user made private (0600) must
+    not become world-readable because a command rewrote it."""
+    try:
+        return os.stat(path).st_mode & 0o777  # never setuid/setgid bits onto new contents
+    except OSError:
+        return None
+
+
 def publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temp file into place with the usual permissions (mkstemp makes files private, 0600). Shards
-    are published from several writer threads at once, hence the lock around reading the umask."""
-    with _UMASK_LOCK:
-        umask = os.umask(0)
-        os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    """Rename a finished temp file into place with the permissions of the file it replaces, else the usual ones of a
+    new file (mkstemp makes files private, 0600). Shards are published from several writer threads at once, hence
+    the lock around reading the umask."""
+    mode = _kept_mode(path)
+    if mode is None:
+        with _UMASK_LOCK:
+            umask = os.umask(0)
+            os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

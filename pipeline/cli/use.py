@@ -56,8 +56,11 @@ def predict(run_path, runs, texts, input_path, text_col, label_col, output, devi
 
 
 def _predict_texts(clf, texts: list[str], output: Path | None) -> None:
-    from pipeline.predict.stage import output_table, write_table
+    from pipeline.predict.output import output_format, write_table
+    from pipeline.predict.stage import output_table
 
+    if output:
+        output_format(output)
     proba = clf.predict_proba(texts)
     if output:
         write_table(output, output_table({"text": texts}, clf.label_names, proba))

@@ -22,9 +22,9 @@ from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_sessi
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier, check_texts
+from pipeline.predict.output import output_format, refuse_overwriting_input, typed_input, write_table
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,13 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
     input_path, output = Path(input_path), Path(output) if output is not None else None
     if label_col and output is None:
         raise PipelineError("a labelled predict writes its report beside the output: give --output too")
-    for path in [output, *(report_paths(output) if output is not None and label_col else [])]:
-        if path is not None and path.is_dir():
+    written = [output, *report_paths(output)[:2]] if output is not None and label_col else [output]
+    for path in filter(None, written):
+        if path.is_dir():
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
+    if output is not None:
+        output_format(output)
+        refuse_overwriting_input(input_path, [*filter(None, written), *report_paths(output)[2:]])
     with engine_session(engine, embeddings, ray_address) as (reader, runner):
         columns = reader(input_path)
         texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
@@ -73,8 +77,9 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
         cache, computed = embedded(clf, unlabelled(dataset_name(input_path), texts), embeddings, shard_rows,
                                    progress, runner)
     proba = score_cache(clf, cache)
-    table = output_table(columns, clf.label_names, proba)
-    del columns
+    typed = typed_input(input_path, list(columns)) if output is not None else None
+    table = output_table(columns, clf.label_names, proba, typed)
+    del columns, typed
     if output is not None:
         write_table(output, table)
     metrics, reports = None, []
@@ -147,14 +152,17 @@ def score_cache(clf: Classifier, cache: Path) -> np.ndarray:
     return proba
 
 
-def output_table(columns: Columns, label_names: list[str], proba: np.ndarray) -> pa.Table:
-    """The input's columns in their order, then the prediction columns; rows in input order."""
-    arrays = {name: _arrow(values) for name, values in columns.items()}
+def output_table(columns: Columns, label_names: list[str], proba: np.ndarray,
+                 typed: pa.Table | None = None) -> pa.Table:
+    """The input's columns in their order (`typed`: as the input stored them, schema metadata included), then the
+    prediction columns; rows in input order."""
+    arrays = {name: typed.column(name) if typed is not None else _arrow(values) for name, values in columns.items()}
     arrays[PREDICTED] = pa.array([label_names[i] for i in proba.argmax(axis=1)], pa.string())
     arrays[CONFIDENCE] = pa.array(proba.max(axis=1), pa.float64())
     for i, name in enumerate(label_names):
         arrays[PROBA_PREFIX + name] = pa.array(proba[:, i], pa.float64())
-    return pa.table(arrays)
+    table = pa.table(arrays)
+    return table.replace_schema_metadata(typed.schema.metadata) if typed is not None else table
 
 
 def _arrow(values: list) -> pa.Array:
@@ -164,24 +172,6 @@ def _arrow(values: list) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
                          for v in values], pa.string())
-
-
-def write_table(path: Path, table: pa.Table) -> None:
-    """Parquet for .parquet/.pq, else CSV; serialised in memory and written in one atomic step."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        pq.write_table(table, sink)
-    else:
-        try:
-            pacsv.write_csv(table, sink)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
-            raise PipelineError(f"cannot write {path} as CSV ({str(exc).splitlines()[0][:120]}): columns "
-                                f"{', '.join(nested) or '?'} hold nested values; write .parquet instead") from None
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,
