@@ -7,9 +7,16 @@ import re
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
+
+T = TypeVar("T")
+WRITER_WAIT_S = 600  # how long a reader waits for a writer of the same folder before it reports what it read
 
 
 def safe_name(name: str, max_len: int = 60) -> str:
@@ -155,3 +162,55 @@ def hash_file_into(digest, path: Path) -> None:
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+
+
+def writer_lock(folder: Path) -> FileLock:
+    """The lock a writer of `folder` (a cache, a run) holds while it replaces the folder's files; beside the folder,
+    so a reader of a read-only folder never needs to create anything."""
+    folder = Path(folder)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"))
+
+
+def read_whole(folder: Path, read: Callable[[], T], watched: Callable[[], list[Path]]) -> T:
+    """`read()` of a folder that a writer may be rewriting: the old version whole or the new one whole.
+
+    Why: readers take no lock (a shared, read-only folder must stay readable, and readers must not stall writers),
+    so a read can catch a writer between two files and fail its checks (a record naming a head that is already the
+    new one). When a read fails while the folder's writer holds its lock, or while the `watched` files changed under
+    it, the reader waits for the writer and reads again; a failure with no writer about is real damage, reported."""
+    attempts = 0
+    while True:
+        before = _stamps(watched())
+        try:
+            return read()
+        except PipelineError:
+            attempts += 1
+            changed = _stamps(watched()) != before
+            if attempts == 3 or not (_waited_for_writer(folder) or changed):
+                raise
+
+
+def _stamps(paths: list[Path]) -> list:
+    return [file_stamp(p) if p.exists() else None for p in paths]
+
+
+def _waited_for_writer(folder: Path) -> bool:
+    """True after waiting for a writer that held `folder`'s lock; False at once when none did (or the lock cannot
+    be made, e.g. a read-only parent: then no writer can be working there either). A reader never creates the
+    lock file: a folder no writer ever held is left exactly as it was."""
+    lock = writer_lock(folder)
+    if not Path(lock.lock_file).exists():
+        return False
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            lock.acquire(timeout=WRITER_WAIT_S)
+        except Timeout:
+            return False
+        lock.release()
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False

@@ -412,7 +412,7 @@ def test_a_run_without_a_head_graph_is_refused_in_one_line(three_class_runs, run
 
     run = shutil.copytree(three_class_runs / "mean" / "logreg", tmp_path / "run")
     record = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None}))
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "record_sha256": None}))
     (run / "head.onnx").unlink()
     code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -426,7 +426,8 @@ def test_a_run_trained_before_head_graphs_still_exports(three_class_runs, run_cl
 
     run = shutil.copytree(three_class_runs / "layer1" / "linear-svm", tmp_path / "run")
     record = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "head_classes": None}))
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "head_classes": None,
+                                                      "record_sha256": None}))
     (run / "head.onnx").unlink()
     code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
     assert code == 0, err

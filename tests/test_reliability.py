@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -146,3 +147,139 @@ def test_values_a_text_format_cannot_hold_are_refused_naming_the_column(ws, run_
     pq.write_table(typed_table().drop_columns([drop]), "typed-odd.parquet")
     code, _, err = run_cli("predict", "--input", "typed-odd.parquet", "--output", f"out/odd{suffix}", "--no-progress")
     assert named in one_line_error(code, err) and fix in err and not Path(f"out/odd{suffix}").exists()
+
+
+# --- records that change predictions without a check ------------------------------------------------------------
+
+def run_folder() -> Path:
+    return next(Path("artifacts/runs").glob("*/mean/logreg"))
+
+
+@pytest.mark.parametrize("field, value", [("pooling", "max"), ("label_names", ["positive", "negative"]),
+                                          ("encoder.max_length", 8), ("head_classes", [1, 0])])
+def test_an_edited_run_record_is_refused_like_an_edited_head(ws, run_cli, field, value):
+    path = run_folder() / "run.json"
+    original = path.read_bytes()
+    record = json.loads(original)
+    outer, _, inner = field.partition(".")
+    if inner:
+        record[outer][inner] = value
+    else:
+        record[outer] = value
+    try:
+        path.write_text(json.dumps(record, indent=2))
+        code, _, err = run_cli("predict", "--run", run_folder(), "--text", "good fun")
+        assert "was changed after training" in one_line_error(code, err) and "retrain" in err
+    finally:
+        path.write_bytes(original)
+    assert run_cli("predict", "--run", run_folder(), "--text", "good fun")[0] == 0
+
+
+def test_a_run_record_reformatted_but_unchanged_still_loads(ws, run_cli):
+    path = run_folder() / "run.json"
+    original = path.read_bytes()
+    try:
+        path.write_text(json.dumps(json.loads(original), sort_keys=True))  # another key order, no indentation
+        code, out, err = run_cli("predict", "--run", run_folder(), "--text", "good fun")
+        assert code == 0, err
+    finally:
+        path.write_bytes(original)
+
+
+# --- races between commands -------------------------------------------------------------------------------------
+
+def tiny_record():
+    from pipeline.cache import EncoderSettings
+    from pipeline.cache.records import ModelIdentity
+    from pipeline.train.runs import RunRecord
+
+    encoder = EncoderSettings(ModelIdentity("m", "folder", None, "0" * 64, "1" * 64), 16, "fp32")
+    return RunRecord(cache="c", cache_key="k", pooling="mean", head="logreg", head_description="d",
+                     label_names=["negative", "positive"], encoder=encoder, model_ref="m", seed=0, selection="cv",
+                     params={}, n_train=40, n_dev=0, train_seconds=0.1)
+
+
+def test_a_run_being_rewritten_is_read_old_or_new_never_as_damage(tmp_path):
+    """A writer alternates two heads in one run folder while a reader loads it: every load succeeds, and its head is
+    the one its record names."""
+    import hashlib
+    import threading
+
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.train.runs import load_run, save_run
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.arange(40) % 2
+    heads = [LogisticRegression(C=c).fit(X, y) for c in (0.1, 10.0)]
+    folder = tmp_path / "run"
+    save_run(folder, heads[0], tiny_record())
+    stop, errors = threading.Event(), []
+
+    def writer() -> None:
+        for i in range(30):
+            save_run(folder, heads[i % 2], tiny_record())
+        stop.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    loads = 0
+    while not stop.is_set():
+        try:
+            run = load_run(folder)
+            assert hashlib.sha256(run.head_bytes).hexdigest() == run.record.head_sha256
+            loads += 1
+        except Exception as exc:  # noqa: BLE001 - collected and shown below
+            errors.append(repr(exc))
+    thread.join()
+    assert not errors and loads > 0, errors[:3]
+
+
+def test_a_damaged_run_with_no_writer_is_still_refused_at_once(tmp_path):
+    import time
+
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.errors import PipelineError
+    from pipeline.train.runs import load_run, save_run
+
+    X, y = np.random.default_rng(0).normal(size=(20, 3)), np.arange(20) % 2
+    save_run(tmp_path / "run", LogisticRegression().fit(X, y), tiny_record())
+    (tmp_path / "run" / "head.skops").write_bytes(b"damaged")
+    started = time.perf_counter()
+    with pytest.raises(PipelineError, match="does not match its recorded sha256"):
+        load_run(tmp_path / "run")
+    assert time.perf_counter() - started < 5
+
+
+def test_a_cache_being_rewritten_is_read_when_the_writer_is_done(ws):
+    """A reader that meets a shard replaced under an old manifest waits for the writer holding the cache's lock and
+    reads the finished version."""
+    import shutil
+    import threading
+    import time
+
+    from pipeline.cache import EmbeddingCache, load_embeddings
+
+    source = next(Path("artifacts/embeddings").glob("train__*"))
+    cache = Path("race-cache")
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.copytree(source, cache)
+    store = EmbeddingCache(cache)
+    shard, good = store.shard_path(0), store.shard_path(0).read_bytes()
+    want = load_embeddings(cache, "mean").X
+    lock, held = store.lock(), threading.Event()
+
+    def writer() -> None:
+        with lock:
+            shard.write_bytes(good[:-100] + b"x" * 100)  # half-way: the shard no longer matches the manifest
+            held.set()
+            time.sleep(1.5)
+            shard.write_bytes(good)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    held.wait()
+    got = load_embeddings(cache, "mean").X
+    thread.join()
+    np.testing.assert_array_equal(got, want)

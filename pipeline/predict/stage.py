@@ -20,7 +20,7 @@ from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
 from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
 from pipeline.predict.output import output_format, refuse_overwriting_input, typed_input, write_table
 
@@ -134,8 +134,13 @@ def _labels(columns: Columns, label_col: str, path: Path, names: list[str]) -> n
 
 def score_cache(clf: Classifier, cache: Path) -> np.ndarray:
     """The head's probabilities for every row of a finished cache, read and scored one shard at a time (page
-    checksums on, ids checked), in row order."""
+    checksums on, ids checked), in row order; a cache another command is rewriting is read once it is done."""
     store = EmbeddingCache(cache)
+    return read_whole(store.path, lambda: _score_store(clf, store),
+                      lambda: [store.manifest_path, *sorted(store.path.glob("shard-*.parquet"))])
+
+
+def _score_store(clf: Classifier, store: EmbeddingCache) -> np.ndarray:
     manifest = store.manifest()
     column, _ = pooling_column(clf.source[0], manifest)
     shape = manifest.poolings[column].shape
