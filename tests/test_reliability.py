@@ -283,3 +283,57 @@ def test_a_cache_being_rewritten_is_read_when_the_writer_is_done(ws):
     got = load_embeddings(cache, "mean").X
     thread.join()
     np.testing.assert_array_equal(got, want)
+
+
+# --- runs that share a folder -----------------------------------------------------------------------------------
+
+FT = ["--method", "setfit", "--shots", "4", "--epochs", "1", "--max-length", "16", "--dtype", "fp32", "--no-progress"]
+
+
+def test_fine_tunes_of_different_settings_never_share_a_run_folder_or_reuse_each_other(ws, run_cli, tiny_bert):
+    outs = {}
+    for lr in ("1e-3", "2e-3"):
+        code, out, err = run_cli("finetune", "--data", "train.csv", "--model", tiny_bert, *FT, "--lr", lr,
+                                 "--out", "ft-models", "--runs", "ft-runs")
+        assert code == 0 and not out.startswith("reused"), err
+        outs[lr] = out.splitlines()[-1].removeprefix("run: ")
+    assert outs["1e-3"] != outs["2e-3"]
+    for lr, run in outs.items():
+        record = json.loads((Path(run) / "metrics.json").read_text())
+        assert record["finetune"]["settings"]["lr"] == float(lr)
+    csv_rows = (Path(outs["1e-3"]).parent.parent / "runs.csv").read_text().splitlines()
+    assert len(csv_rows) == 3, "one runs.csv row per fine-tune"
+    code, out, _ = run_cli("finetune", "--data", "train.csv", "--model", tiny_bert, *FT, "--lr", "1e-3",
+                           "--out", "ft-models", "--runs", "ft-runs")
+    assert code == 0 and out.startswith("reused") and out.splitlines()[-1] == f"run: {outs['1e-3']}"
+
+
+def test_a_finished_fine_tune_whose_run_folder_was_replaced_is_not_reused(ws, run_cli, tiny_bert):
+    """A fine-tune made before run folders carried the key (or copied over by hand) left another key's run in the
+    folder its record names: the rerun computes again rather than report another fine-tune's scores."""
+    args = ["finetune", "--data", "train.csv", "--model", tiny_bert, *FT, "--lr", "3e-3", "--out", "ft2-models",
+            "--runs", "ft2-runs"]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    run = Path(out.splitlines()[-1].removeprefix("run: "))
+    record = json.loads((run / "run.json").read_text())
+    record["cache_key"] = "0" * 64
+    from pipeline.train.runs import record_digest
+
+    (run / "run.json").write_text(json.dumps({**record, "record_sha256": record_digest(record)}))
+    code, out, err = run_cli(*args)
+    assert code == 0 and not out.startswith("reused"), err
+
+
+def test_train_with_another_seed_gets_its_own_run_folder(ws, run_cli, tiny_bert):
+    rows = [(t, lab, "test" if i % 4 == 0 else "train") for i, (t, lab) in enumerate(sentiment_rows(60))]
+    write_csv(Path("split.csv"), rows, ("text", "label", "split"))
+    base = ["--data", "split.csv", "--split-col", "split", "--model", tiny_bert, "--no-progress"]
+    assert run_cli("embed", *base, "--dtype", "fp32", "--out", "seed-emb")[0] == 0
+    for seed in ("0", "1"):
+        code, _, err = run_cli("train", *base, "--head", "mlp", "--seed", seed, "--embeddings", "seed-emb",
+                               "--out", "seed-runs")
+        assert code == 0, err
+    folders = sorted(p.parent for p in Path("seed-runs").glob("*/mean/*/run.json"))
+    assert [p.name for p in folders] == ["mlp", "mlp-seed1"]
+    assert [json.loads((p / "run.json").read_text())["seed"] for p in folders] == [0, 1]

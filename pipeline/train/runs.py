@@ -123,8 +123,11 @@ def cache_runs_dir(root: Path, cache_name: str) -> Path:
     return Path(root) / safe_name(cache_name, 120)
 
 
-def run_dir(root: Path, cache_name: str, pooling: str, head: str) -> Path:
-    return cache_runs_dir(root, cache_name) / safe_name(pooling) / safe_name(head)
+def run_dir(root: Path, cache_name: str, pooling: str, head: str, seed: int = 0) -> Path:
+    """<root>/<cache>/<pooling>/<head>, and '<head>-seed<N>' for a seed other than 0: the seed changes a head (its
+    CV folds, its initial weights), so heads of two seeds never share a folder."""
+    name = f"{head}-seed{seed}" if seed else head
+    return cache_runs_dir(root, cache_name) / safe_name(pooling) / safe_name(name)
 
 
 def save_run(path: Path, model, record: RunRecord, X_train: np.ndarray | None = None) -> RunRecord:
