@@ -337,3 +337,66 @@ def test_train_with_another_seed_gets_its_own_run_folder(ws, run_cli, tiny_bert)
     folders = sorted(p.parent for p in Path("seed-runs").glob("*/mean/*/run.json"))
     assert [p.name for p in folders] == ["mlp", "mlp-seed1"]
     assert [json.loads((p / "run.json").read_text())["seed"] for p in folders] == [0, 1]
+
+
+# --- tracebacks on odd but valid input --------------------------------------------------------------------------
+
+def jsonl(path: Path, odd_line: str, at: int) -> Path:
+    lines = [json.dumps({"text": t, "label": lab}) for t, lab in sentiment_rows(20)]
+    lines.insert(at, odd_line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("at", [0, 5])
+@pytest.mark.parametrize("odd, message", [
+    ('{"text": "bad \\ud800 film", "label": "negative"}', "line {n} holds an unpaired UTF-16 surrogate escape"),
+    ('{"text": "fine", "label": "positive", "meta": ' + "[" * 5000 + "]" * 5000 + "}", "line {n} nests arrays"),
+])
+def test_odd_but_valid_json_gets_one_line_naming_the_line(ws, run_cli, tiny_bert, odd, message, at):
+    path = jsonl(Path(f"odd{at}.jsonl"), odd, at)
+    for args in (["embed", "--data", path, "--model", tiny_bert], ["predict", "--input", path]):
+        code, _, err = run_cli(*args, "--no-progress")
+        assert message.format(n=at + 1) in one_line_error(code, err)
+
+
+def test_paired_surrogate_escapes_and_moderate_nesting_read_fine(tmp_path):
+    from pipeline.data import read_table
+
+    path = jsonl(tmp_path / "ok.jsonl", '{"text": "smile \\ud83d\\ude00", "label": "positive", "meta": '
+                 + "[" * 200 + "]" * 200 + "}", 3)
+    assert read_table(path)["text"][3] == "smile \U0001F600"
+
+
+# --- resource bombs ---------------------------------------------------------------------------------------------
+
+def test_a_parquet_file_that_decodes_beyond_memory_is_refused_before_decoding(ws, run_cli, tiny_bert, monkeypatch):
+    """200 rows repeating one 1 MB text: a few kB on disk (dictionary + compression), 200 MB decoded. With 50 MB
+    available the read is refused in one line before a value is decoded; the same budget reads a normal file."""
+    import pipeline.data.budget as budget
+
+    rows = sentiment_rows(200)
+    pq.write_table(pa.table({"text": ["good " * 200_000] * 200, "label": [lab for _, lab in rows]}), "bomb.parquet")
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}), "fine.parquet")
+    assert Path("bomb.parquet").stat().st_size < 200_000
+    monkeypatch.setattr(budget, "available_memory", lambda: 50 * 2**20)
+    for args in (["embed", "--data", "bomb.parquet", "--model", tiny_bert], ["predict", "--input", "bomb.parquet"]):
+        code, _, err = run_cli(*args, "--no-progress")
+        assert "would take about 0.2 GiB of memory once read (191 MiB decoded)" in one_line_error(code, err)
+        assert "split it" in err
+    from pipeline.data import read_table
+
+    assert len(read_table(Path("fine.parquet"))["text"]) == 200
+
+
+def test_the_footer_alone_refuses_a_file_larger_than_memory(tmp_path, monkeypatch):
+    import pipeline.data.budget as budget
+    from pipeline.data import read_table
+    from pipeline.errors import PipelineError
+
+    pq.write_table(pa.table({"text": [f"text {i}" for i in range(1000)], "label": ["a", "b"] * 500}),
+                   tmp_path / "t.parquet", use_dictionary=False)
+    monkeypatch.setattr(budget, "available_memory", lambda: 1000)
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("pages read before the footer check"))
+    with pytest.raises(PipelineError, match="uncompressed"):
+        read_table(tmp_path / "t.parquet")
