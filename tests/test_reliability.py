@@ -400,3 +400,79 @@ def test_the_footer_alone_refuses_a_file_larger_than_memory(tmp_path, monkeypatc
     monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("pages read before the footer check"))
     with pytest.raises(PipelineError, match="uncompressed"):
         read_table(tmp_path / "t.parquet")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"num_hidden_layers": 10**6}, "describes a model of about"),
+    ({"vocab_size": 10**12}, "vocab_size=1000000000000"),
+    ({"hidden_size": 30, "num_attention_heads": 4}, "hidden_size=30, not a multiple of num_attention_heads=4"),
+    ({"num_attention_heads": 0}, "num_attention_heads=0, which must be a positive whole number"),
+    ({"intermediate_size": "big"}, "intermediate_size='big'"),
+])
+def test_a_model_config_that_cannot_be_built_is_refused_before_it_is_allocated(ws, run_cli, tiny_bert, edit,
+                                                                                message):
+    import shutil
+    import time
+
+    folder = Path(f"bad-config-{len(list(Path('.').glob('bad-config-*')))}")
+    shutil.copytree(tiny_bert, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **edit}))
+    started = time.perf_counter()
+    code, _, err = run_cli("embed", "--data", "train.csv", "--model", folder, "--no-progress")
+    assert message in one_line_error(code, err) and "config.json" in err
+    assert time.perf_counter() - started < 60
+
+
+def test_the_default_model_sized_configs_fit():
+    from pipeline.embed.config_budget import check_config_size, model_parameters
+
+    minilm = {"vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "intermediate_size": 1536,
+              "max_position_embeddings": 512, "type_vocab_size": 2, "num_attention_heads": 12}
+    assert 22_000_000 < model_parameters(minilm) < 23_000_000  # all-MiniLM-L6-v2 has 22.7M parameters
+    check_config_size("minilm", minilm)
+
+
+# --- waiting on nothing -----------------------------------------------------------------------------------------
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:{port}", "cannot reach the Ray cluster at 127.0.0.1:{port}"),
+    ("ray://127.0.0.1:{port}", "cannot reach the Ray cluster at ray://127.0.0.1:{port}"),
+    ("no-port-here", "is not host:port"),
+])
+def test_an_unreachable_ray_address_fails_in_seconds_with_one_line(ws, run_cli, tiny_bert, address, message):
+    import time
+
+    pytest.importorskip("ray")
+    port = closed_port()
+    started = time.perf_counter()
+    for args in (["embed", "--data", "train.csv", "--model", tiny_bert], ["predict", "--input", "new.csv"]):
+        code, _, err = run_cli(*args, "--engine", "ray", "--ray-address", address.format(port=port), "--no-progress")
+        assert message.format(port=port) in one_line_error(code, err) and "--ray-address" in err
+    assert time.perf_counter() - started < 30
+
+
+def test_an_address_that_never_answers_times_out_within_the_limit(monkeypatch):
+    import socket
+    import time
+
+    from pipeline.embed import remote
+    from pipeline.errors import PipelineError
+
+    def silent(address, timeout):
+        time.sleep(timeout)
+        raise TimeoutError
+
+    monkeypatch.setattr(socket, "create_connection", silent)
+    started = time.perf_counter()
+    with pytest.raises(PipelineError, match=r"no answer within 0.2 s"):
+        remote.check_ray_address("10.255.255.1:6379", timeout=0.2)
+    assert time.perf_counter() - started < 2

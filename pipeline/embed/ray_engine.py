@@ -18,6 +18,7 @@ from pathlib import Path
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.remote import check_ray_address
 from pipeline.embed.stage import EmbedResult, compute_shard, embed_dataset
 from pipeline.errors import PipelineError
 
@@ -154,6 +155,7 @@ def _start_ray(address: str | None):
     if ray.is_initialized():
         return ray, False
     target = address or os.environ.get("RAY_ADDRESS")
+    check_ray_address(target)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
