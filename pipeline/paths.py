@@ -214,3 +214,37 @@ def _waited_for_writer(folder: Path) -> bool:
         return False
     lock.release()
     return False
+
+
+def publish_together(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename finished files and folders (made beside their targets, same file system) into place as one step: all
+    of them or, when a rename fails, none (targets already replaced get their old contents back). A replaced file's
+    permissions are kept, as in publish."""
+    done: list[tuple[Path, Path | None]] = []
+    target = pairs[0][1]
+    try:
+        for new, target in pairs:  # noqa: B007 - `target` names the failing one below
+            mode = _kept_mode(target) if target.is_file() else None
+            old = None
+            if target.exists() or target.is_symlink():
+                old = new.with_name(f"{new.name}.old")
+                os.replace(target, old)
+            done.append((target, old))
+            os.replace(new, target)
+            if mode is not None:
+                os.chmod(target, mode)
+    except OSError as exc:
+        for target, old in reversed(done):
+            _remove(target)
+            if old is not None:
+                os.replace(old, target)
+        raise PipelineError(_write_error(target, exc)) from None
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

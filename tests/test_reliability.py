@@ -476,3 +476,52 @@ def test_an_address_that_never_answers_times_out_within_the_limit(monkeypatch):
     with pytest.raises(PipelineError, match=r"no answer within 0.2 s"):
         remote.check_ray_address("10.255.255.1:6379", timeout=0.2)
     assert time.perf_counter() - started < 2
+
+
+# --- export: the run's own files, all or none, the way out ------------------------------------------------------
+
+def snapshot(root: Path) -> dict:
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("name", ["run.onnx", "head.onnx", "metrics.onnx"])
+def test_export_never_writes_over_the_runs_own_files(ws, run_cli, name):
+    before = snapshot(run_folder())
+    code, _, err = run_cli("export", "--run", run_folder(), "--out", run_folder() / name)
+    assert "a file of the run or its model" in one_line_error(code, err) and "another name" in err
+    assert snapshot(run_folder()) == before
+
+
+def test_export_writes_all_of_its_files_or_none(ws, run_cli, monkeypatch):
+    import pipeline.paths as paths
+
+    code, _, err = run_cli("export", "--run", run_folder(), "--out", "exp/m.onnx")
+    assert code == 0, err
+    real = os.replace
+
+    def failing(src, dst):
+        if str(dst).endswith("m.json") and ".m.onnx." in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(paths.os, "replace", failing)
+    Path("exp/m.tokenizer/extra.txt").write_text("kept as it was")
+    before = snapshot(Path("exp"))
+    code, _, err = run_cli("export", "--run", run_folder(), "--out", "exp/m.onnx")
+    assert "No space left on device" in one_line_error(code, err) and "unchanged" in err
+    assert snapshot(Path("exp")) == before, "the first export is whole, the second left nothing"
+    assert sorted(p.name for p in Path("exp").iterdir()) == ["m.json", "m.onnx", "m.tokenizer"]
+
+
+def test_a_fine_tuned_run_exports(ws, run_cli, tiny_bert):
+    code, out, err = run_cli("finetune", "--data", "train.csv", "--model", tiny_bert, "--epochs", "1", "--lr", "1e-3",
+                             "--max-length", "16", "--dtype", "fp32", "--no-progress", "--out", "ex-models",
+                             "--runs", "ex-runs")
+    assert code == 0, err
+    run = out.splitlines()[-1].removeprefix("run: ")
+    code, out, err = run_cli("export", "--run", run, "--out", "ft-export/m.onnx")
+    assert code == 0, err
+    meta = json.loads(Path("ft-export/m.json").read_text())
+    assert meta["check"]["max_abs_diff"] <= 1e-4 and meta["head"].startswith("finetune-")
