@@ -7,3 +7,11 @@ single line (what is wrong, and how to fix it) and exits non-zero, without a tra
 
 class PipelineError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do."""
+
+
+def capped(items, limit: int = 10) -> str:
+    """A comma list for a one-line message: at most `limit` items, then how many more (a file can have thousands of
+    columns or labels, and one line must stay one short line)."""
+    shown = [str(item) for item in items]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more

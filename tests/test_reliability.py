@@ -525,3 +525,35 @@ def test_a_fine_tuned_run_exports(ws, run_cli, tiny_bert):
     assert code == 0, err
     meta = json.loads(Path("ft-export/m.json").read_text())
     assert meta["check"]["max_abs_diff"] <= 1e-4 and meta["head"].startswith("finetune-")
+
+
+# --- messages ---------------------------------------------------------------------------------------------------
+
+def test_a_file_with_thousands_of_columns_gets_a_short_line(ws, run_cli, tiny_bert):
+    pq.write_table(pa.table({f"col{i}": ["x", "y"] for i in range(5000)}), "wide.parquet")
+    for args in (["predict", "--input", "wide.parquet"], ["embed", "--data", "wide.parquet", "--model", tiny_bert]):
+        code, _, err = run_cli(*args, "--no-progress")
+        assert "and 4990 more" in one_line_error(code, err) and len(err) < 700, err
+
+
+def test_many_unknown_labels_are_capped(ws, run_cli):
+    write_csv(Path("many-labels.csv"), [(f"good film {i}", f"label{i}") for i in range(500)])
+    code, _, err = run_cli("predict", "--input", "many-labels.csv", "--label-col", "label", "--output", "ml.csv",
+                           "--no-progress")
+    assert "and 490 more" in one_line_error(code, err) and len(err) < 700
+
+
+def test_a_message_quoting_a_line_break_stays_one_line(ws, run_cli):
+    pq.write_table(pa.table({"first\nsecond": ["x", "y"], "label": ["a", "b"]}), "newline-name.parquet")
+    code, _, err = run_cli("predict", "--input", "newline-name.parquet", "--no-progress")
+    assert "no text column 'text'" in one_line_error(code, err) and "first second" in err
+
+
+def test_one_line_keeps_what_is_wrong_and_the_way_out():
+    from pipeline.cli import MESSAGE_CHARS, one_line
+
+    message = "what is wrong: " + "x" * 5000 + "\nmore\r\n: the way out"
+    line = one_line(message)
+    assert "\n" not in line and "\r" not in line and len(line) <= MESSAGE_CHARS + 10
+    assert line.startswith("what is wrong: ") and line.endswith("more : the way out")
+    assert one_line("short  one") == "short  one"

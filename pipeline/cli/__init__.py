@@ -3,6 +3,7 @@ and notebooks call too). Heavy modules are imported inside the commands, so `--h
 
 import atexit
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -102,14 +103,26 @@ def main() -> None:
     try:
         cli.main(standalone_mode=False)
     except PipelineError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {one_line(str(exc))}", err=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: interrupted; finished shards are kept, run the same command to resume", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()} (see --help)", err=True)
+        click.echo(f"error: {one_line(exc.format_message())} (see --help)", err=True)
         sys.exit(exc.exit_code or 2)
+
+
+MESSAGE_CHARS = 600  # a message longer than this is cut in its middle: what is wrong comes first, the fix last
+
+
+def one_line(message: str) -> str:
+    """An error as one short line, whatever it quotes (a value with newlines, a library's long text): line breaks
+    become spaces, and an overlong middle gives way, keeping the start (what is wrong) and the end (the way out)."""
+    flat = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    if len(flat) <= MESSAGE_CHARS:
+        return flat
+    return f"{flat[:MESSAGE_CHARS * 2 // 3]} [...] {flat[-MESSAGE_CHARS // 3:]}"
 
 
 def run() -> None:

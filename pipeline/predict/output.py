@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes
 
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -75,8 +75,7 @@ def _refuse_unwritable(path: Path, table: pa.Table, fmt: str) -> None:
     nested = [f.name for f in table.schema if pa.types.is_nested(f.type)] if fmt in ("csv", "tsv") else []
     for names, what, fix in ((binary, "bytes", ".parquet"), (nested, "nested values", ".parquet or .jsonl")):
         if names and fmt != "parquet":
-            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-            raise PipelineError(f"cannot write {path} as {fmt.upper()}: column(s) {shown} hold {what}; "
+            raise PipelineError(f"cannot write {path} as {fmt.upper()}: column(s) {capped(names, 5)} hold {what}; "
                                 f"write {fix} instead")
 
 

@@ -19,7 +19,7 @@ from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
 from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
 from pipeline.predict.output import output_format, refuse_overwriting_input, typed_input, write_table
@@ -106,7 +106,7 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
 
 def _column(columns: Columns, name: str, path: Path, role: str) -> list:
     if name not in columns:
-        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {', '.join(columns)}): "
+        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {capped(columns)}): "
                             f"use --{role}-col")
     return columns[name]
 
@@ -125,9 +125,8 @@ def _labels(columns: Columns, label_col: str, path: Path, names: list[str]) -> n
     codes, found = encode_labels(_column(columns, label_col, path, "label"), label_col)
     unseen = [name for name in found if name not in names]
     if unseen:
-        shown = ", ".join(map(repr, unseen[:10])) + (f" and {len(unseen) - 10} more" if len(unseen) > 10 else "")
-        raise PipelineError(f"label(s) {shown} in column '{label_col}' of {path} never occur in the run's labels "
-                            f"({', '.join(names)}): drop those rows or map them to the run's labels")
+        raise PipelineError(f"label(s) {capped(map(repr, unseen))} in column '{label_col}' of {path} never occur "
+                            f"in the run's labels ({capped(names)}): drop those rows or map them to the run's labels")
     index = np.array([names.index(name) for name in found], dtype=np.int64)
     return index[codes]
 
