@@ -557,3 +557,54 @@ def test_one_line_keeps_what_is_wrong_and_the_way_out():
     assert "\n" not in line and "\r" not in line and len(line) <= MESSAGE_CHARS + 10
     assert line.startswith("what is wrong: ") and line.endswith("more : the way out")
     assert one_line("short  one") == "short  one"
+
+
+# --- the smallest allowed value of every numeric option ---------------------------------------------------------
+
+@pytest.mark.parametrize("option, value", [("--shard-rows", "1"), ("--max-length", "2"), ("--batch-tokens", "1"),
+                                           ("--test-size", "0.0001"), ("--seed", str(2**32 - 1))])
+def test_embed_and_train_at_an_options_smallest_or_largest_value(ws, run_cli, tiny_bert, option, value):
+    write_csv(Path("small.csv"), sentiment_rows(24))
+    data = ["--data", "small.csv", "--model", tiny_bert, "--no-progress", "--embeddings", "min-emb"]
+    split = [option, value] if option in ("--test-size", "--seed") else []
+    code, _, err = run_cli("embed", *data[:5], "--out", "min-emb", "--dtype", "fp32", option, value)
+    assert code == 0, err
+    code, out, err = run_cli("train", *data, *split, "--out", "min-runs")
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_predict_with_one_row_per_shard(ws, run_cli):
+    code, out, err = run_cli("predict", "--input", "new.csv", "--shard-rows", "1", "--output", "one.csv",
+                             "--embeddings", "one-emb", "--no-progress")
+    assert code == 0 and "wrote 12 predictions" in out, err
+    assert len(list(Path("one-emb").glob("*/shard-*.parquet"))) == 12
+
+
+def test_setfit_with_one_shot_per_class(ws, run_cli, tiny_bert):
+    code, out, err = run_cli("finetune", "--data", "train.csv", "--model", tiny_bert, "--method", "setfit", "--shots",
+                             "1", "--epochs", "1", "--lr", "1e-3", "--max-length", "8", "--dtype", "fp32",
+                             "--no-progress", "--out", "one-shot-models", "--runs", "one-shot-runs")
+    assert code == 0 and "Traceback" not in err, err
+    metrics = json.loads((Path(out.splitlines()[-1].removeprefix("run: ")) / "metrics.json").read_text())
+    assert metrics["n_train"] == 2
+
+
+def test_a_class_with_one_train_row_fits_logreg_and_refuses_cv_heads_with_the_way_out():
+    from pipeline.train.heads import HeadUnavailable, fit_head
+
+    X = np.random.default_rng(0).normal(size=(9, 4))
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])  # class 2 has a single row: no fold can stratify it
+    assert fit_head("logreg", X, y).predict_proba(X).shape == (9, 3)
+    for head in ("linear-svm", "knn"):
+        with pytest.raises(HeadUnavailable, match="use logreg, add rows of the rarest class, or give a dev split"):
+            fit_head(head, X, y)
+
+
+def test_knn_on_a_small_train_split_never_tries_more_neighbours_than_rows(recwarn):
+    from pipeline.train.heads import fit_head
+
+    X = np.random.default_rng(0).normal(size=(24, 4))
+    y = np.arange(24) % 2
+    model = fit_head("knn", X, y)
+    assert model.best_params_["kneighborsclassifier__n_neighbors"] <= 12
+    assert not [w for w in recwarn if "fits failed" in str(w.message)]
