@@ -666,3 +666,16 @@ def test_batch_mates_on_the_default_model_and_sst2(dtype, runtime, bound, monkey
                 np.testing.assert_allclose(b, a, atol=1e-5, err_msg=name)
             else:
                 assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= bound and np.abs(a - b).max() <= 1e-2
+
+
+def test_a_hub_that_does_not_answer_falls_back_to_the_local_cache_at_once(monkeypatch):
+    import huggingface_hub
+
+    from pipeline.embed import models
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append(kw) or "/nowhere")
+    models._from_hub("someorg/some-model")
+    assert calls[0]["local_files_only"] is True

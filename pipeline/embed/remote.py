@@ -2,6 +2,7 @@
 (GCS connection attempts, then more), which looks like a hung command. One TCP connection with a short timeout
 tells an unreachable or mistyped address apart in seconds, before Ray is started."""
 
+import os
 import socket
 from urllib.parse import urlsplit
 
@@ -35,3 +36,18 @@ def _host_port(address: str) -> tuple[str, int]:
         raise PipelineError(f"--ray-address {address!r} is not host:port (or ray://host:port), e.g. 10.0.0.5:6379 "
                             "as `ray start --head` prints it")
     return parts.hostname, port
+
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, else huggingface.co) takes a connection within `timeout` seconds.
+    Not, and a download falls back to the local cache at once, instead of waiting on the network's timeouts (no
+    answer at all: minutes, with retries); offline mode (HF_HUB_OFFLINE) skips the probe."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    parts = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except (OSError, ValueError):
+        return False
+    return True
