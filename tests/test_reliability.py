@@ -679,3 +679,27 @@ def test_a_hub_that_does_not_answer_falls_back_to_the_local_cache_at_once(monkey
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append(kw) or "/nowhere")
     models._from_hub("someorg/some-model")
     assert calls[0]["local_files_only"] is True
+
+
+# --- as a process: what only the console script shows -----------------------------------------------------------
+
+@pytest.mark.parametrize("case", ["ray", "output-is-input", "odd-suffix"])
+def test_the_console_script_fails_fast_with_one_line(ws, tiny_bert, case):
+    """The installed console script (its fast exit, Ray's native retries on stderr): exit 2, one line, in seconds."""
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    script = Path(sys.executable).parent / "bert-pipeline"
+    args = {"ray": ["embed", "--data", "train.csv", "--model", str(tiny_bert), "--engine", "ray", "--ray-address",
+                    f"127.0.0.1:{closed_port()}"],
+            "output-is-input": ["predict", "--input", "new.csv", "--output", "new.csv"],
+            "odd-suffix": ["predict", "--text", "good fun", "--output", "x.xlsx"]}[case]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    done = subprocess.run([str(script), *args, "--no-progress"], capture_output=True, text=True, timeout=120,
+                          env=env)
+    assert time.perf_counter() - started < 60
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
