@@ -138,6 +138,17 @@ def test_export_never_writes_over_the_runs_own_files(ws, run_cli, name):
     assert snapshot(run_folder()) == before
 
 
+@pytest.mark.parametrize("name", ["run.json", "metrics.json"])
+def test_predict_never_writes_over_the_runs_own_files(ws, run_cli, name):
+    """--output <run>/run.json is a JSON Lines output by its suffix: it would replace the run's record."""
+    before = snapshot(run_folder())
+    for args in (["--text", "good fun"], ["--input", "new.csv"]):
+        code, _, err = run_cli("predict", "--run", run_folder(), *args, "--output", run_folder() / name,
+                               "--no-progress")
+        assert "a file of the run or its model" in one_line_error(code, err)
+    assert snapshot(run_folder()) == before
+
+
 def test_export_writes_all_of_its_files_or_none(ws, run_cli, monkeypatch):
     import pipeline.paths as paths
 

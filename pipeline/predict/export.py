@@ -27,6 +27,7 @@ from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish_together
 from pipeline.predict.classifier import Classifier
+from pipeline.predict.output import refuse_run_files
 from pipeline.train.head_graph import convert
 from pipeline.train.runs import Run
 
@@ -57,7 +58,7 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
     if out.is_dir():
         raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
     meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
-    _refuse_own_files(clf, [out, meta, tokenizer])
+    refuse_run_files(clf.path, clf.run.record.model_ref, [out, meta, tokenizer], "--out")
     graph, classes = _head_graph(clf.run)
     if graph is None:
         raise PipelineError(f"head {clf.head} of this run does not convert to ONNX, so it does not export: train "
@@ -73,17 +74,6 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
         atomic_write_json(staged / meta.name, _meta(clf, out, tokenizer, diff))
         publish_together([(staged / out.name, out), (staged / tokenizer.name, tokenizer), (staged / meta.name, meta)])
     return Exported(out, meta, tokenizer, diff, len(payload))
-
-
-def _refuse_own_files(clf: Classifier, targets: list[Path]) -> None:
-    """An export named like a file of the run (e.g. --out <run>/run.onnx would put its .json over run.json) or of
-    the run's model folder would break what it exports: refuse before any work."""
-    model = Path(clf.run.record.model_ref)
-    owners = [clf.path.resolve(), *([model.resolve()] if model.is_dir() else [])]
-    for target in targets:
-        if (target.exists() or target.is_symlink()) and target.resolve().parent in owners:
-            raise PipelineError(f"--out {targets[0]} would overwrite {target}, a file of the run or its model: "
-                                "export to another name or folder")
 
 
 def _head_graph(run: Run) -> tuple[bytes | None, list[int]]:

@@ -41,6 +41,17 @@ def refuse_overwriting_input(input_path: Path, outputs: list[Path]) -> None:
                                 "input; write the predictions to another file")
 
 
+def refuse_run_files(run: Path, model_ref: str, outputs: list[Path], option: str) -> None:
+    """An output named like a file of the run (run.json, head.skops: e.g. --output <run>/run.json, or an export whose
+    .json lands on run.json) or of the run's model folder would break what it was made from: refuse before work."""
+    model = Path(model_ref)
+    owners = [Path(run).resolve(), *([model.resolve()] if model.is_dir() else [])]
+    for output in outputs:
+        if (output.exists() or output.is_symlink()) and output.resolve().parent in owners:
+            raise PipelineError(f"{option} {outputs[0]} would overwrite {output}, a file of the run or its model: "
+                                "write to another name or folder")
+
+
 def typed_input(input_path: Path, names: list[str]) -> pa.Table | None:
     """A Parquet input's own columns, types untouched, for a Parquet output (None for other inputs: their values
     are text or JSON, and Arrow's inference keeps them as they were read)."""

@@ -22,7 +22,13 @@ from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_sessi
 from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
-from pipeline.predict.output import output_format, refuse_overwriting_input, typed_input, write_table
+from pipeline.predict.output import (
+    output_format,
+    refuse_overwriting_input,
+    refuse_run_files,
+    typed_input,
+    write_table,
+)
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 
@@ -68,7 +74,9 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
     if output is not None:
         output_format(output)
-        refuse_overwriting_input(input_path, [*filter(None, written), *report_paths(output)[2:]])
+        every = [*filter(None, written), *report_paths(output)[2:]]
+        refuse_overwriting_input(input_path, every)
+        refuse_run_files(clf.path, clf.run.record.model_ref, every, "--output")
     with engine_session(engine, embeddings, ray_address) as (reader, runner):
         columns = reader(input_path)
         texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
