@@ -187,3 +187,29 @@ def test_train_with_another_seed_gets_its_own_run_folder(ws, run_cli, tiny_bert)
     folders = sorted(p.parent for p in Path("seed-runs").glob("*/mean/*/run.json"))
     assert [p.name for p in folders] == ["mlp", "mlp-seed1"]
     assert [json.loads((p / "run.json").read_text())["seed"] for p in folders] == [0, 1]
+
+
+def test_two_commands_updating_one_runs_csv_keep_each_others_rows(tmp_path, monkeypatch):
+    """Each writer reads runs.csv, adds its row and writes it back; without the lock, one row would be lost."""
+    import threading
+
+    from pipeline.train import report
+
+    path = tmp_path / "runs.csv"
+    real_write = report.write_csv
+
+    def slow_write(*args):  # widen the window between a writer's read and its write
+        import time
+
+        time.sleep(0.2)
+        real_write(*args)
+
+    row = {f: 0 for f in report.SUMMARY_FIELDS}
+    rows = [{**row, "pooling": "mean", "head": f"head{i}", "accuracy": 0.5} for i in range(4)]
+    monkeypatch.setattr(report, "write_csv", slow_write)
+    threads = [threading.Thread(target=report.update_summary, args=(path, [r])) for r in rows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(line.split(",")[1] for line in path.read_text().splitlines()[1:]) == [f"head{i}" for i in range(4)]
