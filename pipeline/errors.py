@@ -14,3 +14,11 @@ def first_line(exc: BaseException, limit: int = 200) -> str:
     converter's traceback, Ray's wrapped one), while the message the user sees must stay one line."""
     text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def capped(items, limit: int = 10) -> str:
+    """A comma list for a one-line message: at most `limit` items, then how many more (a file can have thousands of
+    columns or labels, and one line must stay one short line)."""
+    shown = [str(item) for item in items]
+    more = f" and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more

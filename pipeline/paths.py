@@ -8,9 +8,16 @@ import re
 import stat
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from filelock import FileLock, Timeout
 
 from pipeline.errors import PipelineError
+
+T = TypeVar("T")
+WRITER_WAIT_S = 600  # how long a reader waits for a writer of the same folder before it reports what it read
 
 
 def safe_name(name: str, max_len: int = 60) -> str:
@@ -94,13 +101,26 @@ def _write_error(path: Path, exc: OSError) -> str:
 _UMASK_LOCK = threading.Lock()  # the umask is process-wide; reading it means setting it, so one thread at a time
 
 
+def _kept_mode(path: Path) -> int | None:
+    """The permission bits of the file being replaced (None for a new file): a file a user made private (0600) must
+    not become world-readable because a command rewrote it."""
+    try:
+        return os.stat(path).st_mode & 0o777  # never setuid/setgid bits onto new contents
+    except OSError:
+        return None
+
+
 def publish(tmp: Path, path: Path) -> None:
-    """Rename a finished temp file into place with the usual permissions (mkstemp makes files private, 0600). Shards
-    are published from several writer threads at once, hence the lock around reading the umask."""
-    with _UMASK_LOCK:
-        umask = os.umask(0)
-        os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    """Rename a finished temp file into place with the permissions of the file it replaces, else the usual ones of a
+    new file (mkstemp makes files private, 0600). Shards are published from several writer threads at once, hence
+    the lock around reading the umask."""
+    mode = _kept_mode(path)
+    if mode is None:
+        with _UMASK_LOCK:
+            umask = os.umask(0)
+            os.umask(umask)
+        mode = 0o666 & ~umask
+    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 
@@ -150,3 +170,89 @@ def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     hash_file_into(digest, path)
     return digest.hexdigest()
+
+
+def writer_lock(folder: Path) -> FileLock:
+    """The lock a writer of `folder` (a cache, a run) holds while it replaces the folder's files; beside the folder,
+    so a reader of a read-only folder never needs to create anything."""
+    folder = Path(folder)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"))
+
+
+def read_whole(folder: Path, read: Callable[[], T], watched: Callable[[], list[Path]]) -> T:
+    """`read()` of a folder that a writer may be rewriting: the old version whole or the new one whole.
+
+    Why: readers take no lock (a shared, read-only folder must stay readable, and readers must not stall writers),
+    so a read can catch a writer between two files and fail its checks (a record naming a head that is already the
+    new one). When a read fails while the folder's writer holds its lock, or while the `watched` files changed under
+    it, the reader waits for the writer and reads again; a failure with no writer about is real damage, reported."""
+    attempts = 0
+    while True:
+        before = _stamps(watched())
+        try:
+            return read()
+        except PipelineError:
+            attempts += 1
+            changed = _stamps(watched()) != before
+            if attempts == 3 or not (_waited_for_writer(folder) or changed):
+                raise
+
+
+def _stamps(paths: list[Path]) -> list:
+    return [file_stamp(p) if p.exists() else None for p in paths]
+
+
+def _waited_for_writer(folder: Path) -> bool:
+    """True after waiting for a writer that held `folder`'s lock; False at once when none did (or the lock cannot
+    be made, e.g. a read-only parent: then no writer can be working there either). A reader never creates the
+    lock file: a folder no writer ever held is left exactly as it was."""
+    lock = writer_lock(folder)
+    if not Path(lock.lock_file).exists():
+        return False
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            lock.acquire(timeout=WRITER_WAIT_S)
+        except Timeout:
+            return False
+        lock.release()
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
+def publish_together(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename finished files and folders (made beside their targets, same file system) into place as one step: all
+    of them or, when a rename fails, none (targets already replaced get their old contents back). A replaced file's
+    permissions are kept, as in publish."""
+    done: list[tuple[Path, Path | None]] = []
+    target = pairs[0][1]
+    try:
+        for new, target in pairs:  # noqa: B007 - `target` names the failing one below
+            mode = _kept_mode(target) if target.is_file() else None
+            old = None
+            if target.exists() or target.is_symlink():
+                old = new.with_name(f"{new.name}.old")
+                os.replace(target, old)
+            done.append((target, old))
+            os.replace(new, target)
+            if mode is not None:
+                os.chmod(target, mode)
+    except OSError as exc:
+        for target, old in reversed(done):
+            _remove(target)
+            if old is not None:
+                os.replace(old, target)
+        raise PipelineError(_write_error(target, exc)) from None
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

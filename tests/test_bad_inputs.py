@@ -79,12 +79,19 @@ def ws(workspace, tiny_bert, run_cli, monkeypatch):
             handle.write(b"junk")
         shutil.copytree(run, moved)
         record = json.loads((moved / "run.json").read_text())
-        (moved / "run.json").write_text(json.dumps({**record, "model_ref": "/nonexistent/deleted-model"}))
+        (moved / "run.json").write_text(json.dumps(sealed({**record, "model_ref": "/nonexistent/deleted-model"})))
         changed = Path("in/changed-model-run")
         shutil.copytree(run, changed)
         record["encoder"]["model"]["weights_sha256"] = "0" * 64
-        (changed / "run.json").write_text(json.dumps(record))
+        (changed / "run.json").write_text(json.dumps(sealed(record)))
     return workspace
+
+
+def sealed(record: dict) -> dict:
+    """A run.json as a run made that way would hold it: with its own sha256 (an edit without it is refused)."""
+    from pipeline.train.runs import record_digest
+
+    return {**record, "record_sha256": record_digest(record)}
 
 
 def snapshot(root: Path) -> dict:

@@ -59,10 +59,10 @@ def test_full_fine_tune_end_to_end_through_the_cli(run_cli, tiny_bert, toy_split
     assert record["selection"].startswith("the dev split") and record["rows"]["select"] == 32
     card = (model_dir / "README.md").read_text()
     assert "tiny-bert" in card and "test accuracy" in card and "| lr | 0.001 |" in card
-    run = next((tmp_path / "runs").glob("*/mean/finetune"))
+    run = next((tmp_path / "runs").glob("*/mean/finetune-*"))
     assert {"report.md", "metrics.json", "confusion.png", "run.json"} <= {p.name for p in run.iterdir()}
     rows = (run.parent.parent / "runs.csv").read_text()
-    assert "mean,finetune," in rows
+    assert f"mean,{run.name}," in rows
     # the tuned folder is a model like any other, and predict uses the run (tuned encoder + exported head)
     code, out, err = run_cli("predict", "--run", run, "--text", "good great fun film", "--text", "bad awful dull")
     assert code == 0 and len(out.strip().splitlines()) == 2, err
@@ -85,9 +85,9 @@ def test_setfit_end_to_end_with_shots(run_cli, tiny_bert, toy, tmp_path, monkeyp
         "finetune.json").read_text())
     assert record["rows"]["train"] == 16 and record["rows"]["select"] == 0, "8 shots per class, nothing held out"
     assert record["history"][1]["loss"] < record["history"][0]["loss"]
-    run = next((tmp_path / "runs").glob("*/mean/setfit-8shot"))
+    run = next((tmp_path / "runs").glob("*/mean/setfit-8shot-*"))
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["n_train"] == 16 and metrics["head"] == "setfit-8shot" and metrics["params"]["shots"] == 8
+    assert metrics["n_train"] == 16 and metrics["head"] == run.name and metrics["params"]["shots"] == 8
 
 
 def test_saved_folder_predicts_what_the_in_memory_model_predicted(tiny_bert, toy, tmp_path):

@@ -406,17 +406,21 @@ def test_the_exported_graph_equals_predict(three_class_runs, run_cli, tmp_path, 
         scope["tok"].encode("fine").ids
 
 
-def test_a_run_without_a_head_graph_is_refused_in_one_line(three_class_runs, run_cli, tmp_path):
-    """A run trained before heads had graphs (or a head that does not convert): no ONNX head, no export."""
+def test_a_run_whose_head_does_not_convert_is_refused_in_one_line_with_the_way_out(three_class_runs, run_cli,
+                                                                                   tmp_path, monkeypatch):
+    """A run without head.onnx gets its head converted at export; a head skl2onnx cannot convert is refused."""
     import shutil
+
+    import pipeline.predict.export as export
 
     run = shutil.copytree(three_class_runs / "mean" / "logreg", tmp_path / "run")
     record = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None}))
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "record_sha256": None}))
     (run / "head.onnx").unlink()
+    monkeypatch.setattr(export, "convert", lambda model, dim: None)
     code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "head logreg of this run has no ONNX graph (head.onnx), so it does not export" in err
+    assert "head logreg of this run does not convert to ONNX" in err and "export that run" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
@@ -426,7 +430,8 @@ def test_a_run_trained_before_head_graphs_still_exports(three_class_runs, run_cl
 
     run = shutil.copytree(three_class_runs / "layer1" / "linear-svm", tmp_path / "run")
     record = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "head_classes": None}))
+    (run / "run.json").write_text(json.dumps({**record, "head_graph_sha256": None, "head_classes": None,
+                                                      "record_sha256": None}))
     (run / "head.onnx").unlink()
     code, out, err = run_cli("export", "--run", run, "--out", tmp_path / "m.onnx")
     assert code == 0, err

@@ -155,7 +155,7 @@ def test_a_head_file_with_foreign_types_is_refused_and_old_pickled_runs_still_lo
     import joblib
     import skops.io
 
-    from pipeline.train.runs import HEAD_FILE, LEGACY_HEAD_FILE
+    from pipeline.train.runs import HEAD_FILE, LEGACY_HEAD_FILE, record_digest
 
     train_cache(cache, "mean", ["logreg"], tmp_path / "runs", progress=False)
     run = tmp_path / "runs" / cache.name / "mean" / "logreg"
@@ -168,7 +168,8 @@ def test_a_head_file_with_foreign_types_is_refused_and_old_pickled_runs_still_lo
         digest = hashlib.sha256(payload).hexdigest()
         (run / name).write_bytes(payload)
         (run / f"{name}.sha256").write_text(f"{digest}  {name}\n")
-        (run / "run.json").write_text(json.dumps({**record, "head_sha256": digest}))
+        planted = {**record, "head_sha256": digest}  # the whole record rewritten, its own sha256 too
+        (run / "run.json").write_text(json.dumps({**planted, "record_sha256": record_digest(planted)}))
 
     from sklearn.preprocessing import FunctionTransformer
 

@@ -15,7 +15,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.cache.records import MANIFEST_FILE, Manifest, ShardRecord
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, file_sha256, file_stamp, publish, safe_name
+from pipeline.paths import atomic_write_json, file_sha256, file_stamp, publish, read_whole, safe_name, writer_lock
 
 EMB_PREFIX = "emb_"
 KEY_FILE = "_key.json"
@@ -59,7 +59,7 @@ class EmbeddingCache:
         return self.path / f"shard-{index:05d}.parquet"
 
     def lock(self) -> FileLock:
-        return FileLock(str(self.path.parent / f".{self.path.name}.lock"))
+        return writer_lock(self.path)
 
     def acquire(self) -> FileLock:
         """Take the writer lock or stop at once: two runs on one cache would interleave shards."""
@@ -201,9 +201,15 @@ def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -
     """Vectors of one pooling (or 'layerK', one layer of 'layers') as numpy arrays, checked against the manifest.
 
     A shard that is missing, of the wrong size or row count, or fails its page checksums is refused: a damaged
-    cache is never read as data.
+    cache is never read as data. A cache that an embed is rewriting (e.g. adding a pooling) is read once the
+    writer is done, never reported as damaged (paths.read_whole).
     """
     store = EmbeddingCache(Path(cache))
+    return read_whole(store.path, lambda: _load_embeddings(store, pooling, split),
+                      lambda: [store.manifest_path, *sorted(store.path.glob("shard-*.parquet"))])
+
+
+def _load_embeddings(store: "EmbeddingCache", pooling: str, split: str | None) -> Embeddings:
     manifest = store.manifest()
     column, layer = pooling_column(pooling, manifest)
     parts = [_read_checked(store, shard, column) for shard in manifest.shards]

@@ -3,6 +3,7 @@ and notebooks call too). Heavy modules are imported inside the commands, so `--h
 
 import atexit
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -124,8 +125,20 @@ def _fail(line: str, code: int) -> None:
     tqdm = getattr(sys.modules.get("tqdm"), "tqdm", None)
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
-    click.echo(line, err=True)
+    click.echo(one_line(line), err=True)
     sys.exit(code)
+
+
+MESSAGE_CHARS = 600  # a message longer than this is cut in its middle: what is wrong comes first, the fix last
+
+
+def one_line(message: str) -> str:
+    """An error as one short line, whatever it quotes (a value with newlines, a library's long text): line breaks
+    become spaces, and an overlong middle gives way, keeping the start (what is wrong) and the end (the way out)."""
+    flat = re.sub(r"\s*[\r\n]+\s*", " ", message.strip())
+    if len(flat) <= MESSAGE_CHARS:
+        return flat
+    return f"{flat[:MESSAGE_CHARS * 2 // 3]} [...] {flat[-MESSAGE_CHARS // 3:]}"
 
 
 def run() -> None:

@@ -56,8 +56,12 @@ def predict(run_path, runs, texts, input_path, text_col, label_col, output, devi
 
 
 def _predict_texts(clf, texts: list[str], output: Path | None) -> None:
-    from pipeline.predict.stage import output_table, write_table
+    from pipeline.predict.output import output_format, refuse_run_files, write_table
+    from pipeline.predict.stage import output_table
 
+    if output:
+        output_format(output)
+        refuse_run_files(clf.path, clf.run.record.model_ref, [output], "--output")
     proba = clf.predict_proba(texts)
     if output:
         write_table(output, output_table({"text": texts}, clf.label_names, proba))

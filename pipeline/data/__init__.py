@@ -11,7 +11,7 @@ from pipeline.data.dataset import ColumnSpec, Dataset, dataset_name, load_datase
 from pipeline.data.demo import NAME as DEMO_NAME
 from pipeline.data.demo import demo_csv
 from pipeline.data.tables import Columns, read_table
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, capped
 
 __all__ = ["ColumnSpec", "Dataset", "DataSpec", "load_dataset", "load_texts", "read_table", "read_texts",
            "resolve_data", "subset", "unlabelled", "DEMO_NAME"]
@@ -53,7 +53,7 @@ def read_texts(path: Path, column: str) -> list[str]:
     """One column of a table file, e.g. the texts to predict (no labels needed)."""
     table = read_table(Path(path))
     if column not in table:
-        raise PipelineError(f"no text column '{column}' in {path} (columns: {', '.join(table)}): use --text-col")
+        raise PipelineError(f"no text column '{column}' in {path} (columns: {capped(table)}): use --text-col")
     return table[column]
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.data.sniff import separator_hint
 from pipeline.data.tables import Columns, is_missing, read_table, stored_type
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, capped
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "dev": "dev", "val": "dev", "valid": "dev",
                  "validation": "dev", "test": "test", "testing": "test"}
@@ -86,7 +86,7 @@ def dataset_name(path: Path) -> str:
 def _column(table: Columns, name: str, path: Path, role: str) -> list:
     if name in table:
         return table[name]
-    present = ", ".join(repr(c) for c in table)
+    present = capped(map(repr, table))
     separator = separator_hint(list(table))
     if separator:
         hint = separator

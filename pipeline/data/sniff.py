@@ -84,7 +84,7 @@ def refuse_single_document(path: Path, text: str) -> None:
     than 'line 1 is not valid JSON'. A JSON Lines file with more than one record fails this parse at line 2."""
     try:
         document = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # too deep: the line reader names the line
         return
     if isinstance(document, list):
         raise PipelineError(f"{path} holds one JSON array, not JSON Lines: write one object per line, "

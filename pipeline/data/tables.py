@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.data.budget import check_decoded, check_parquet_metadata, check_text_file
 from pipeline.data.sniff import not_utf8, refuse_non_parquet, refuse_non_text, refuse_single_document, separator_hint
 from pipeline.errors import PipelineError, first_line
 
@@ -68,6 +70,7 @@ def _require_regular_file(path: Path) -> None:
 def _decode(path: Path, fmt: str) -> str:
     """The file as text, after refusing files that are not UTF-8 text at all (their decode error would mislead)."""
     try:
+        check_text_file(path, path.stat().st_size)
         raw = path.read_bytes()
     except OSError as exc:
         raise PipelineError(f"cannot read {path}: {exc.strerror or exc} (check its permissions)") from None
@@ -159,10 +162,36 @@ def _json_object(path: Path, number: int, line: str) -> dict:
     except json.JSONDecodeError as exc:
         raise PipelineError(f"{path} line {number} is not valid JSON ({exc.msg}): "
                             "one JSON object per line") from None
+    except RecursionError:  # valid JSON, but nested deeper than Python's parser can follow
+        raise PipelineError(f"{path} line {number} nests arrays or objects deeper than can be read (about "
+                            f"{sys.getrecursionlimit()} levels): flatten that value, e.g. store it as a "
+                            "string") from None
+    if "\\u" in line:
+        _refuse_lone_surrogates(path, number, record)
     if not isinstance(record, dict):
         raise PipelineError(f"{path} line {number} is a JSON {_json_kind(record)}, not an object: "
                             'write one {"text": ..., "label": ...} object per line')
     return record
+
+
+def _refuse_lone_surrogates(path: Path, number: int, record: object) -> None:
+    """A \\ud800-style escape without its pair parses, but is no character: it cannot be tokenized as text nor
+    written to any UTF-8 output. Refuse it, naming the key, rather than fail later with a traceback."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        items = record.items() if isinstance(record, dict) else []
+        key = next((k for k, v in items if not _encodes(k) or not _encodes(json.dumps(v, ensure_ascii=False))), "?")
+        raise PipelineError(f"{path} line {number} holds an unpaired UTF-16 surrogate escape (e.g. \\ud800) in "
+                            f"{key!r}, which is no character: replace it, e.g. with \\ufffd") from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _unique_keys(path: Path, number: int, pairs: list[tuple[str, object]]) -> dict:
@@ -181,9 +210,16 @@ def _json_kind(value: object) -> str:
 
 
 def _read_parquet(path: Path) -> Columns:
+    """Checked against the memory available twice before values are decoded: from the footer, then with the text
+    columns read as dictionaries (see budget.py)."""
     refuse_non_parquet(path)
-    refuse_duplicates(path, _parquet(path, pq.read_schema).names)  # before read_table, which fails on them
-    table = _parquet(path, pq.read_table)
+    schema = _parquet(path, pq.read_schema)
+    refuse_duplicates(path, schema.names)  # before read_table, which fails on them
+    check_parquet_metadata(path, _parquet(path, pq.read_metadata))
+    texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+             or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    table = _parquet(path, lambda p: pq.read_table(p, read_dictionary=texts))
+    check_decoded(path, table)
     if table.num_rows == 0:
         raise PipelineError(f"data file has no rows: {path}")
     return {name: table.column(name).to_pylist() for name in table.column_names}

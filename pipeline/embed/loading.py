@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from pipeline.embed.config_budget import check_config_size
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.sources.files import custom_code_error, read_config
 from pipeline.errors import PipelineError, first_line
@@ -61,7 +62,9 @@ def load_config(ref: ModelRef):
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    model_type = read_config(ref.folder, ref.name).get("model_type")
+    raw = read_config(ref.folder, ref.name)
+    check_config_size(ref.name, raw)
+    model_type = raw.get("model_type")
     if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:
         raise custom_code_error(ref.name)
     with _quiet():

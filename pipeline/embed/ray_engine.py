@@ -19,6 +19,7 @@ from pathlib import Path
 from pipeline.data import Dataset
 from pipeline.data.tables import Columns, detect_format
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.remote import check_ray_address
 from pipeline.embed.runtimes import runtime_supported
 from pipeline.embed.settings import EncoderConfig
 from pipeline.embed.shards import compute_shard
@@ -149,6 +150,7 @@ def _start_ray(address: str | None):
     if ray.is_initialized():
         return ray, False
     target = address or os.environ.get("RAY_ADDRESS")
+    check_ray_address(target)
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:

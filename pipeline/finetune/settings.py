@@ -61,10 +61,12 @@ class FinetuneSettings:
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def head_name(self) -> str:
-        """'finetune', 'setfit' or e.g. 'setfit-16shot': the run's head name in runs.csv."""
+    def head_name(self, key: str) -> str:
+        """e.g. 'finetune-1a2b3c4d' or 'setfit-16shot-1a2b3c4d': the run's head name in runs.csv and its folder.
+        The key's head names the settings, so fine-tunes that differ in any setting (lr, epochs, seed...) never
+        share a run folder or a runs.csv row."""
         base = METHODS[self.method].head
-        return f"{base}-{self.shots}shot" if self.shots else base
+        return f"{base}-{self.shots}shot-{key[:8]}" if self.shots else f"{base}-{key[:8]}"
 
 
 def check_method(name: str) -> Method:

@@ -31,7 +31,7 @@ from pipeline.finetune.settings import METHODS, FinetuneSettings, check_method
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish, safe_name
 from pipeline.train.metrics import classification_metrics
 from pipeline.train.report import confusion_png, run_report, summary_row, update_summary
-from pipeline.train.runs import RunRecord, cache_runs_dir, run_dir, save_run
+from pipeline.train.runs import RUN_FILE, RunRecord, cache_runs_dir, run_dir, save_run
 
 RECORD_FILE = "finetune.json"
 RUNNERS = {"full": train_full, "setfit": train_setfit}
@@ -95,16 +95,25 @@ def check_pooling(name: str) -> None:
 
 
 def _finished(folder: Path, key: str, runs: Path) -> FinetuneResult | None:
-    """The finished fine-tune of this key, if its record and its run are both there."""
+    """The finished fine-tune of this key, if its record and its run are both there and the run is this key's own
+    (its run.json names the key): a run folder another fine-tune wrote is never reused for this one."""
     try:
         record = FinetuneRecord.from_json(json.loads((folder / RECORD_FILE).read_text()), folder / RECORD_FILE)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError, PipelineError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, PipelineError):
         return None  # not finished (or its record is damaged): fine-tune again
     run = Path(record.run or "")
-    inside = Path(runs).resolve() in run.resolve().parents
-    if record.key != key or not inside or not (run / "metrics.json").exists():
+    inside = record.key == key and Path(runs).resolve() in run.resolve().parents
+    run_record = _json(run / RUN_FILE) if inside else None
+    if not isinstance(run_record, dict) or run_record.get("cache_key") != key or not (run / "metrics.json").exists():
         return None
     return FinetuneResult(folder, run, True, record)
+
+
+def _json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
 
 
 def _record(ds: Dataset, ref: ModelRef, encoder: Encoder, settings: FinetuneSettings, rows: Rows, outcome: Outcome,
@@ -145,20 +154,20 @@ def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Row
     metrics = classification_metrics(y_test, outcome.proba_test, ds.label_names, y_train, settings.seed)
     params = {"lr": settings.lr, "epochs": record.epochs, "best_epoch": record.best_epoch,
               **({"shots": settings.shots} if settings.shots else {})}
-    run_record = RunRecord(cache=cache_name, cache_key=key, pooling=settings.pooling, head=settings.head_name(),
+    run_record = RunRecord(cache=cache_name, cache_key=key, pooling=settings.pooling, head=settings.head_name(key),
                            head_description=f"fine-tuned: {METHODS[settings.method].description}",
                            label_names=ds.label_names, encoder=EncoderSettings(tuned.identity, settings.max_length,
                                                                                settings.dtype),
                            model_ref=str(folder.resolve()), seed=settings.seed, selection=rows.select_origin,
                            params=params, n_train=len(rows.train), n_dev=len(rows.select),
                            train_seconds=round(outcome.loop.seconds, 1))
-    path = run_dir(runs, cache_name, settings.pooling, settings.head_name())
+    path = run_dir(runs, cache_name, settings.pooling, settings.head_name(key))
     run_record = save_run(path, outcome.head, run_record)
     atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics,
                                                    "finetune": record.to_json()})
     atomic_write_bytes(path / "report.md", run_report(run_record, metrics).encode())
     confusion_png(path / "confusion.png", metrics["confusion"], ds.label_names,
-                  f"{settings.head_name()} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
+                  f"{settings.head_name(key)} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
     update_summary(cache_runs_dir(runs, cache_name) / "runs.csv", [summary_row(run_record, metrics)])
     return path
 

@@ -22,8 +22,9 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.loading import quiet_conversion, tokenizer_json
 from pipeline.embed.pooled_model import PooledModel
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish_together
 from pipeline.predict.classifier import Classifier
+from pipeline.predict.output import refuse_run_files
 from pipeline.train.head_graph import convert
 from pipeline.train.runs import Run
 
@@ -45,31 +46,38 @@ class Exported:
 
 
 def export_onnx(clf: Classifier, out: Path) -> Exported:
-    """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run; refuse heads that do not export."""
+    """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run, all three or none; refuse heads
+    that do not export, and paths that are the run's or its model's own files."""
     out = Path(out)
-    graph, classes = _head_graph(clf.run)
-    if graph is None:
-        raise PipelineError(f"head {clf.head} of this run has no ONNX graph (head.onnx), so it does not export: "
-                            "logreg, linear-svm, mlp and rbf-svm do")
     if out.suffix.lower() != ".onnx":
         raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
                             ".tokenizer/ beside it)")
     if out.is_dir():
         raise PipelineError(f"{out} is a folder: give a file name (a path inside it or elsewhere)")
+    meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
+    refuse_run_files(clf.path, clf.run.record.model_ref, [out, meta, tokenizer], "--out")
+    graph, classes = _head_graph(clf.run)
+    if graph is None:
+        raise PipelineError(f"head {clf.head} of this run does not convert to ONNX, so it does not export: train "
+                            "a logreg, linear-svm, mlp or rbf-svm head on the same cache and export that run")
     _require_onnx()
     payload = _with_head(encoder_onnx(clf.encoder, *clf.source), graph, classes, len(clf.label_names))
     diff = _check(payload, clf)
-    meta, tokenizer = out.with_suffix(".json"), out.with_suffix(".tokenizer")
-    atomic_write_bytes(out, payload)
-    _write_tokenizer(clf, tokenizer)
-    atomic_write_json(meta, _meta(clf, out, tokenizer, diff))
+    ensure_writable(out.parent)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staged = Path(tmp)
+        atomic_write_bytes(staged / out.name, payload)
+        _write_tokenizer(clf, staged / tokenizer.name)
+        atomic_write_json(staged / meta.name, _meta(clf, out, tokenizer, diff))
+        publish_together([(staged / out.name, out), (staged / tokenizer.name, tokenizer), (staged / meta.name, meta)])
     return Exported(out, meta, tokenizer, diff, len(payload))
 
 
 def _head_graph(run: Run) -> tuple[bytes | None, list[int]]:
-    """The run's head graph and its classes. A run trained before heads had graphs gets one converted now; the
-    export's check of the whole graph against predict (below) stands in for the check training makes."""
-    if run.record.head_classes is not None:
+    """The run's head graph and its classes. A run without one (trained before heads had graphs, or fine-tuned:
+    its head is fitted on the tuned encoder's vectors, with no training rows at hand to check a graph on) gets one
+    converted now; the export's check of the whole graph against predict (below) stands in for training's check."""
+    if run.graph_bytes is not None and run.record.head_classes is not None:
         return run.graph_bytes, run.record.head_classes
     return convert(run.model, run.model.n_features_in_), [int(c) for c in run.model.classes_]
 

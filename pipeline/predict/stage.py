@@ -20,12 +20,18 @@ from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
 from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
-from pipeline.errors import PipelineError, first_line
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.errors import PipelineError, capped
+from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
+from pipeline.predict.output import (
+    output_format,
+    refuse_overwriting_input,
+    refuse_run_files,
+    typed_input,
+    write_table,
+)
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
-PARQUET_SUFFIXES = (".parquet", ".pq")
 
 if TYPE_CHECKING:  # sklearn loads only when a labelled file is scored
     from pipeline.train.metrics import Metrics
@@ -66,9 +72,15 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
     input_path, output = Path(input_path), Path(output) if output is not None else None
     if label_col and output is None:
         raise PipelineError("a labelled predict writes its report beside the output: give --output too")
-    for path in [output, *(report_paths(output) if output is not None and label_col else [])]:
-        if path is not None and path.is_dir():
+    written = [output, *report_paths(output)[:2]] if output is not None and label_col else [output]
+    for path in filter(None, written):
+        if path.is_dir():
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
+    if output is not None:
+        output_format(output)
+        every = [*filter(None, written), *report_paths(output)[2:]]
+        refuse_overwriting_input(input_path, every)
+        refuse_run_files(clf.path, clf.run.record.model_ref, every, "--output")
     with engine_session(engine, embeddings, ray_address) as (reader, runner):
         columns = reader(input_path)
         texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
@@ -77,8 +89,9 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
         cache, computed = embedded(clf, unlabelled(dataset_name(input_path), texts), embeddings, shard_rows,
                                    progress, runner)
     proba = score_cache(clf, cache)
-    table = output_table(columns, clf.label_names, proba)
-    del columns
+    typed = typed_input(input_path, list(columns)) if output is not None else None
+    table = output_table(columns, clf.label_names, proba, typed)
+    del columns, typed
     if output is not None:
         write_table(output, table)
     metrics, reports = None, []
@@ -103,7 +116,7 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
 
 def _column(columns: Columns, name: str, path: Path, role: str) -> list:
     if name not in columns:
-        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {', '.join(columns)}): "
+        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {capped(columns)}): "
                             f"use --{role}-col")
     return columns[name]
 
@@ -122,17 +135,21 @@ def _labels(columns: Columns, label_col: str, path: Path, names: list[str]) -> n
     codes, found = encode_labels(_column(columns, label_col, path, "label"), label_col)
     unseen = [name for name in found if name not in names]
     if unseen:
-        shown = ", ".join(map(repr, unseen[:10])) + (f" and {len(unseen) - 10} more" if len(unseen) > 10 else "")
-        raise PipelineError(f"label(s) {shown} in column '{label_col}' of {path} never occur in the run's labels "
-                            f"({', '.join(names)}): drop those rows or map them to the run's labels")
+        raise PipelineError(f"label(s) {capped(map(repr, unseen))} in column '{label_col}' of {path} never occur "
+                            f"in the run's labels ({capped(names)}): drop those rows or map them to the run's labels")
     index = np.array([names.index(name) for name in found], dtype=np.int64)
     return index[codes]
 
 
 def score_cache(clf: Classifier, cache: Path) -> np.ndarray:
     """The head's probabilities for every row of a finished cache, read and scored one shard at a time (page
-    checksums on, ids checked), in row order."""
+    checksums on, ids checked), in row order; a cache another command is rewriting is read once it is done."""
     store = EmbeddingCache(cache)
+    return read_whole(store.path, lambda: _score_store(clf, store),
+                      lambda: [store.manifest_path, *sorted(store.path.glob("shard-*.parquet"))])
+
+
+def _score_store(clf: Classifier, store: EmbeddingCache) -> np.ndarray:
     manifest = store.manifest()
     column, _ = pooling_column(clf.source[0], manifest)
     shape = manifest.poolings[column].shape
@@ -149,14 +166,17 @@ def score_cache(clf: Classifier, cache: Path) -> np.ndarray:
     return proba
 
 
-def output_table(columns: Columns, label_names: list[str], proba: np.ndarray) -> pa.Table:
-    """The input's columns in their order, then the prediction columns; rows in input order."""
-    arrays = {name: _arrow(values) for name, values in columns.items()}
+def output_table(columns: Columns, label_names: list[str], proba: np.ndarray,
+                 typed: pa.Table | None = None) -> pa.Table:
+    """The input's columns in their order (`typed`: as the input stored them, schema metadata included), then the
+    prediction columns; rows in input order."""
+    arrays = {name: typed.column(name) if typed is not None else _arrow(values) for name, values in columns.items()}
     arrays[PREDICTED] = pa.array([label_names[i] for i in proba.argmax(axis=1)], pa.string())
     arrays[CONFIDENCE] = pa.array(proba.max(axis=1), pa.float64())
     for i, name in enumerate(label_names):
         arrays[PROBA_PREFIX + name] = pa.array(proba[:, i], pa.float64())
-    return pa.table(arrays)
+    table = pa.table(arrays)
+    return table.replace_schema_metadata(typed.schema.metadata) if typed is not None else table
 
 
 def _arrow(values: list) -> pa.Array:
@@ -166,24 +186,6 @@ def _arrow(values: list) -> pa.Array:
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
         return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
                          for v in values], pa.string())
-
-
-def write_table(path: Path, table: pa.Table) -> None:
-    """Parquet for .parquet/.pq, else CSV; serialised in memory and written in one atomic step."""
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        pq.write_table(table, sink)
-    else:
-        try:
-            pacsv.write_csv(table, sink)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
-            raise PipelineError(f"cannot write {path} as CSV ({first_line(exc, 120)}): columns "
-                                f"{', '.join(nested) or '?'} hold nested values; write .parquet instead") from None
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,

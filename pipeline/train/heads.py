@@ -14,7 +14,7 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_approximation import Nystroem
-from sklearn.linear_model import LogisticRegressionCV
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import BaseCrossValidator, GridSearchCV, PredefinedSplit, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
@@ -96,8 +96,10 @@ def _mlp(sel: Selection) -> BaseEstimator:
 
 
 def _knn(sel: Selection) -> BaseEstimator:
+    """k up to the rows of a training part (at least half of train): a larger k fails on every fold."""
+    ks = [k for k in (5, 15, 45) if k <= sel.n_train // 2] or [1]
     model = make_pipeline(Normalizer(), KNeighborsClassifier(weights="distance"))
-    return _search(model, {"kneighborsclassifier__n_neighbors": [5, 15, 45]}, sel)
+    return _search(model, {"kneighborsclassifier__n_neighbors": ks}, sel)
 
 
 HEADS: dict[str, Head] = {h.name: h for h in [
@@ -119,6 +121,8 @@ def fit_head(name: str, X_train: np.ndarray, y_train: np.ndarray, X_dev: np.ndar
              y_dev: np.ndarray | None = None, seed: int = 0) -> BaseEstimator:
     """Fit head `name`, choosing its hyperparameters on dev (if given) or by stratified CV on train."""
     head = HEADS[name]
+    if (X_dev is None or not len(X_dev)) and np.bincount(y_train)[np.unique(y_train)].min() < 2:
+        return _without_selection(name, X_train, y_train, seed)
     X, y, sel = _selection(X_train, y_train, X_dev, y_dev, seed, head.folds)
     if head.calibrated and sel.smallest_class < 2:
         raise HeadUnavailable(f"head {name} calibrates its probabilities by CV and needs at least 2 rows of every "
@@ -130,6 +134,16 @@ def fit_head(name: str, X_train: np.ndarray, y_train: np.ndarray, X_dev: np.ndar
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message="The least populated class in y has only")
         return head.build(sel).fit(X, y)
+
+
+def _without_selection(name: str, X: np.ndarray, y: np.ndarray, seed: int) -> BaseEstimator:
+    """A class with one train row (e.g. one shot per class) leaves nothing to cross-validate on: logreg is fitted
+    with C=1 (SetFit's head does the same), the other heads are refused with the way out."""
+    if name != "logreg":
+        raise HeadUnavailable(f"head {name} chooses its settings by CV on train, which needs at least 2 train rows "
+                              "of every class (1 here): use logreg, add rows of the rarest class, or give a dev split")
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    return model.fit(X, y)
 
 
 class HeadUnavailable(PipelineError):

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pipeline.paths import atomic_write_bytes  # noqa: E402
+from pipeline.paths import atomic_write_bytes, writer_lock  # noqa: E402
 from pipeline.train.metrics import Metrics  # noqa: E402
 from pipeline.train.runs import RunRecord  # noqa: E402
 
@@ -213,14 +213,17 @@ def summary_row(record: RunRecord, metrics: Metrics) -> dict:
 
 
 def update_summary(path: Path, rows: list[dict]) -> list[dict]:
-    """Merge new rows into runs.csv (one row per pooling x head, newest wins), sorted by accuracy."""
-    merged = {}
-    if path.exists():
-        with path.open(newline="") as handle:
-            merged = {(r["pooling"], r["head"]): r for r in csv.DictReader(handle)}
-    merged.update({(r["pooling"], r["head"]): r for r in rows})
-    ordered = sorted(merged.values(), key=lambda r: -float(r["accuracy"]))
-    write_csv(path, ordered, SUMMARY_FIELDS)
+    """Merge new rows into runs.csv (one row per pooling x head, newest wins), sorted by accuracy. Under the file's
+    writer lock: two commands training on one cache at once would otherwise each drop the other's rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        merged = {}
+        if path.exists():
+            with path.open(newline="") as handle:
+                merged = {(r["pooling"], r["head"]): r for r in csv.DictReader(handle)}
+        merged.update({(r["pooling"], r["head"]): r for r in rows})
+        ordered = sorted(merged.values(), key=lambda r: -float(r["accuracy"]))
+        write_csv(path, ordered, SUMMARY_FIELDS)
     return ordered
 
 

@@ -4,7 +4,10 @@ Heads are saved with skops, not pickle: its loader builds only the types on an a
 project's heads are made of), so a crafted head file cannot run code. Most heads are also saved as an ONNX graph
 (head_graph.py), which predict runs instead, without loading scikit-learn. The sha256s recorded for both catch
 damage, not intent: whoever can write the folder can rewrite them. Runs written before skops (head.joblib, a pickle)
-still load when their sha256 matches; load those only from sources you trust.
+still load when their sha256 matches; load those only from sources you trust. run.json carries the sha256 of its
+own other fields (record_sha256): its pooling, label order or max length change predictions as much as the head
+does, so an edited record is refused like an edited head. A writer holds the run's lock while it replaces the files,
+and a reader that catches it half-way waits and reads again (paths.read_whole), so a rewrite is never called damage.
 """
 
 import hashlib
@@ -18,7 +21,7 @@ import numpy as np
 
 from pipeline.cache import EncoderSettings, check_schema
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json, safe_name
+from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole, safe_name, writer_lock
 from pipeline.train.head_graph import GraphHead, head_graph
 
 HEAD_FILE = "head.skops"
@@ -60,14 +63,20 @@ class RunRecord:
     head_classes: list[int] | None = None  # the labels the head saw, its probability columns (None: older runs)
     head_graph_sha256: str | None = None  # of head.onnx, when the head converted to one
     schema: int = RUN_SCHEMA
+    record_sha256: str | None = None  # of every other field as written (None: runs made before it existed)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def sealed(self) -> "RunRecord":
+        """The record with its own sha256 filled in, as save_run writes it."""
+        return replace(self, record_sha256=record_digest(replace(self, record_sha256=None).to_json()))
 
     @classmethod
     def from_json(cls, record: object, path: Path) -> "RunRecord":
         """Parse and check run.json (runs made before the field existed are version 1, and still load)."""
         check_schema(record, path, "`make train` again to retrain the run", current=RUN_SCHEMA, oldest=1)
+        _check_record(record, path)
         try:
             return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"])})
         except (KeyError, TypeError, ValueError) as exc:
@@ -97,38 +106,64 @@ class Run:
         return GraphHead(self.graph_bytes, self.record.head_classes)
 
 
+def record_digest(raw: dict) -> str:
+    """sha256 of a run.json's fields other than record_sha256, key order and spacing aside."""
+    fields = {key: value for key, value in raw.items() if key != "record_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def _check_record(raw: object, path: Path) -> None:
+    """An edited run.json (pooling, labels, max length...) would change predictions silently: refuse it."""
+    recorded = raw.get("record_sha256") if isinstance(raw, dict) else None
+    if recorded is not None and recorded != record_digest(raw):
+        raise PipelineError(f"{path} was changed after training (it no longer matches its record_sha256): refusing "
+                            "to use it; restore the original run.json or retrain with `make train`")
+
+
 def cache_runs_dir(root: Path, cache_name: str) -> Path:
     """The folder of one cache's runs (and its runs.csv); names are sanitised so nothing escapes `root`."""
     return Path(root) / safe_name(cache_name, 120)
 
 
-def run_dir(root: Path, cache_name: str, pooling: str, head: str) -> Path:
-    return cache_runs_dir(root, cache_name) / safe_name(pooling) / safe_name(head)
+def run_dir(root: Path, cache_name: str, pooling: str, head: str, seed: int = 0) -> Path:
+    """<root>/<cache>/<pooling>/<head>, and '<head>-seed<N>' for a seed other than 0: the seed changes a head (its
+    CV folds, its initial weights), so heads of two seeds never share a folder."""
+    name = f"{head}-seed{seed}" if seed else head
+    return cache_runs_dir(root, cache_name) / safe_name(pooling) / safe_name(name)
 
 
 def save_run(path: Path, model, record: RunRecord, X_train: np.ndarray | None = None) -> RunRecord:
     """Write head, its hash, its graph (checked on `X_train`, when given) and run.json, each atomically and
-    run.json last; returns the record with the files' sha256s."""
+    run.json last, under the run's writer lock; returns the sealed record with the files' sha256s. Everything is
+    made in memory first, so the files change within moments of each other."""
     import skops.io  # here, not at the top: importing skops walks all of scikit-learn (and loads torch through it)
 
     payload = skops.io.dumps(model)
     digest = hashlib.sha256(payload).hexdigest()
-    atomic_write_bytes(path / HEAD_FILE, payload)
-    atomic_write_bytes(path / f"{HEAD_FILE}.sha256", f"{digest}  {HEAD_FILE}\n".encode())
     graph = head_graph(model, X_train) if X_train is not None else None
-    if graph is not None:
-        atomic_write_bytes(path / HEAD_GRAPH_FILE, graph)
-    else:
-        (path / HEAD_GRAPH_FILE).unlink(missing_ok=True)  # a previous run's graph in this folder
     record = replace(record, head_sha256=digest, head_classes=[int(c) for c in model.classes_],
-                     head_graph_sha256=hashlib.sha256(graph).hexdigest() if graph is not None else None)
-    atomic_write_json(path / RUN_FILE, record.to_json())
+                     head_graph_sha256=hashlib.sha256(graph).hexdigest() if graph is not None else None).sealed()
+    path.mkdir(parents=True, exist_ok=True)
+    with writer_lock(path):
+        atomic_write_bytes(path / HEAD_FILE, payload)
+        atomic_write_bytes(path / f"{HEAD_FILE}.sha256", f"{digest}  {HEAD_FILE}\n".encode())
+        if graph is not None:
+            atomic_write_bytes(path / HEAD_GRAPH_FILE, graph)
+        else:
+            (path / HEAD_GRAPH_FILE).unlink(missing_ok=True)  # a previous run's graph in this folder
+        atomic_write_json(path / RUN_FILE, record.to_json())
     return record
 
 
 def load_run(path: Path) -> Run:
-    """Load a run after checking the head file's sha256 against the recorded one; a mismatch is refused."""
+    """Load a run after checking run.json's and the head file's sha256 against the recorded ones; a mismatch is
+    refused, unless it was a writer caught half-way (then the finished version is read)."""
     path = Path(path)
+    files = [RUN_FILE, HEAD_FILE, f"{HEAD_FILE}.sha256", HEAD_GRAPH_FILE, LEGACY_HEAD_FILE]
+    return read_whole(path, lambda: _read_run(path), lambda: [path / name for name in files])
+
+
+def _read_run(path: Path) -> Run:
     head = next((path / name for name in (HEAD_FILE, LEGACY_HEAD_FILE) if (path / name).is_file()), path / HEAD_FILE)
     try:
         raw = json.loads((path / RUN_FILE).read_text())

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, Embeddings, Manifest, load_embeddings, pooling_column
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.registry import parse_names
 from pipeline.train.head_graph import full_proba
@@ -68,7 +68,7 @@ def check_split_labels(y_train: np.ndarray, y_test: np.ndarray, label_names: lis
         raise PipelineError(f"the train split has only one class ({only}): a classifier needs at least two")
     unseen = sorted(set(np.unique(y_test)) - set(np.unique(y_train)))
     if unseen:
-        raise PipelineError(f"test labels {', '.join(label_names[i] for i in unseen)} never occur in train: "
+        raise PipelineError(f"test labels {capped(label_names[i] for i in unseen)} never occur in train: "
                             "move some of those rows into train or relabel them")
 
 
@@ -119,7 +119,7 @@ def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, se
                        encoder=manifest.encoder, model_ref=manifest.model_ref, seed=seed, selection=fitted.selection,
                        params=head_params(fitted.model), n_train=fitted.n_train, n_dev=fitted.n_dev,
                        train_seconds=fitted.seconds)
-    path = run_dir(out, manifest.name, fitted.pooling, fitted.head)
+    path = run_dir(out, manifest.name, fitted.pooling, fitted.head, seed)
     record = save_run(path, fitted.model, record, emb.split("train")[0])
     atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics})
     tested = emb.splits == "test"

@@ -77,8 +77,11 @@ def from_hub(repo_id: str) -> Path:
     """Download (or find in the local HF cache) only config, tokenizer and safetensors files of a hub model."""
     from huggingface_hub import snapshot_download
 
+    from pipeline.embed.remote import hub_reachable
+
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"],
+                                      local_files_only=not hub_reachable()))
     except Exception as exc:  # offline, unknown repo, gated repo: all mean the same to the user
         raise PipelineError(f"cannot get model '{repo_id}' from the Hugging Face hub ({type(exc).__name__}): "
                             "check the id and your network, or pass a local model folder with --model") from None
