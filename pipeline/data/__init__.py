@@ -12,6 +12,7 @@ from pipeline.data.demo import NAME as DEMO_NAME
 from pipeline.data.demo import demo_csv
 from pipeline.data.tables import Columns, read_table
 from pipeline.errors import PipelineError
+from pipeline.storage import location
 
 __all__ = ["ColumnSpec", "Dataset", "DataSpec", "load_dataset", "load_texts", "read_table", "read_texts",
            "resolve_data", "subset", "unlabelled", "DEMO_NAME"]
@@ -22,9 +23,10 @@ def resolve_data(data: str, cols: ColumnSpec = ColumnSpec(), test_size: float = 
     """Load `data`: the built-in set's name, a benchmark folder (e.g. ../shared/data/sst2), or a table file."""
     if data == DEMO_NAME:
         return load_dataset(demo_csv(data_root), ColumnSpec(), test_size, seed, name=DEMO_NAME)
-    if Path(data).is_dir():
-        return load_task(Path(data))
-    return load_dataset(Path(data), cols, test_size, seed, reader=reader)
+    path = location(data)
+    if isinstance(path, Path) and path.is_dir():
+        return load_task(path)
+    return load_dataset(path, cols, test_size, seed, reader=reader)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.sniff import not_utf8, refuse_non_parquet, refuse_non_text, refuse_single_document, separator_hint
 from pipeline.errors import PipelineError
+from pipeline.storage import arrow_source
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -189,9 +190,11 @@ def _read_parquet(path: Path) -> Columns:
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
-def _parquet(path: Path, read: Callable[[Path], T]) -> T:
+def _parquet(path: Path, read: Callable[..., T]) -> T:
+    """`read(path)` for a local file; a file on object storage is named by its key and filesystem."""
+    source, filesystem = arrow_source(path)
     try:
-        return read(path)
+        return read(source, **filesystem)
     except Exception as exc:  # pyarrow raises several types for damaged files, some with multi-line messages
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise PipelineError(f"cannot read {path} as Parquet ({first}): check that the file is complete") from None
@@ -203,7 +206,8 @@ def stored_type(path: Path, column: str, value: object) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt == "parquet":
         try:
-            return f"Arrow type {pq.read_schema(path).field(column).type}"
+            source, filesystem = arrow_source(path)
+            return f"Arrow type {pq.read_schema(source, **filesystem).field(column).type}"
         except (OSError, KeyError, ValueError):  # a remote or changed file: fall back to the value's Python type
             return f"{type(value).__name__} values"
     return f"a JSON {_json_kind(value)}" if fmt == "jsonl" else f"{type(value).__name__} values"
