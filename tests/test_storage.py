@@ -185,5 +185,24 @@ def test_no_write_permission_is_one_line_and_writes_nothing(run_cli, data, tiny_
         err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/{tmp_path.name}/ro"))
     finally:
         s3.require_auth(False)
-    assert "is denied" in err and f"s3://{BUCKET}/{tmp_path.name}/ro" in err
+    assert "is denied: these credentials may not write it" in err and f"s3://{BUCKET}/{tmp_path.name}/ro" in err
     assert s3.objects(BUCKET) == before
+
+
+def test_rejected_credentials_are_one_line(run_cli, data, tiny_bert, s3, monkeypatch):
+    _, remote_data = data
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    s3_filesystem.cache_clear()
+    s3.require_auth(True)
+    try:
+        err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/c"))
+    finally:
+        s3.require_auth(False)
+    assert "denied" in err and "the key or secret is wrong" in err and "AWS_SECRET_ACCESS_KEY" in err
+
+
+def test_the_ray_engine_refuses_an_object_store_cache_for_now(run_cli, data, tiny_bert, s3):
+    _, remote_data = data
+    err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/ray"), "--engine", "ray")
+    assert "--out of --engine ray must be a local folder" in err
+    assert not [name for name in s3.objects(BUCKET) if "/ray/" in name]

@@ -28,7 +28,8 @@ _FIXES = [
       "InvalidClientTokenId"),
      "the object store rejected the credentials for {uri}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
     (("ACCESS_DENIED", "AccessDenied", "HTTP response code: 403", "Forbidden"),
-     "access to {uri} is denied: these credentials may not {action} it; use another bucket or ask for access"),
+     "access to {uri} is denied: these credentials may not {action} it, or the key or secret is wrong (a HEAD "
+     "request cannot tell which); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ask for access"),
     (("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket '"),
      "the bucket of {uri} does not exist: create it first or fix the URI"),
 ]
