@@ -109,7 +109,7 @@ def test_train_from_an_s3_cache_gives_the_local_metrics(run_cli, data, tiny_bert
 def test_train_refuses_to_write_runs_to_object_storage(run_cli, data, tiny_bert, tmp_path):
     code, _, err = run_cli("train", "--cache", f"s3://{BUCKET}/x", "--out", f"s3://{BUCKET}/runs",
                            "--model", str(tiny_bert), "--no-progress")
-    assert code == 2 and err.count("\n") == 1 and "must be a local folder" in err
+    assert code == 2 and err.count("\n") == 1 and "--out of train (the runs folder) cannot be on object" in err
 
 
 def test_a_live_lease_of_another_writer_refuses_and_an_expired_one_is_taken_over(s3, tmp_path):
@@ -204,5 +204,25 @@ def test_rejected_credentials_are_one_line(run_cli, data, tiny_bert, s3, monkeyp
 def test_the_ray_engine_refuses_an_object_store_cache_for_now(run_cli, data, tiny_bert, s3):
     _, remote_data = data
     err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/ray"), "--engine", "ray")
-    assert "--out of --engine ray must be a local folder" in err
+    assert "--out of --engine ray cannot be on object storage yet" in err
     assert not [name for name in s3.objects(BUCKET) if "/ray/" in name]
+
+
+def test_predict_reads_and_writes_object_storage_like_local_files(run_cli, data, tiny_bert, tmp_path, s3):
+    local_data, remote_data = data
+    assert run_cli(*embed_args(tiny_bert, str(local_data), "local"))[0] == 0
+    [cache] = [p for p in Path("local").iterdir() if p.is_dir()]
+    assert run_cli("train", "--cache", str(cache), "--out", "runs", "--model", str(tiny_bert), "--no-progress")[0] == 0
+    [run] = Path("runs").glob("*/mean/logreg")
+    prefix = f"s3://{BUCKET}/{tmp_path.name}"
+    code, out, err = run_cli("predict", "--run", str(run), "--input", remote_data, "--output", f"{prefix}/out.csv",
+                             "--embeddings", f"{prefix}/emb", "--no-progress")
+    assert code == 0, err
+    assert f"wrote 90 predictions to {prefix}/out.csv" in out
+    assert run_cli("predict", "--run", str(run), "--input", str(local_data), "--output", "out.csv",
+                   "--embeddings", "emb", "--no-progress")[0] == 0
+    assert location(f"{prefix}/out.csv").read_bytes() == Path("out.csv").read_bytes()
+    assert not Path("artifacts").exists()
+    err, _ = one_line_error(run_cli, "predict", "--run", str(run), "--input", remote_data, "--label-col", "label",
+                            "--output", f"{prefix}/scored.csv", "--embeddings", f"{prefix}/emb", "--no-progress")
+    assert "--output of a labelled predict (its report is written beside it) cannot be on object storage" in err

@@ -22,6 +22,7 @@ from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_sessi
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
 from pipeline.predict.classifier import Classifier, check_texts
+from pipeline.storage import location, require_local, write_bytes
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -59,9 +60,11 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
     label) column exists and is filled, no input column is named like a prediction column, and every label is one
     the run knows. The texts are then embedded into the cache under `embeddings` (a rerun after a kill resumes there,
     and a second predict of the same file reuses it)."""
-    input_path, output = Path(input_path), Path(output) if output is not None else None
+    input_path, output = location(input_path), location(output) if output is not None else None
     if label_col and output is None:
         raise PipelineError("a labelled predict writes its report beside the output: give --output too")
+    if label_col:
+        require_local(output, "--output of a labelled predict (its report is written beside it)")
     for path in [output, *(report_paths(output) if output is not None and label_col else [])]:
         if path is not None and path.is_dir():
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
@@ -181,7 +184,7 @@ def write_table(path: Path, table: pa.Table) -> None:
             nested = [f.name for f in table.schema if pa.types.is_nested(f.type)]
             raise PipelineError(f"cannot write {path} as CSV ({str(exc).splitlines()[0][:120]}): columns "
                                 f"{', '.join(nested) or '?'} hold nested values; write .parquet instead") from None
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,

@@ -49,7 +49,7 @@ def location(target: "str | Path | RemotePath") -> Location:
 def require_local(target: Location, what: str) -> Path:
     """Refuse a URI where only a local folder is supported yet, rather than create a folder named 's3:' here."""
     if isinstance(target, RemotePath):
-        raise PipelineError(f"{what} must be a local folder for now, not {target}: give a local path")
+        raise PipelineError(f"{what} cannot be on object storage yet ({target}): give a local path")
     return target
 
 
