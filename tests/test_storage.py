@@ -143,15 +143,16 @@ def one_line_error(run_cli, *args) -> tuple[str, float]:
 
 
 def test_an_unreachable_endpoint_fails_fast_in_one_line(run_cli, data, tiny_bert, tmp_path, monkeypatch):
-    _, remote_data = data
+    local_data, remote_data = data
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         closed = probe.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed}")
     s3_filesystem.cache_clear()
-    err, seconds = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/c"))
-    assert "cannot reach the object store" in err and f"127.0.0.1:{closed}" in err
-    assert seconds < 15
+    for source in (remote_data, str(local_data)):  # failing on the data, or on --out
+        err, seconds = one_line_error(run_cli, *embed_args(tiny_bert, source, f"s3://{BUCKET}/c"))
+        assert "cannot reach the object store" in err and f"127.0.0.1:{closed}" in err
+        assert seconds < 15
 
 
 def test_missing_credentials_are_one_line(run_cli, data, tiny_bert, monkeypatch):
@@ -226,3 +227,19 @@ def test_predict_reads_and_writes_object_storage_like_local_files(run_cli, data,
     err, _ = one_line_error(run_cli, "predict", "--run", str(run), "--input", remote_data, "--label-col", "label",
                             "--output", f"{prefix}/scored.csv", "--embeddings", f"{prefix}/emb", "--no-progress")
     assert "--output of a labelled predict (its report is written beside it) cannot be on object storage" in err
+
+
+def test_plain_paths_and_file_uris_stay_local_paths_and_odd_uris_are_one_line(tmp_path):
+    assert location("artifacts/embeddings") == Path("artifacts/embeddings")
+    assert location(f"file://{tmp_path}/cache") == tmp_path / "cache"
+    with pytest.raises(PipelineError, match="unknown storage scheme in ftp://host/x"):
+        location("ftp://host/x")
+    with pytest.raises(PipelineError, match="names no bucket"):
+        location("s3:///key")
+
+
+def test_embed_to_a_file_uri_is_the_local_embed(run_cli, data, tiny_bert, tmp_path):
+    local_data, _ = data
+    code, out, err = run_cli(*embed_args(tiny_bert, f"file://{local_data}", f"file://{tmp_path}/viauri"))
+    assert code == 0, err
+    assert f"cache: {tmp_path}/viauri/toy__" in out

@@ -20,6 +20,7 @@ from pipeline.storage.filesystems import filesystem
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs")
 
+DENIED = ("ACCESS_DENIED", "AccessDenied", "HTTP response code: 403", "Forbidden")
 # Markers of the AWS SDK's error names (as pyarrow prints them) and S3 error codes, with what to do about each.
 _FIXES = [
     (("NETWORK_CONNECTION", "curlCode", "Could not connect", "Couldn't connect"),
@@ -27,7 +28,7 @@ _FIXES = [
     (("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "InvalidAccessKeyId", "SignatureDoesNotMatch",
       "InvalidClientTokenId"),
      "the object store rejected the credentials for {uri}: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
-    (("ACCESS_DENIED", "AccessDenied", "HTTP response code: 403", "Forbidden"),
+    (DENIED,
      "access to {uri} is denied: these credentials may not {action} it, or the key or secret is wrong (a HEAD "
      "request cannot tell which); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ask for access"),
     (("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket '"),
@@ -177,8 +178,10 @@ class RemotePath:
             return
         try:
             info = self.fs.get_file_info(self.bucket)
-        except OSError:
-            return
+        except OSError as exc:
+            if any(marker in str(exc) for marker in DENIED):
+                return
+            raise PipelineError(_message(str(exc), str(self), "read")) from None
         if info.type == pafs.FileType.NotFound:
             raise PipelineError(f"the bucket of {self} does not exist: create it first or fix the URI")
 
