@@ -22,17 +22,19 @@ CREDENTIAL_SOURCES = ("AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAIN
                       "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
 
 
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of `uri` and the path pyarrow names the object by ('bucket/key' for S3 and GCS)."""
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str, str]:
+    """The filesystem of `uri`, the path pyarrow names the object by ('bucket/key' for S3 and GCS, '/path' for
+    HDFS), and the root that, followed by that path, spells the URI again ('s3://', 'hdfs://namenode:8020')."""
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if not parsed.netloc:
         raise PipelineError(f"{uri} names no bucket or host: write {scheme}://BUCKET/PATH")
     if scheme == "s3":
-        return s3_filesystem(), f"{parsed.netloc}{parsed.path}".rstrip("/")
+        return s3_filesystem(), f"{parsed.netloc}{parsed.path}".rstrip("/"), "s3://"
     if scheme in ("gs", "gcs"):
-        return _gcs_filesystem(), f"{parsed.netloc}{parsed.path}".rstrip("/")
-    return _hdfs_filesystem(f"{scheme}://{parsed.netloc}"), parsed.path.rstrip("/") or "/"
+        return _gcs_filesystem(), f"{parsed.netloc}{parsed.path}".rstrip("/"), f"{scheme}://"
+    root = f"{scheme}://{parsed.netloc}"
+    return _hdfs_filesystem(root), parsed.path.rstrip("/") or "/", root
 
 
 @lru_cache(maxsize=1)

@@ -57,21 +57,24 @@ def _message(detail: str, uri: str, action: str) -> str:
 
 
 def remote_path(uri: str) -> "RemotePath":
-    scheme = uri.split("://", 1)[0].lower()
-    fs, key = filesystem(uri)
-    return RemotePath(fs, key, scheme)
+    return RemotePath(*filesystem(uri))
 
 
 @dataclass(frozen=True)
 class RemotePath:
-    """`key` is what the filesystem names the object by ('bucket/prefix/name' on S3 and GCS, '/path' on HDFS)."""
+    """`key` is what the filesystem names the object by ('bucket/prefix/name' on S3 and GCS, '/path' on HDFS);
+    `root` followed by `key` is the URI ('s3://', 'hdfs://namenode:8020')."""
 
     fs: pafs.FileSystem
     key: str
-    scheme: str
+    root: str
 
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.key.lstrip('/')}" if self.scheme != "hdfs" else f"hdfs://{self.key}"
+        return self.root + self.key
+
+    @property
+    def scheme(self) -> str:
+        return self.root.split("://", 1)[0]
 
     def __truediv__(self, name: str) -> "RemotePath":
         return replace(self, key=posixpath.join(self.key, name))
