@@ -94,17 +94,20 @@ def test_a_second_embed_on_s3_reuses_every_shard(run_cli, data, tiny_bert, tmp_p
 def test_train_from_an_s3_cache_gives_the_local_metrics(run_cli, data, tiny_bert, tmp_path):
     local_data, remote_data = data
     root = f"s3://{BUCKET}/{tmp_path.name}/cache"
-    assert run_cli(*embed_args(tiny_bert, remote_data, root))[0] == 0
+    remote_cache = run_cli(*embed_args(tiny_bert, remote_data, root))[1].strip().splitlines()[-1].split()[-1]
     assert run_cli(*embed_args(tiny_bert, str(local_data), str(tmp_path / "local")))[0] == 0
     [local_cache] = [p for p in (tmp_path / "local").iterdir() if p.is_dir()]
     common = ["--model", str(tiny_bert), "--pooling", "mean", "--no-progress"]
-    # --embeddings: the cache is found on the server by its data and model, as it is found in a local folder
-    code, _, err = run_cli("train", "--data", remote_data, "--embeddings", root, "--out", "runs-s3", *common)
-    assert code == 0, err
     assert run_cli("train", "--cache", str(local_cache), "--out", "runs-local", *common)[0] == 0
-    remote = json.loads(next(Path("runs-s3").rglob("metrics.json")).read_text())["metrics"]
+    code, _, err = run_cli("train", "--cache", remote_cache, "--out", "runs-cache", *common)
+    assert code == 0, err
+    # --embeddings: the cache is found on the server by its data and model, as it is found in a local folder
+    code, _, err = run_cli("train", "--data", remote_data, "--embeddings", root, "--out", "runs-found", *common)
+    assert code == 0, err
     local = json.loads(next(Path("runs-local").rglob("metrics.json")).read_text())["metrics"]
-    assert remote == local and remote["accuracy"] > 0
+    for runs in ("runs-cache", "runs-found"):
+        assert json.loads(next(Path(runs).rglob("metrics.json")).read_text())["metrics"] == local
+    assert local["accuracy"] > 0
 
 
 def test_train_refuses_to_write_runs_to_object_storage(run_cli, data, tiny_bert, tmp_path):

@@ -75,8 +75,9 @@ def train(data, model, cache, pooling, head, embeddings, out, progress) -> None:
     from pipeline.train.stage import train_cache
 
     heads = parse_heads(head)
+    require_local(out, "--out of train (the runs folder)")
     cache = cache or find_cache(embeddings, data, model)
-    ensure_writable(require_local(out, "--out of train (the runs folder)"))
+    ensure_writable(out)
     rows = train_cache(cache, pooling, heads, out, data.seed, progress)
     click.echo(summary_table(rows))
     click.echo(f"runs: {Path(out) / cache.name} (runs.csv, and report.md + confusion.png per run)")
