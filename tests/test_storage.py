@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cache import EmbeddingCache, load_embeddings
+from pipeline.data import load_dataset, read_table
 from pipeline.errors import PipelineError
 from pipeline.storage import location
 from pipeline.storage.filesystems import s3_filesystem
@@ -247,3 +250,13 @@ def test_embed_to_a_file_uri_is_the_local_embed(run_cli, data, tiny_bert, tmp_pa
     code, out, err = run_cli(*embed_args(tiny_bert, f"file://{local_data}", f"file://{tmp_path}/viauri"))
     assert code == 0, err
     assert f"cache: {tmp_path}/viauri/toy__" in out
+
+
+def test_a_parquet_file_on_s3_reads_as_the_local_file_and_its_errors_name_the_uri(s3, tmp_path):
+    local = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"text": ["good fun", "awful plot"], "label": [1, 0]}), local)
+    assert read_table(location(upload(s3, local, f"{tmp_path.name}/rows.parquet"))) == read_table(local)
+    pq.write_table(pa.table({"text": [1, 2], "label": [1, 0]}), local)
+    uri = upload(s3, local, f"{tmp_path.name}/numbers.parquet")
+    with pytest.raises(PipelineError, match=f"text column 'text' of {uri} holds Arrow type int64"):
+        load_dataset(location(uri))
