@@ -2,7 +2,10 @@
 data read from s3://, the cache written there and equal to a local one, training from it, and one-line errors."""
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -129,6 +132,19 @@ def test_a_live_lease_of_another_writer_refuses_and_an_expired_one_is_taken_over
     (folder / LEASE_FILE).write_bytes(json.dumps({"holder": "dead-host:1:x", "expires": time.time() - 1}).encode())
     with Lease.take(folder) as taken:
         assert json.loads((folder / LEASE_FILE).read_bytes())["holder"] == taken.holder
+
+
+def test_the_lease_of_a_run_killed_on_this_machine_is_taken_over(s3, tmp_path):
+    folder = location(f"s3://{BUCKET}/{tmp_path.name}/killed")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = f"{socket.gethostname()}:{gone.stdout.strip()}:x"
+    (folder / LEASE_FILE).write_bytes(json.dumps({"holder": holder, "expires": time.time() + 600}).encode())
+    with Lease.take(folder) as taken:
+        assert taken.holder != holder
+    live = f"{socket.gethostname()}:{os.getpid()}:y"
+    (folder / LEASE_FILE).write_bytes(json.dumps({"holder": live, "expires": time.time() + 600}).encode())
+    with pytest.raises(PipelineError, match=live):
+        Lease.take(folder)
 
 
 def test_a_writer_that_lost_its_lease_does_not_publish_the_manifest(s3, tmp_path):

@@ -9,6 +9,7 @@ the only places that branch on where a file lives.
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -27,8 +28,8 @@ __all__ = ["Location", "RemotePath", "arrow_source", "ensure_writable", "is_uri"
 
 
 def is_uri(target: object) -> bool:
-    """True for 'scheme://...' strings (a Windows drive letter or a plain name is a path, not a URI)."""
-    return isinstance(target, str) and "://" in target and len(target.split("://", 1)[0]) > 1
+    """True for 'scheme://...' strings (a Windows drive letter or a name with '://' inside is a path, not a URI)."""
+    return isinstance(target, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", target) is not None
 
 
 def location(target: "str | Path | RemotePath") -> Location:

@@ -66,8 +66,11 @@ class Lease:
         return record if isinstance(record, dict) else None
 
     def _refuse_if_held(self) -> None:
+        """A live lease of another holder stops this run; an expired one, or one whose process is gone from this
+        very machine (a run killed here, then run again), is taken over."""
         record = self._read()
-        if record and record.get("holder") != self.holder and float(record.get("expires", 0)) > time.time():
+        if (record and record.get("holder") != self.holder and float(record.get("expires", 0)) > time.time()
+                and not _dead_here(str(record.get("holder")))):
             raise PipelineError(self._held_message(record))
 
     def _require_ours(self) -> None:
@@ -79,3 +82,18 @@ class Lease:
         until = datetime.fromtimestamp(float(record.get("expires", 0)), timezone.utc).strftime("%H:%M UTC")
         return (f"another run ({record.get('holder')}) is writing {self.folder} (lease until {until}): wait for it "
                 f"to finish, then run the same command again; if that run is dead, delete {self.path}")
+
+
+def _dead_here(holder: str) -> bool:
+    """True when `holder` names a process of this machine that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, under another user
+        return False
+    return False
