@@ -97,6 +97,29 @@ def test_a_second_embed_on_s3_reuses_every_shard(run_cli, data, tiny_bert, tmp_p
     assert "(0 computed, 90 reused)" in out
 
 
+def test_an_interrupted_embed_to_s3_resumes_from_its_published_shards(run_cli, data, tiny_bert, tmp_path, s3,
+                                                                      monkeypatch):
+    from pipeline.embed import stage as embed_module
+
+    _, remote_data = data
+    root = f"s3://{BUCKET}/{tmp_path.name}/cache"
+    original = embed_module._write_shard
+
+    def dying(store, index, *args):
+        if index == 1:
+            raise KeyboardInterrupt
+        original(store, index, *args)
+
+    monkeypatch.setattr(embed_module, "_write_shard", dying)
+    assert run_cli(*embed_args(tiny_bert, remote_data, root))[0] == 130
+    left = [name.rsplit("/", 1)[-1] for name in s3.objects(BUCKET) if f"{tmp_path.name}/cache/" in name]
+    assert sorted(left) == ["_key.json", "shard-00000.parquet"]  # no manifest, no lease, no temporary object
+    monkeypatch.setattr(embed_module, "_write_shard", original)
+    code, out, err = run_cli(*embed_args(tiny_bert, remote_data, root))
+    assert code == 0, err
+    assert "(50 computed, 40 reused)" in out
+
+
 def test_train_from_an_s3_cache_gives_the_local_metrics(run_cli, data, tiny_bert, tmp_path):
     local_data, remote_data = data
     root = f"s3://{BUCKET}/{tmp_path.name}/cache"
