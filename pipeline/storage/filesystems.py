@@ -37,6 +37,11 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str, str]:
     return _hdfs_filesystem(root), parsed.path.rstrip("/") or "/", root
 
 
+def first_line(detail: str) -> str:
+    """The first line of a library's error, cut short: the SDK's messages run over several lines."""
+    return (detail.strip().splitlines() or ["unknown error"])[0][:200]
+
+
 @lru_cache(maxsize=1)
 def s3_filesystem() -> pafs.S3FileSystem:
     """S3 (or an S3-compatible server at AWS_ENDPOINT_URL) with the credentials of the AWS variables."""
@@ -77,5 +82,5 @@ def _hdfs_filesystem(root: str) -> pafs.FileSystem:
     try:
         return pafs.FileSystem.from_uri(root)[0]
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise PipelineError(f"cannot open {root} ({first}): install a Hadoop client and set CLASSPATH") from None
+        raise PipelineError(f"cannot open {root} ({first_line(str(exc))}): install Java and a Hadoop client, set "
+                            "JAVA_HOME and CLASSPATH (see pyarrow.fs.HadoopFileSystem)") from None

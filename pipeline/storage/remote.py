@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pyarrow.fs as pafs
 
 from pipeline.errors import PipelineError
-from pipeline.storage.filesystems import filesystem
+from pipeline.storage.filesystems import filesystem, first_line
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs")
 
@@ -52,8 +52,7 @@ def _message(detail: str, uri: str, action: str) -> str:
     for markers, fix in _FIXES:
         if any(marker in detail for marker in markers):
             return fix.format(uri=uri, endpoint=endpoint, action=action)
-    first = (detail.strip().splitlines() or ["unknown error"])[0][:200]
-    return f"cannot {action} {uri} ({first}): check the URI and the storage settings"
+    return f"cannot {action} {uri} ({first_line(detail)}): check the URI and the storage settings"
 
 
 def remote_path(uri: str) -> "RemotePath":
