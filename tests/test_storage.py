@@ -145,6 +145,17 @@ def test_train_refuses_to_write_runs_to_object_storage(run_cli, data, tiny_bert,
     assert code == 2 and err.count("\n") == 1 and "--out of train (the runs folder) cannot be on object" in err
 
 
+def test_embed_stops_in_one_line_while_another_run_holds_the_cache(run_cli, data, tiny_bert, tmp_path):
+    _, remote_data = data
+    root = f"s3://{BUCKET}/{tmp_path.name}/cache"
+    cache = location(run_cli(*embed_args(tiny_bert, remote_data, root))[1].strip().splitlines()[-1].split()[-1])
+    before = EmbeddingCache(cache).manifest()
+    with Lease.take(cache) as held:
+        err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, root), "--pooling", "max")
+    assert f"another run ({held.holder}) is writing {cache}" in err
+    assert EmbeddingCache(cache).manifest() == before  # untouched: no shard rewritten, the manifest kept
+
+
 def test_a_live_lease_of_another_writer_refuses_and_an_expired_one_is_taken_over(s3, tmp_path):
     folder = location(f"s3://{BUCKET}/{tmp_path.name}/locked")
     with Lease.take(folder) as held:
