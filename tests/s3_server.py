@@ -1,15 +1,24 @@
-"""A real S3-compatible server for the tests: moto's server mode on 127.0.0.1 and a free port, in this process."""
+"""A real S3-compatible server for the tests: moto's server mode on 127.0.0.1 and a free port, in this process; the
+fixtures and helpers the storage tests share (a module takes a fixture by naming it: `server = s3_server.server`)."""
 
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
+import pytest
+
+from pipeline.storage.filesystems import s3_filesystem
+
+from conftest import sentiment_rows, write_csv
 
 KEY, SECRET = "test-key", "test-secret"
+BUCKET = "bucket"
 
 
 @dataclass(frozen=True)
@@ -64,3 +73,50 @@ def s3_server() -> Iterator[S3Server]:
         yield S3Server(f"http://{host}:{port}")
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with s3_server() as started:
+        started.admin().create_dir(BUCKET)
+        yield started
+
+
+@pytest.fixture
+def s3(server, monkeypatch, tmp_path, tiny_bert):
+    """The AWS variables pointing at the server, a fresh prefix per test, and the working folder in tmp_path (so
+    the default local cache folder, artifacts/embeddings, would appear there)."""
+    for name, value in {"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_REGION": "us-east-1",
+                        "AWS_ENDPOINT_URL": server.url, "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    s3_filesystem.cache_clear()
+    yield server
+    s3_filesystem.cache_clear()
+
+
+def upload(server, local: Path, key: str) -> str:
+    with server.admin().open_output_stream(f"{BUCKET}/{key}") as out:
+        out.write(local.read_bytes())
+    return f"s3://{BUCKET}/{key}"
+
+
+@pytest.fixture
+def data(s3, tmp_path):
+    """The same toy table locally and on the server."""
+    (tmp_path / "input").mkdir()
+    local = write_csv(tmp_path / "input" / "toy.csv", sentiment_rows(90))
+    return local, upload(s3, local, f"{tmp_path.name}/data/toy.csv")
+
+
+def embed_args(model: Path, data: str, out: str) -> list[str]:
+    return ["embed", "--data", data, "--model", str(model), "--out", out, "--pooling", "mean,cls",
+            "--shard-rows", "40", "--max-length", "16", "--no-progress"]
+
+
+def one_line_error(run_cli, *args) -> tuple[str, float]:
+    started = time.perf_counter()
+    code, _, err = run_cli(*args)
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err, time.perf_counter() - started
