@@ -141,3 +141,19 @@ def test_the_ray_engine_refuses_an_object_store_cache_for_now(run_cli, data, tin
     err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/ray"), "--engine", "ray")
     assert "--out of --engine ray cannot be on object storage yet" in err
     assert not [name for name in s3.objects(BUCKET) if "/ray/" in name]
+
+
+@pytest.mark.parametrize("detail, fix", [
+    ("When initiating multiple part upload for key 'y' in bucket 'b': AWS Error NO_SUCH_BUCKET during "
+     "CreateMultipartUpload operation: The specified bucket does not exist", "the bucket of s3://b/y does not exist"),
+    ("When getting information for key 'y' in bucket 'b': AWS Error UNKNOWN (HTTP status 301) during HeadObject "
+     "operation: No response body.", "is in another region than AWS_REGION"),
+    ("When reading information for key 'y' in bucket 'b': AWS Error INVALID_ACCESS_KEY_ID during GetObject "
+     "operation: The AWS Access Key Id you provided does not exist", "rejected the credentials for s3://b/y"),
+    ("line one of something new\nline two", "cannot read s3://b/y (line one of something new): check the URI"),
+])
+def test_each_sdk_error_gets_its_fix_in_one_line(detail, fix):
+    from pipeline.storage.remote import _message
+
+    message = _message(detail, "s3://b/y", "read")
+    assert fix in message and "\n" not in message

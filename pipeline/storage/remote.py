@@ -31,6 +31,8 @@ _FIXES = [
     (DENIED,
      "access to {uri} is denied: these credentials may not {action} it, or the key or secret is wrong (a HEAD "
      "request cannot tell which); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or ask for access"),
+    (("HTTP status 301", "PermanentRedirect", "AuthorizationHeaderMalformed"),
+     "the bucket of {uri} is in another region than AWS_REGION: set AWS_REGION to the bucket's region"),
     (("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket '"),
      "the bucket of {uri} does not exist: create it first or fix the URI"),
 ]
