@@ -1,5 +1,5 @@
 """A real S3-compatible server for the tests: moto's server mode on 127.0.0.1 and a free port, in this process; the
-fixtures and helpers the storage tests share (a module takes a fixture by naming it: `server = s3_server.server`)."""
+fixtures and functions the storage tests share (a module takes a fixture by naming it: `server = s3_server.server`)."""
 
 import json
 import logging
