@@ -185,7 +185,11 @@ def read_whole(folder: Path, read: Callable[[], T], watched: Callable[[], list[P
     Why: readers take no lock (a shared, read-only folder must stay readable, and readers must not stall writers),
     so a read can catch a writer between two files and fail its checks (a record naming a head that is already the
     new one). When a read fails while the folder's writer holds its lock, or while the `watched` files changed under
-    it, the reader waits for the writer and reads again; a failure with no writer about is real damage, reported."""
+    it, the reader waits for the writer and reads again; a failure with no writer about is real damage, reported.
+    A folder on object storage (not a Path) has no local lock to wait for: it is read once, and its manifest,
+    published last under the writer's lease, vouches for what it holds (pipeline/storage/lease.py)."""
+    if not isinstance(folder, Path):
+        return read()
     attempts = 0
     while True:
         before = _stamps(watched())

@@ -23,18 +23,16 @@ from pipeline.cache.records import (
                                     cache_key,
                                     check_schema,
 )
+from pipeline.cache.shards import EMB_PREFIX, TEXT, shard_table
 from pipeline.cache.store import (
-                                    EMB_PREFIX,
                                     KEY_FILE,
                                     LAYERS,
-                                    TEXT,
                                     EmbeddingCache,
                                     Embeddings,
                                     cache_dir,
                                     load_embeddings,
                                     pooling_column,
                                     pooling_source,
-                                    shard_table,
 )
 
 __all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "KEY_FILE", "LAYERS",

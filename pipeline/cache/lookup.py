@@ -2,30 +2,30 @@
 deciding whether a cache is complete for a key: the one rule the embed stage and predict share."""
 
 from collections.abc import Iterable
-from pathlib import Path
 
 from pipeline.cache.records import ModelIdentity, ShardRecord
 from pipeline.cache.store import EmbeddingCache
 from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
+from pipeline.storage import Location, location
 
 
-def find_cache(embeddings: Path, data_name: str, model: ModelIdentity, data_fingerprint: str) -> Path | None:
+def find_cache(embeddings: Location, data_name: str, model: ModelIdentity, data_fingerprint: str) -> Location | None:
     """The newest finished cache of this data (same rows, labels and split) and this very model under `embeddings`.
 
     Matched on the model's weights and tokenizer hashes, not its folder name: two models in folders of the same
     name, or a model whose weights changed in place, never share a cache."""
     prefix = f"{safe_name(data_name)}__{safe_name(model.name.split('/')[-1])}__"
     found = []
-    for path in Path(embeddings).glob(prefix + "*"):
+    for path in location(embeddings).glob(prefix + "*"):
         manifest = EmbeddingCache(path).previous_manifest()
         if manifest and manifest.data.fingerprint == data_fingerprint and _same_model(manifest.encoder.model, model):
             found.append((manifest.created, path))
     return max(found)[1] if found else None
 
 
-def require_cache(embeddings: Path, data_name: str, data_fingerprint: str, model: ModelIdentity,
-                  embed_hint: str) -> Path:
+def require_cache(embeddings: Location, data_name: str, data_fingerprint: str, model: ModelIdentity,
+                  embed_hint: str) -> Location:
     """`find_cache`, or a one-line error naming the command that makes the cache."""
     found = find_cache(embeddings, data_name, model, data_fingerprint)
     if found is None:

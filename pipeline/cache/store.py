@@ -14,16 +14,17 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from pipeline.cache.records import MANIFEST_FILE, Manifest, ShardRecord
+from pipeline.cache.shards import EMB_PREFIX, TEXT, parquet_options
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_json, file_sha256, file_stamp, publish, read_whole, safe_name, writer_lock
+from pipeline.paths import file_sha256, publish, read_whole, safe_name, writer_lock
+from pipeline.storage import Location, RemotePath, arrow_source, location, publish_parquet, stamp, write_json
+from pipeline.storage.lease import Lease
 
-EMB_PREFIX = "emb_"
 KEY_FILE = "_key.json"
 LAYERS = "layers"  # the per-layer column; 'layerK' names its layer K
-TEXT = "text"  # each row's text, for reports; absent from caches made before it was added
 
 
-def cache_dir(embeddings: Path, data_name: str, model_name: str, key: str) -> Path:
+def cache_dir(embeddings: Location, data_name: str, model_name: str, key: str) -> Location:
     """A folder name a person can read; the names are sanitised so nothing escapes `embeddings`."""
     return embeddings / f"{safe_name(data_name)}__{safe_name(model_name.split('/')[-1])}__{key[:12]}"
 
@@ -47,22 +48,27 @@ class Embeddings:
 class EmbeddingCache:
     """Reads and writes one cache folder. Writers hold `lock()`; readers trust only what the manifest vouches for."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: "Location | str") -> None:
+        self.path = location(path)
+        self._lease: Lease | None = None  # held while writing to object storage
         self._written: dict[int, tuple[list[int], ShardRecord]] = {}  # index -> (file stamp, its record)
 
     @property
-    def manifest_path(self) -> Path:
+    def manifest_path(self) -> Location:
         return self.path / MANIFEST_FILE
 
-    def shard_path(self, index: int) -> Path:
+    def shard_path(self, index: int) -> Location:
         return self.path / f"shard-{index:05d}.parquet"
 
     def lock(self) -> FileLock:
         return writer_lock(self.path)
 
-    def acquire(self) -> FileLock:
-        """Take the writer lock or stop at once: two runs on one cache would interleave shards."""
+    def acquire(self) -> "FileLock | Lease":
+        """Take the writer lock or stop at once: two runs on one cache would interleave shards. On object storage
+        the lock is a lease object in the cache folder (see pipeline/storage/lease.py)."""
+        if isinstance(self.path, RemotePath):
+            self._lease = Lease.take(self.path)
+            return self._lease
         lock = self.lock()
         try:
             lock.acquire(timeout=0)
@@ -83,7 +89,7 @@ class EmbeddingCache:
                 raise PipelineError(f"{self.path} holds a cache with another key: remove that folder and run again")
             return existing["shard_rows"]
         self.drop_manifest()
-        atomic_write_json(key_file, {"key": key, "shard_rows": shard_rows, **key_parts}, sort_keys=True)
+        write_json(key_file, {"key": key, "shard_rows": shard_rows, **key_parts}, sort_keys=True)
         return shard_rows
 
     def shard_columns(self, index: int, ids: list[str]) -> set[str] | None:
@@ -106,29 +112,36 @@ class EmbeddingCache:
                 if n.startswith(EMB_PREFIX)}
 
     def read_shard(self, index: int) -> pa.Table:
-        return pq.read_table(self.shard_path(index), page_checksum_verification=True)
+        source, fs = arrow_source(self.shard_path(index))
+        return pq.read_table(source, page_checksum_verification=True, **fs)
+
+    def read_columns(self, index: int, columns: list[str]) -> pa.Table:
+        """A few small columns of a shard (e.g. its token counts), without the full checksummed read."""
+        source, fs = arrow_source(self.shard_path(index))
+        return pq.read_table(source, columns=columns, **fs)
 
     def write_shard(self, index: int, table: pa.Table) -> None:
         """Write a shard atomically and remember its record, hashed here so that a writer thread pays for it while
         the next shard is computed, not the manifest at the end."""
         path = self.shard_path(index)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            pq.write_table(table, tmp, write_page_checksum=True, **_parquet_options(table.column_names))
-            record = ShardRecord(path.name, table.num_rows, Path(tmp).stat().st_size, file_sha256(Path(tmp)))
-            publish(Path(tmp), path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self._written[index] = (file_stamp(path), record)
+        options = {"write_page_checksum": True, **parquet_options(table.column_names)}
+        if isinstance(path, RemotePath):
+            record = ShardRecord(path.name, table.num_rows, *publish_parquet(path, table, **options))
+        else:
+            record = _write_local_shard(path, table, options)
+        self._written[index] = (stamp(path), record)
+        if self._lease:
+            self._lease.renew()
 
     def drop_manifest(self) -> None:
         """Before shards change, the old manifest must go: it would vouch for files that no longer match it."""
         self.manifest_path.unlink(missing_ok=True)
 
     def write_manifest(self, manifest: Manifest) -> None:
-        atomic_write_json(self.manifest_path, manifest.to_json(), sort_keys=True)
+        """Published last; on object storage only while this run still holds the lease."""
+        if self._lease:
+            self._lease.renew()
+        write_json(self.manifest_path, manifest.to_json(), sort_keys=True)
 
     def manifest(self) -> Manifest:
         """The finished cache's manifest, checked; a missing or damaged one says how to rebuild it."""
@@ -158,23 +171,27 @@ class EmbeddingCache:
         """The record of a shard: the one remembered when this object wrote it (if the file is unchanged since),
         else hashed from the file."""
         path = self.shard_path(index)
-        stamp, record = self._written.get(index, (None, None))
-        if record is not None and record.rows == rows and stamp == file_stamp(path):
+        written, record = self._written.get(index, (None, None))
+        if record is not None and record.rows == rows and written == stamp(path):
             return record
         return ShardRecord(path.name, rows, path.stat().st_size, file_sha256(path))
 
 
-def _parquet_options(columns: list[str]) -> dict:
-    """Vector columns are near-incompressible float32: no dictionary and no compression for them; snappy for the
-    rest. On a 4096-row shard of MiniLM vectors (six poolings) this writes 4x and reads 2x faster than pyarrow's
-    defaults (dictionary + snappy on every column), for 2% more disk; zstd with byte-stream-split saves 14% of disk
-    but writes 2x slower than this."""
-    vectors = {name for name in columns if name.startswith(EMB_PREFIX)}
-    return {"use_dictionary": [name for name in columns if name not in vectors],
-            "compression": {name: "none" if name in vectors else "snappy" for name in columns}}
+def _write_local_shard(path: Path, table: pa.Table, options: dict) -> ShardRecord:
+    """Temp file in the cache folder, hashed before it is renamed into place (one read of fresh, cached bytes)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, **options)
+        record = ShardRecord(path.name, table.num_rows, Path(tmp).stat().st_size, file_sha256(Path(tmp)))
+        publish(Path(tmp), path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return record
 
 
-def _read_json(path: Path) -> object | None:
+def _read_json(path: Location) -> object | None:
     """A JSON file's content, or None when it is missing, unreadable or not JSON."""
     try:
         return json.loads(path.read_text())
@@ -182,29 +199,14 @@ def _read_json(path: Path) -> object | None:
         return None
 
 
-def shard_table(ids: list[str], splits: list[str], labels: np.ndarray, n_tokens: np.ndarray,
-                truncated: np.ndarray, vectors: dict[str, np.ndarray], texts: list[str] | None = None) -> pa.Table:
-    """One shard as an Arrow table; vectors become fixed_size_list<float32> columns without a per-row copy. The rows'
-    texts go in a `text` column (when given) so that reports can quote them without the original file."""
-    columns = {"id": pa.array(ids, pa.string()), "split": pa.array(splits, pa.string()),
-               "label": pa.array(labels, pa.int64())}
-    if texts is not None:
-        columns[TEXT] = pa.array(texts, pa.string())
-    columns.update({"n_tokens": pa.array(n_tokens, pa.int32()), "truncated": pa.array(truncated, pa.bool_())})
-    for name, matrix in vectors.items():
-        flat = np.ascontiguousarray(matrix, dtype=np.float32).reshape(len(ids), -1)
-        columns[EMB_PREFIX + name] = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), flat.shape[1])
-    return pa.table(columns)
-
-
-def load_embeddings(cache: Path | str, pooling: str, split: str | None = None) -> Embeddings:
+def load_embeddings(cache: "Location | str", pooling: str, split: str | None = None) -> Embeddings:
     """Vectors of one pooling (or 'layerK', one layer of 'layers') as numpy arrays, checked against the manifest.
 
     A shard that is missing, of the wrong size or row count, or fails its page checksums is refused: a damaged
     cache is never read as data. A cache that an embed is rewriting (e.g. adding a pooling) is read once the
-    writer is done, never reported as damaged (paths.read_whole).
+    writer is done, never reported as damaged (paths.read_whole; a cache on object storage is read once).
     """
-    store = EmbeddingCache(Path(cache))
+    store = EmbeddingCache(cache)
     return read_whole(store.path, lambda: _load_embeddings(store, pooling, split),
                       lambda: [store.manifest_path, *sorted(store.path.glob("shard-*.parquet"))])
 

@@ -12,6 +12,7 @@ import click
 from pipeline.cli.bench import bench, eval_
 from pipeline.cli.finetune import finetune
 from pipeline.cli.options import (
+    PATH_OR_URI,
     data_options,
     embeddings_option,
     encoder_options,
@@ -38,8 +39,8 @@ def cli() -> None:
 @encoder_options
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows per Parquet shard (the unit of resume).")
-@click.option("--out", default="artifacts/embeddings", show_default=True, type=click.Path(path_type=Path),
-              help="Cache root folder.")
+@click.option("--out", default="artifacts/embeddings", show_default=True, type=PATH_OR_URI,
+              help="Cache root folder, or an s3://, gs:// or hdfs:// URI.")
 @click.option("--engine", default="local", show_default=True,
               help="local: this process; ray: a Ray Data actor pool (pip install 'bert-pipeline[distributed]').")
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
@@ -58,23 +59,25 @@ def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, p
 @cli.command()
 @data_options
 @model_option
-@click.option("--cache", type=click.Path(path_type=Path), default=None,
-              help="Train on this cache folder instead of finding the one for --data/--model.")
+@click.option("--cache", type=PATH_OR_URI, default=None,
+              help="Train on this cache folder (or URI) instead of finding the one for --data/--model.")
 @click.option("--pooling", default="mean", show_default=True,
               help="Comma list of poolings in the cache, 'layerK' for one layer, or 'all'.")
 @head_option(lambda: ["logreg"])
 @embeddings_option
-@click.option("--out", default="artifacts/runs", show_default=True, type=click.Path(path_type=Path),
-              help="Where runs are written.")
+@click.option("--out", default="artifacts/runs", show_default=True, type=PATH_OR_URI,
+              help="Where runs are written (a local folder).")
 @progress_option
 def train(data, model, cache, pooling, head, embeddings, out, progress) -> None:
     """Stage two: train heads on cached vectors and report test metrics (the encoder is not run)."""
     from pipeline.paths import ensure_writable
+    from pipeline.storage import require_local
     from pipeline.train.heads import parse_heads
     from pipeline.train.report import summary_table
     from pipeline.train.stage import train_cache
 
     heads = parse_heads(head)
+    require_local(out, "--out of train (the runs folder)")
     cache = cache or find_cache(embeddings, data, model)
     ensure_writable(out)
     rows = train_cache(cache, pooling, heads, out, data.seed, progress)

@@ -26,7 +26,7 @@ def bench() -> None:
 @bench.command("heads")
 @opt.data_options
 @opt.model_option
-@click.option("--cache", type=click.Path(path_type=Path), default=None, help="Cache folder (default: find it).")
+@click.option("--cache", type=opt.PATH_OR_URI, default=None, help="Cache folder or URI (default: find it).")
 @opt.head_option(_all_heads)
 @opt.embeddings_option
 @click.option("--out", default="artifacts/bench", show_default=True, type=click.Path(path_type=Path))

@@ -10,6 +10,23 @@ import click
 SEEDS = click.IntRange(0, 2**32 - 1)
 
 
+class PathOrUri(click.ParamType):
+    """A local path (a Path, as click.Path gives) or a storage URI (s3://, gs://, hdfs://, file://) resolved by
+    pipeline.storage. Only a URI imports the storage layer (and pyarrow), so plain paths start as fast as before."""
+
+    name = "path|uri"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or "://" not in value:
+            return Path(value) if isinstance(value, str) else value
+        from pipeline.storage import location
+
+        return location(value)
+
+
+PATH_OR_URI = PathOrUri()
+
+
 class RegistryOption(click.Option):
     """An option whose default and help list come from a registry, read only when needed: `train --help` must not
     import torch to list the poolings, and a new registry entry shows up here without an edit."""
@@ -131,15 +148,15 @@ def encoder_options(func):
 
 
 def embeddings_option(func):
-    return click.option("--embeddings", default="artifacts/embeddings", show_default=True,
-                        type=click.Path(path_type=Path), help="Root folder of the embedding caches.")(func)
+    return click.option("--embeddings", default="artifacts/embeddings", show_default=True, type=PATH_OR_URI,
+                        help="Root folder (or s3://, gs://, hdfs:// URI) of the embedding caches.")(func)
 
 
 def progress_option(func):
     return click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")(func)
 
 
-def find_cache(embeddings: Path, data, model: str) -> Path:
+def find_cache(embeddings, data, model: str):
     """The cache of `data` made by this very `model` (matched on its weights and tokenizer hashes)."""
     from pipeline.cache import require_cache
     from pipeline.embed.sources import resolve_model

@@ -19,13 +19,15 @@ def run_options(func):
 @click.command()
 @run_options
 @click.option("--text", "texts", multiple=True, help="A text to classify (repeatable).")
-@click.option("--input", "input_path", type=click.Path(path_type=Path), default=None,
-              help="A CSV/TSV/JSONL/Parquet file to classify: every column and row is kept, predictions added.")
+@click.option("--input", "input_path", type=opt.PATH_OR_URI, default=None,
+              help="A CSV/TSV/JSONL/Parquet file (or s3://, gs://, hdfs:// URI) to classify: every column and row is "
+                   "kept, predictions added.")
 @click.option("--text-col", default="text", show_default=True, help="Text column of --input.")
 @click.option("--label-col", default=None,
               help="Label column of --input: also score the run on it (report beside --output).")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Write the predictions here (.parquet/.pq: Parquet, else CSV) instead of printing them.")
+@click.option("--output", type=opt.PATH_OR_URI, default=None,
+              help="Write the predictions here (a path, or an s3://, gs:// or hdfs:// URI); the suffix picks the "
+                   "format (.csv, .tsv, .jsonl, .parquet).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
 @opt.embeddings_option
 @click.option("--engine", default="local", show_default=True,

@@ -12,6 +12,7 @@ from pipeline.data.demo import NAME as DEMO_NAME
 from pipeline.data.demo import demo_csv
 from pipeline.data.tables import Columns, read_table
 from pipeline.errors import PipelineError, capped
+from pipeline.storage import location
 
 __all__ = ["ColumnSpec", "Dataset", "DataSpec", "load_dataset", "load_texts", "read_table", "read_texts",
            "resolve_data", "subset", "unlabelled", "DEMO_NAME"]
@@ -22,9 +23,10 @@ def resolve_data(data: str, cols: ColumnSpec = ColumnSpec(), test_size: float = 
     """Load `data`: the built-in set's name, a benchmark folder (e.g. ../shared/data/sst2), or a table file."""
     if data == DEMO_NAME:
         return load_dataset(demo_csv(data_root), ColumnSpec(), test_size, seed, name=DEMO_NAME)
-    if Path(data).is_dir():
-        return load_task(Path(data))
-    return load_dataset(Path(data), cols, test_size, seed, reader=reader)
+    path = location(data)
+    if isinstance(path, Path) and path.is_dir():
+        return load_task(path)
+    return load_dataset(path, cols, test_size, seed, reader=reader)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class DataSpec:
 
 def read_texts(path: Path, column: str) -> list[str]:
     """One column of a table file, e.g. the texts to predict (no labels needed)."""
-    table = read_table(Path(path))
+    table = read_table(location(path))
     if column not in table:
         raise PipelineError(f"no text column '{column}' in {path} (columns: {capped(table)}): use --text-col")
     return table[column]
@@ -73,7 +75,7 @@ def unlabelled(name: str, texts: list[str]) -> Dataset:
 def load_texts(spec: DataSpec, split: str | None = None) -> Dataset:
     """The texts of `spec` (only the rows of `split`, if given). A table file needs only its text column, so a
     texts-only file works; a benchmark folder, the demo set or a split needs the full, labelled read."""
-    path = Path(spec.data)
+    path = location(spec.data)
     if split is None and path.suffix and not path.is_dir():
         return unlabelled(dataset_name(path), read_texts(path, spec.columns.text))
     ds = spec.load()

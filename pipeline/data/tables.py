@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pipeline.data.budget import check_decoded, check_parquet_metadata, check_text_file
 from pipeline.data.sniff import not_utf8, refuse_non_parquet, refuse_non_text, refuse_single_document, separator_hint
 from pipeline.errors import PipelineError, first_line
+from pipeline.storage import arrow_source
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
            ".parquet": "parquet", ".pq": "parquet"}
@@ -218,16 +219,18 @@ def _read_parquet(path: Path) -> Columns:
     check_parquet_metadata(path, _parquet(path, pq.read_metadata))
     texts = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
              or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
-    table = _parquet(path, lambda p: pq.read_table(p, read_dictionary=texts))
+    table = _parquet(path, lambda p, **fs: pq.read_table(p, read_dictionary=texts, **fs))
     check_decoded(path, table)
     if table.num_rows == 0:
         raise PipelineError(f"data file has no rows: {path}")
     return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
-def _parquet(path: Path, read: Callable[[Path], T]) -> T:
+def _parquet(path: Path, read: Callable[..., T]) -> T:
+    """`read(path)` for a local file; a file on object storage is named by its key and filesystem."""
+    source, filesystem = arrow_source(path)
     try:
-        return read(path)
+        return read(source, **filesystem)
     except Exception as exc:  # pyarrow raises several types for damaged files, some with multi-line messages
         raise PipelineError(f"cannot read {path} as Parquet ({first_line(exc)}): check that the file is "
                             "complete") from None
@@ -239,7 +242,8 @@ def stored_type(path: Path, column: str, value: object) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt == "parquet":
         try:
-            return f"Arrow type {pq.read_schema(path).field(column).type}"
+            source, filesystem = arrow_source(path)
+            return f"Arrow type {pq.read_schema(source, **filesystem).field(column).type}"
         except (OSError, KeyError, ValueError):  # a remote or changed file: fall back to the value's Python type
             return f"{type(value).__name__} values"
     return f"a JSON {_json_kind(value)}" if fmt == "jsonl" else f"{type(value).__name__} values"

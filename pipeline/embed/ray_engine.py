@@ -72,13 +72,13 @@ def read_table_ray(path: Path) -> Columns:
     import ray
     import ray.data
 
-    fmt = detect_format(Path(path))
+    fmt = detect_format(Path(str(path)))  # a RemotePath too: its URI ends in the suffix
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     readers = {"csv": lambda: ray.data.read_csv(str(path)),
                "tsv": lambda: ray.data.read_csv(str(path), parse_options=pacsv.ParseOptions(delimiter="\t")),
                "jsonl": lambda: ray.data.read_json(str(path), lines=True),
                "parquet": lambda: ray.data.read_parquet(str(path))}
-    if not Path(path).exists() and "://" not in str(path):
+    if "://" not in str(path) and not Path(path).exists():
         raise PipelineError(f"data file not found: {path} (check the path given to --data / DATA=)")
     try:
         table = pa.concat_tables(ray.get(readers[fmt]().to_arrow_refs()))

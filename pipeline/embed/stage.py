@@ -7,10 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.cache import (
     DataInfo,
@@ -30,7 +28,7 @@ from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.shards import Spans, run_local
 from pipeline.embed.sources.files import package_version
 from pipeline.errors import PipelineError
-from pipeline.paths import ensure_writable
+from pipeline.storage import Location, ensure_writable, require_local
 
 DEFAULT_SHARD_ROWS = 4096
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
@@ -38,7 +36,7 @@ ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install '
 
 @dataclass(frozen=True)
 class EmbedResult:
-    path: Path
+    path: Location
     manifest: Manifest
     computed_rows: int
     computed_shards: list[int]
@@ -47,7 +45,7 @@ class EmbedResult:
 Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
 
 
-def embed(data: DataSpec, model: str, poolings: list[str], out: Path, options: EncoderOptions = EncoderOptions(),
+def embed(data: DataSpec, model: str, poolings: list[str], out: Location, options: EncoderOptions = EncoderOptions(),
           shard_rows: int = DEFAULT_SHARD_ROWS, engine: str = "local", ray_address: str | None = None,
           progress: bool = True) -> EmbedResult:
     """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
@@ -59,7 +57,7 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Path, options: E
 
 
 @contextmanager
-def engine_session(engine: str, out: Path, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
+def engine_session(engine: str, out: Location, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
     """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
@@ -68,11 +66,11 @@ def engine_session(engine: str, out: Path, ray_address: str | None) -> Iterator[
         return
     from pipeline.embed import ray_engine
 
-    with ray_engine.ray_session(out, ray_address):
+    with ray_engine.ray_session(require_local(out, "--out of --engine ray"), ray_address):
         yield ray_engine.read_table_ray, ray_engine.run_actors
 
 
-def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Path,
+def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,
                   shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None
                   ) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
@@ -147,7 +145,7 @@ def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
 
 def _token_counts(store: EmbeddingCache, index: int) -> tuple[int, int]:
     """(tokens, truncated texts) of a shard, from its two small columns only."""
-    meta = pq.read_table(store.shard_path(index), columns=["n_tokens", "truncated"])
+    meta = store.read_columns(index, ["n_tokens", "truncated"])
     return int(meta.column("n_tokens").to_numpy().sum()), int(meta.column("truncated").to_numpy().sum())
 
 

@@ -2,7 +2,8 @@
 
 Why a module of its own: the two promises (an output is what its name says; a Parquet round trip changes no column
 type, be it a timestamp with its unit and zone, an unsigned or narrow integer, a decimal or a dictionary) are
-checked in one place, before any embedding starts, for both the file and the --text paths.
+checked in one place, before any embedding starts, for both the file and the --text paths. An input or output on
+object storage (a RemotePath) is compared by its URI: it can be no local file, run file or device.
 """
 
 import json
@@ -12,58 +13,65 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipeline.errors import PipelineError, capped
-from pipeline.paths import atomic_write_bytes
+from pipeline.storage import Location, RemotePath, arrow_source, write_bytes
 
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                   ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
-def output_format(path: Path) -> str:
+def output_format(path: Location) -> str:
     """The format `path`'s suffix names. A device or pipe without a suffix (/dev/stdout) gets CSV; any other
     suffix is refused rather than written as CSV under a name that says something else."""
     fmt = OUTPUT_FORMATS.get(path.suffix.lower())
     if fmt is not None:
         return fmt
-    if not path.suffix and path.exists() and not path.is_file() and not path.is_dir():
+    if not path.suffix and isinstance(path, Path) and path.exists() and not path.is_file() and not path.is_dir():
         return "csv"
     known = ", ".join(sorted(OUTPUT_FORMATS))
     raise PipelineError(f"--output {path}: its suffix '{path.suffix}' names no format predict writes: end it in one "
                         f"of {known}")
 
 
-def refuse_overwriting_input(input_path: Path, outputs: list[Path]) -> None:
-    """An output that is the input file (by name or by a link to it) would replace the data being read."""
+def refuse_overwriting_input(input_path: Location, outputs: list[Location]) -> None:
+    """An output that is the input file (by name or by a link to it; on object storage, by URI) would replace the
+    data being read."""
     for output in outputs:
-        same = (output.resolve() == input_path.resolve()
-                or (output.exists() and input_path.exists() and os.path.samefile(output, input_path)))
-        if same:
+        if _same_file(output, input_path):
             raise PipelineError(f"--output {output} is the input file {input_path}: predict never overwrites its "
                                 "input; write the predictions to another file")
 
 
-def refuse_run_files(run: Path, model_ref: str, outputs: list[Path], option: str) -> None:
+def _same_file(a: Location, b: Location) -> bool:
+    if isinstance(a, RemotePath) or isinstance(b, RemotePath):
+        return str(a) == str(b)
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+
+
+def refuse_run_files(run: Path, model_ref: str, outputs: list[Location], option: str) -> None:
     """An output named like a file of the run (run.json, head.skops: e.g. --output <run>/run.json, or an export whose
     .json lands on run.json) or of the run's model folder would break what it was made from: refuse before work."""
     model = Path(model_ref)
     owners = [Path(run).resolve(), *([model.resolve()] if model.is_dir() else [])]
-    for output in outputs:
+    for output in (o for o in outputs if isinstance(o, Path)):  # a run and its model are local folders
         if (output.exists() or output.is_symlink()) and output.resolve().parent in owners:
             raise PipelineError(f"{option} {outputs[0]} would overwrite {output}, a file of the run or its model: "
                                 "write to another name or folder")
 
 
-def typed_input(input_path: Path, names: list[str]) -> pa.Table | None:
+def typed_input(input_path: Location, names: list[str]) -> pa.Table | None:
     """A Parquet input's own columns, types untouched, for a Parquet output (None for other inputs: their values
     are text or JSON, and Arrow's inference keeps them as they were read)."""
     if OUTPUT_FORMATS.get(input_path.suffix.lower()) != "parquet" or not input_path.is_file():
         return None
     import pyarrow.parquet as pq
 
-    return pq.read_table(input_path, columns=names)
+    source, filesystem = arrow_source(input_path)
+    return pq.read_table(source, columns=names, **filesystem)
 
 
-def write_table(path: Path, table: pa.Table) -> None:
-    """Serialise in memory in the suffix's format, then write in one atomic step."""
+def write_table(path: Location, table: pa.Table) -> None:
+    """Serialise in memory in the suffix's format, then write in one atomic step (a temp file and a rename locally, a
+    temporary object and a move on object storage: storage.write_bytes)."""
     fmt = output_format(path)
     _refuse_unwritable(path, table, fmt)
     if fmt == "parquet":
@@ -76,7 +84,7 @@ def write_table(path: Path, table: pa.Table) -> None:
         payload = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in table.to_pylist()).encode()
     else:
         payload = _delimited(table, "\t" if fmt == "tsv" else ",")
-    atomic_write_bytes(path, payload)
+    write_bytes(path, payload)
 
 
 def _refuse_unwritable(path: Path, table: pa.Table, fmt: str) -> None:

@@ -30,6 +30,7 @@ from pipeline.predict.output import (
     typed_input,
     write_table,
 )
+from pipeline.storage import location, require_local
 
 PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
 
@@ -69,9 +70,11 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
     label) column exists and is filled, no input column is named like a prediction column, and every label is one
     the run knows. The texts are then embedded into the cache under `embeddings` (a rerun after a kill resumes there,
     and a second predict of the same file reuses it)."""
-    input_path, output = Path(input_path), Path(output) if output is not None else None
+    input_path, output = location(input_path), location(output) if output is not None else None
     if label_col and output is None:
         raise PipelineError("a labelled predict writes its report beside the output: give --output too")
+    if label_col:
+        require_local(output, "--output of a labelled predict (its report is written beside it)")
     written = [output, *report_paths(output)[:2]] if output is not None and label_col else [output]
     for path in filter(None, written):
         if path.is_dir():
