@@ -1,5 +1,5 @@
 """Third reliability round: one short line per error, the smallest option values, and what holds for a text's
-vector and its batch mates (docs/reliability-round3.md)."""
+vector and its batch mates (docs/reliability.md)."""
 
 # ruff: noqa: F811 - the fixtures imported from reliability_support are test parameters here
 
@@ -105,7 +105,7 @@ MATES = ["the plot was very very slow and the actor was dull and boring " * 3, "
 @pytest.mark.parametrize("dtype, runtime", [("fp32", "torch"), ("bf16", "torch"), ("bf16", "openvino")])
 def test_what_holds_for_a_vector_and_its_batch_mates(tiny_bert, dtype, runtime):
     """fp32: equal to 1e-5 alone or batched. bf16: not equal (the matrix products round differently with the padded
-    length), but within the bound docs/reliability-round3.md states: cosine >= 0.9999 to the vector alone."""
+    length), but within the bound docs/reliability.md states: cosine >= 0.9999 to the vector alone."""
     from pipeline.embed.encoder import load_encoder
     from pipeline.embed.settings import EncoderOptions
     from pipeline.embed.stage import embed_texts
@@ -130,7 +130,7 @@ def test_what_holds_for_a_vector_and_its_batch_mates(tiny_bert, dtype, runtime):
 @pytest.mark.parametrize("dtype, runtime, bound", [("fp32", "torch", None), ("bf16", "torch", 0.9999),
                                                    ("bf16", "openvino", 0.9999)])
 def test_batch_mates_on_the_default_model_and_sst2(dtype, runtime, bound, monkeypatch):
-    """The figures docs/reliability-round3.md quotes: each of 15 SST-2 test sentences alone against the same
+    """The figures docs/reliability.md quotes: each of 15 SST-2 test sentences alone against the same
     sentence batched with the 8 longest of the first 200 (padding to their length)."""
     from pipeline.embed.encoder import load_encoder
     from pipeline.embed.settings import EncoderOptions

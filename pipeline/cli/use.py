@@ -25,7 +25,7 @@ def run_options(func):
 @click.option("--label-col", default=None,
               help="Label column of --input: also score the run on it (report beside --output).")
 @click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="Write the predictions here (.parquet/.pq: Parquet, else CSV) instead of printing them.")
+              help="Write the predictions here; the suffix picks the format (.csv, .tsv, .jsonl, .parquet).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
 @opt.embeddings_option
 @click.option("--engine", default="local", show_default=True,
