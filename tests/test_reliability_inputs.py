@@ -149,13 +149,13 @@ def test_an_address_that_never_answers_times_out_within_the_limit(monkeypatch):
 def test_a_hub_that_does_not_answer_falls_back_to_the_local_cache_at_once(monkeypatch):
     import huggingface_hub
 
-    from pipeline.embed import models
+    from pipeline.embed.sources import files
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     calls = []
     monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append(kw) or "/nowhere")
-    models._from_hub("someorg/some-model")
+    files.from_hub("someorg/some-model")
     assert calls[0]["local_files_only"] is True
 
 

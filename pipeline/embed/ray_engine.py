@@ -147,6 +147,8 @@ def _start_ray(address: str | None):
     except ImportError:
         raise PipelineError("--engine ray needs Ray: pip install 'bert-pipeline[distributed]' "
                             "(or make embed ENGINE=ray)") from None
+    if address is not None:  # asked for by name: refused at once if nothing answers there, even beside a running Ray
+        check_ray_address(address)
     if ray.is_initialized():
         return ray, False
     target = address or os.environ.get("RAY_ADDRESS")
