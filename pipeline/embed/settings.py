@@ -1,7 +1,8 @@
 """An encoder's settings, resolved once: the options as a user gives them (EncoderOptions, 'auto' allowed) become one
 frozen EncoderConfig (every choice made: device, dtype, runtime, token budget) that travels as one value to the
 encoder, the Ray actors (to_json/from_json) and the manifest. Device, dtype and runtime are picked here and nowhere
-else; the code that runs an encoder reads the config. A long-text mode joins the config as one more field.
+else; the code that runs an encoder reads the config. How texts over max length are read (windows.Reading) is one
+more field of the config.
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -10,12 +11,14 @@ from pipeline.cache import EncoderSettings
 from pipeline.embed import device as devices
 from pipeline.embed import runtimes
 from pipeline.embed.sources import ModelRef, resolve_model
+from pipeline.embed.windows import DEFAULT_MODE, Reading
 
 
 @dataclass(frozen=True)
 class EncoderConfig:
     """A resolved encoder: model files, device and dtype by name ('cuda:1', 'bf16'), runtime name, max length, the
-    token budget per batch, and whether it trains (fp32 weights, PyTorch). Made by EncoderOptions.resolve."""
+    token budget per batch, whether it trains (fp32 weights, PyTorch), and how texts over max length are read (the
+    embed stage's rows; tokenize() itself always cuts). Made by EncoderOptions.resolve."""
 
     model: ModelRef
     device: str
@@ -24,6 +27,7 @@ class EncoderConfig:
     max_length: int
     batch_tokens: int
     training: bool = False
+    reading: Reading = Reading()
 
     def settings(self) -> EncoderSettings:
         """What changes the vectors (the cache key's part): model identity, max length, dtype, runtime."""
@@ -45,13 +49,13 @@ class EncoderConfig:
 
     def to_json(self) -> dict:
         """Plain values; the model as its --model spec, which finds the same files on another machine."""
-        return {**asdict(self), "model": self.model.spec}
+        return {**asdict(self), "model": self.model.spec, "reading": asdict(self.reading)}
 
     @classmethod
     def from_json(cls, record: dict) -> "EncoderConfig":
         """Back from to_json: the model's files are found again (and hashed, so a changed model is noticed); nothing
         else is picked again."""
-        return cls(**{**record, "model": resolve_model(record["model"])})
+        return cls(**{**record, "model": resolve_model(record["model"]), "reading": Reading(**record["reading"])})
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class EncoderOptions:
     dtype: str = "auto"
     batch_tokens: int = 0
     runtime: str = "auto"
+    long_texts: str = DEFAULT_MODE
+    window_overlap: int | None = None  # None: windows.DEFAULT_OVERLAP
 
     def resolve(self, model: "str | ModelRef", training: bool = False, fallback: bool = False) -> EncoderConfig:
         """Every choice made, once: device, then dtype on it, then the runtime for both. `fallback`: a named runtime
@@ -73,4 +79,5 @@ class EncoderOptions:
         runtime = (runtimes.runtime_here(self.runtime, device, dtype) if fallback
                    else runtimes.pick_runtime(self.runtime, device, dtype, training))
         budget = runtimes.batch_tokens(runtime, device, self.batch_tokens, self.max_length)
-        return EncoderConfig(ref, device, dtype, runtime, self.max_length, budget, training)
+        reading = Reading(self.long_texts, self.window_overlap)
+        return EncoderConfig(ref, device, dtype, runtime, self.max_length, budget, training, reading)

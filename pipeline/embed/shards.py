@@ -11,8 +11,8 @@ from tqdm import tqdm
 
 from pipeline.cache import EmbeddingCache, shard_table
 from pipeline.data import Dataset
-from pipeline.embed.batching import Tokenized
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.windows import Chunk
 
 # Shards written at once, each in its own thread: one on small machines (the model needs the cores); a GPU host's
 # spare cores write several, since there the Parquet write and sha256, not the model, set the pace.
@@ -31,7 +31,7 @@ def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans
                dynamic_ncols=True, smoothing=0.1)
     order = sorted(todo)
     with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=WRITERS) as writer:
-        tokenize = lambda i: encoder.tokenize(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
+        tokenize = lambda i: encoder.read(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
         pending, writing = prefetch.submit(tokenize, order[0]), deque()
         for n, index in enumerate(order):
             tokens = pending.result()
@@ -50,14 +50,14 @@ def compute_shard(ds: Dataset, encoder: Encoder, store: EmbeddingCache, index: i
                   poolings: list[str]) -> None:
     """Embed one shard's rows and write the shard (a Ray actor's unit of work)."""
     a, b = span
-    tokens = encoder.tokenize(ds.texts[a:b])
+    tokens = encoder.read(ds.texts[a:b])
     write_shard(store, index, ds, a, b, tokens, encoder.encode(tokens, poolings))
 
 
-def write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int, tokens: Tokenized,
+def write_shard(store: EmbeddingCache, index: int, ds: Dataset, a: int, b: int, tokens: Chunk,
                 vectors: dict[str, np.ndarray]) -> None:
     """Write a shard with its new poolings merged into the ones it already had (if it was whole), and its texts."""
     old = store.shard_vectors(index, ds.ids[a:b]) or {}
-    table = shard_table(ds.ids[a:b], list(ds.splits[a:b]), ds.labels[a:b], tokens.lengths, tokens.truncated,
+    table = shard_table(ds.ids[a:b], list(ds.splits[a:b]), ds.labels[a:b], tokens.text_tokens, tokens.truncated,
                         {**old, **vectors}, ds.texts[a:b])
     store.write_shard(index, table)

@@ -4,7 +4,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 
@@ -13,6 +13,7 @@ import numpy as np
 from pipeline.cache import (
     DataInfo,
     EmbeddingCache,
+    EncoderSettings,
     Manifest,
     PoolingInfo,
     RunStats,
@@ -22,6 +23,8 @@ from pipeline.cache import (
     verified_shards,
 )
 from pipeline.data import Dataset, DataSpec, read_table
+from pipeline.embed import windows
+from pipeline.embed.aggregate import Fan, Gather
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import POOLINGS
 from pipeline.embed.settings import EncoderOptions
@@ -78,7 +81,7 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
     missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
     if missing:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
-    settings = encoder.settings()
+    settings, lengths = cache_settings(encoder, ds.texts)
     key = cache_key(settings, ds.fingerprint)
     store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
@@ -94,9 +97,24 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
             (runner or run_local)(ds, encoder, store, spans, todo, progress)
         kept = {i: record for i, record in verified.items() if i not in todo}
         manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started)
+        manifest = replace(manifest, encoder=settings, long_texts=_long_texts(encoder, lengths))
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
+
+
+def cache_settings(encoder: Encoder, texts: list[str]) -> tuple[EncoderSettings, np.ndarray]:
+    """The settings a cache of `texts` is keyed on (windows.keyed: the reading joins them only when some text is
+    over max length), and every text's whole token count. Refuses an overlap that leaves windows no room."""
+    lengths = windows.token_counts(encoder.fast_tokenizer, texts)
+    added = sum(windows.specials(encoder.fast_tokenizer))
+    encoder.reading.window(encoder.max_length, added)
+    return windows.keyed(encoder.settings(), encoder.reading, lengths, added), lengths
+
+
+def _long_texts(encoder: Encoder, lengths: np.ndarray):
+    added = sum(windows.specials(encoder.fast_tokenizer))
+    return windows.long_texts(lengths, encoder.max_length, encoder.reading, added)
 
 
 def _plan(store: EmbeddingCache, ds: Dataset, spans: Spans, poolings: list[str], verified: dict[int, ShardRecord],
@@ -121,7 +139,17 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
 
 def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
     """Vectors of a few texts in memory (no cache), e.g. for predict; the same path as the cached stage."""
-    return encoder.encode(encoder.tokenize(texts), poolings)
+    windows.check_size(texts)
+    return encoder.encode(encoder.read(texts), poolings)
+
+
+def embed_aggregations(encoder: Encoder, texts: list[str], pooling: str, aggregations: list[str]) -> dict:
+    """One pooling of `texts` under each window aggregation (aggregate.AGGREGATIONS), from one forward pass per
+    batch: what `bench long-texts` compares."""
+    windows.check_size(texts)
+    tokens = encoder.read(texts)
+    fan = Fan({a: Gather(tokens, aggregation=lambda _, a=a: a) for a in aggregations})
+    return {a: vectors[pooling] for a, vectors in encoder.encode(tokens, [pooling], sink=fan).items()}
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans, poolings: list[str], key: str,

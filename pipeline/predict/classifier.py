@@ -13,8 +13,10 @@ once raised "Infer Request is busy" or, worse, handed one call's rows to the oth
 having: one call already runs its batches on every core (OpenVINO's parallel streams, torch's threads).
 """
 
+import copy
 import threading
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
+from pipeline.embed.windows import Reading, describe, long_texts, specials, token_counts
 from pipeline.errors import PipelineError
 from pipeline.train.head_graph import full_proba
 from pipeline.train.runs import Run, load_run, newest_run
@@ -72,11 +75,13 @@ class Classifier:
     def config(self) -> EncoderConfig:
         """The encoder texts are embedded with: the run's settings, with the run's runtime where it can run here
         (else the one 'auto' picks here; vectors then differ as CPU and GPU vectors do, at a cosine of 0.9999 or
-        more). Resolved once per classifier."""
+        more), reading texts over max length as the run's training texts were (see `reading`). Resolved once per
+        classifier."""
         if self._encoder is not None:
             return self._encoder.config
-        run = self.run.record.encoder
-        options = EncoderOptions(max_length=run.max_length, device=self.device, dtype=run.dtype, runtime=run.runtime)
+        run, reading = self.run.record.encoder, Reading.of(self.run.record.encoder)
+        options = EncoderOptions(max_length=run.max_length, device=self.device, dtype=run.dtype, runtime=run.runtime,
+                                 long_texts=reading.mode, window_overlap=reading.overlap)
         return options.resolve(self.ref, fallback=True)
 
     @property
@@ -89,6 +94,27 @@ class Classifier:
         if self._encoder is None:
             self._encoder = Encoder(self.config)
         return self._encoder
+
+    @property
+    def reading(self) -> Reading:
+        """How texts over max length are read: as the run's training texts were, or in windows (the default) when
+        they all fitted."""
+        return self.config.reading
+
+    def reading_as(self, reading: Reading) -> "Classifier":
+        """This run reading texts over max length another way, on the same loaded model (export checks its graph,
+        which cuts them, against the run read with 'truncate')."""
+        encoder = copy.copy(self.encoder)
+        encoder.config = replace(encoder.config, reading=reading)
+        return Classifier(self.run, self.device, encoder)
+
+    def describe_reading(self, texts: list[str]) -> str:
+        """One line on how `texts` are read: how many are over max length, their token counts, windows or cut."""
+        with self._turn:
+            fast, max_length = self.encoder.fast_tokenizer, self.encoder.max_length
+            counts = token_counts(fast, texts)
+            added = sum(specials(fast))
+        return describe(long_texts(counts, max_length, self.reading, added), max_length)
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """The vectors the head reads, one row per text: the run's pooling (for 'layerK', layer K). Thread-safe:
@@ -129,7 +155,7 @@ class Classifier:
 
     def __repr__(self) -> str:
         return (f"Classifier({self.head} on {self.pooling}, labels {self.label_names}, model "
-                f"{self.run.record.encoder.model.name}, run {self.path})")
+                f"{self.run.record.encoder.model.name}, long texts: {self.reading.mode}, run {self.path})")
 
 
 def load_classifier(run: str | Path | None = None, device: str = "auto",

@@ -21,6 +21,7 @@ from torch import nn
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.loading import quiet_conversion, tokenizer_json
 from pipeline.embed.pooled_model import PooledModel
+from pipeline.embed.windows import Reading
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish_together
 from pipeline.predict.classifier import Classifier
@@ -49,6 +50,7 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
     """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run, all three or none; refuse heads
     that do not export, and paths that are the run's or its model's own files."""
     out = Path(out)
+    _refuse_windows(clf)
     if out.suffix.lower() != ".onnx":
         raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
                             ".tokenizer/ beside it)")
@@ -80,6 +82,16 @@ def _head_graph(run: Run) -> tuple[bytes | None, list[int]]:
     if run.graph_bytes is not None and run.record.head_classes is not None:
         return run.graph_bytes, run.record.head_classes
     return convert(run.model, run.model.n_features_in_), [int(c) for c in run.model.classes_]
+
+
+def _refuse_windows(clf: Classifier) -> None:
+    """The graph reads one window per text: a run whose training texts were read in several cannot be served by it
+    without its vectors changing meaning."""
+    settings = clf.run.record.encoder
+    if settings.long_texts == "window":
+        raise PipelineError(f"this run read its texts over {settings.max_length} tokens in windows, which one ONNX "
+                            f"graph cannot: serve it with the Python API (pipeline.load_classifier('{clf.path}')"
+                            ".predict(texts)), or embed with --long-texts truncate and train again to export")
 
 
 def _require_onnx() -> None:
@@ -164,7 +176,7 @@ def _check(payload: bytes, clf: Classifier) -> float:
     feed = {"input_ids": np.array([e.ids for e in batch], dtype=np.int64),
             "attention_mask": np.array([e.attention_mask for e in batch], dtype=np.int64)}
     got = ort.InferenceSession(payload, providers=["CPUExecutionProvider"]).run(None, feed)[0]
-    want = clf.predict_proba(PROBES)
+    want = clf.reading_as(Reading("truncate")).predict_proba(PROBES)  # the graph's tokenizer cuts, as its .json says
     diff = float(np.abs(got - want).max())
     if clf.run.record.encoder.dtype == "fp32" and not diff <= TOLERANCE:
         raise PipelineError(f"the exported graph's probabilities differ from predict's by {diff:.2e} "
@@ -205,5 +217,7 @@ def _meta(clf: Classifier, out: Path, tokenizer: Path, diff: float) -> dict:
             "labels": clf.label_names, "max_length": record.encoder.max_length, "pooling": record.pooling,
             "head": record.head, "run": str(clf.path), "model": record.encoder.to_json()["model"],
             "run_dtype": record.encoder.dtype, "graph_dtype": "fp32", "opset": OPSET,
+            "long_texts": "cut at max_length by the tokenizer" + ("" if record.encoder.long_texts == "truncate" else
+                                                                  " (the Python API reads them whole, in windows)"),
             "check": {"texts": len(PROBES), "max_abs_diff": diff, "tolerance": TOLERANCE,
                       "onnxruntime": metadata.version("onnxruntime")}}

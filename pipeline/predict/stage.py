@@ -19,7 +19,7 @@ from pipeline.cache import EmbeddingCache, cache_dir, cache_key, is_complete, po
 from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
-from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session
+from pipeline.embed.stage import DEFAULT_SHARD_ROWS, cache_settings, embed_dataset, engine_session
 from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
@@ -109,7 +109,7 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     manifest lists the run's pooling and whose every shard still hashes to its record is used as it is (nothing is
     loaded or written); otherwise the embed stage makes, completes or repairs it."""
     source, _ = clf.source
-    key = cache_key(clf.settings, ds.fingerprint)  # as embed makes it
+    key = cache_key(cache_settings(clf.encoder, ds.texts)[0], ds.fingerprint)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
     if is_complete(store, key, [source]):
         return store.path, 0
