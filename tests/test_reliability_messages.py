@@ -54,10 +54,17 @@ def test_embed_and_train_at_an_options_smallest_or_largest_value(ws, run_cli, ti
     write_csv(Path("small.csv"), sentiment_rows(24))
     data = ["--data", "small.csv", "--model", tiny_bert, "--no-progress", "--embeddings", "min-emb"]
     split = [option, value] if option in ("--test-size", "--seed") else []
-    code, _, err = run_cli("embed", *data[:5], "--out", "min-emb", "--dtype", "fp32", option, value)
+    reading = ["--long-texts", "truncate"] if option == "--max-length" else []  # 2 tokens: [CLS] [SEP], no text
+    code, _, err = run_cli("embed", *data[:5], "--out", "min-emb", "--dtype", "fp32", option, value, *reading)
     assert code == 0, err
     code, out, err = run_cli("train", *data, *split, "--out", "min-runs")
     assert code == 0 and "Traceback" not in err, err
+
+
+def test_a_max_length_with_no_room_for_text_refuses_windows_with_the_way_out(ws, run_cli, tiny_bert):
+    write_csv(Path("small.csv"), sentiment_rows(24))
+    code, _, err = run_cli("embed", "--data", "small.csv", "--model", tiny_bert, "--max-length", "2", "--no-progress")
+    assert code == 2 and "--max-length 3 or more, or --long-texts truncate" in one_line_error(code, err)
 
 
 def test_predict_with_one_row_per_shard(ws, run_cli):

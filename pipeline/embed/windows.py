@@ -53,6 +53,10 @@ class Reading:
         """(text tokens per window, overlap), checked: each window must move on by at least one token."""
         width = max_length - specials
         overlap = min(DEFAULT_OVERLAP, width // 3) if self.overlap is None else self.overlap
+        if self.windows and width < 1:
+            raise PipelineError(f"--max-length {max_length} holds only the model's {specials} special tokens, no text, "
+                                f"so a text cannot be read in windows: use --max-length {specials + 1} or more, or "
+                                "--long-texts truncate")
         if self.windows and overlap >= width:
             raise PipelineError(f"--window-overlap {overlap} leaves windows no room to move: a window of "
                                 f"--max-length {max_length} holds {width} text tokens; use 0..{width - 1}")
