@@ -142,6 +142,14 @@ def atomic_write_json(path: Path, record, sort_keys: bool = False) -> None:
     atomic_write_bytes(path, json.dumps(record, indent=2, sort_keys=sort_keys).encode())
 
 
+def write_record(folder: Path, stem: str, record, markdown: str) -> list[Path]:
+    """A bench's record as `<stem>.json` and its table as `<stem>.md` under `folder`, each written atomically."""
+    paths = [Path(folder) / f"{stem}.json", Path(folder) / f"{stem}.md"]
+    atomic_write_json(paths[0], record)
+    atomic_write_bytes(paths[1], markdown.encode())
+    return paths
+
+
 def user_cache_dir() -> Path | None:
     """This tool's folder for what it remembers between runs (file hashes, compiled graphs):
     $XDG_CACHE_HOME/bert-pipeline, else ~/.cache/bert-pipeline; None when neither is an absolute path."""

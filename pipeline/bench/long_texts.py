@@ -19,7 +19,7 @@ from pipeline.embed.encoder import load_encoder
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import cache_settings, embed_aggregations, embed_texts
 from pipeline.embed.windows import describe, long_texts, specials
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import write_record
 from pipeline.train.heads import fit_head
 
 WINDOW_LENGTH = 128
@@ -88,7 +88,4 @@ def long_texts_markdown(record: dict) -> str:
 
 def write_long_texts(folder: Path, record: dict) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = folder / "long_texts.json", folder / "long_texts.md"
-    atomic_write_json(json_path, record)
-    atomic_write_bytes(md_path, long_texts_markdown(record).encode())
-    return [md_path, json_path]
+    return write_record(folder, "long_texts", record, long_texts_markdown(record))

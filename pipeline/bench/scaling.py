@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.data import Dataset
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import write_record
 
 RUNNER = """
 import resource, sys
@@ -68,10 +68,7 @@ def scaling_benchmark(ds: Dataset, sizes: list[int], command: Command, log=print
 
 def write_scaling(folder: Path, rows: list[dict]) -> list[Path]:
     """scaling.json and scaling.md under `folder`."""
-    paths = [Path(folder) / "scaling.json", Path(folder) / "scaling.md"]
-    atomic_write_json(paths[0], rows)
-    atomic_write_bytes(paths[1], scaling_markdown(rows).encode())
-    return paths
+    return write_record(folder, "scaling", rows, scaling_markdown(rows))
 
 
 def scaling_markdown(rows: list[dict]) -> str:

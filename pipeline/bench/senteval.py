@@ -21,7 +21,7 @@ from pipeline.data.benchmarks import TASKS, load_task
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import atomic_write_json, write_record
 from pipeline.train.heads import fit_head, head_params
 from pipeline.train.stage import fit_one
 from pipeline.workers import process_pool
@@ -126,11 +126,7 @@ def write_results(folder: Path, record: dict) -> list[Path]:
     """results.json and results.md under `folder`; a record without tasks is refused so it never replaces results."""
     if not record.get("tasks"):
         raise PipelineError(f"no task was evaluated: nothing written, the results in {folder} are kept")
-    json_path, md_path = Path(folder) / "results.json", Path(folder) / "results.md"
-    markdown = results_markdown(record).encode()
-    atomic_write_json(json_path, record)
-    atomic_write_bytes(md_path, markdown)
-    return [json_path, md_path]
+    return write_record(folder, "results", record, results_markdown(record))
 
 
 def _split_protocol(ds) -> str:

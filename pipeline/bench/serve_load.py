@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import write_record
 from pipeline.predict import load_classifier
 
 START_LIMIT = 120.0  # seconds for the server to answer /health
@@ -196,10 +196,7 @@ def _cpu_name() -> str:
 
 def write_serve(folder: Path, record: dict) -> list[Path]:
     """serve.json and serve.md under `folder`."""
-    paths = [Path(folder) / "serve.json", Path(folder) / "serve.md"]
-    atomic_write_json(paths[0], record)
-    atomic_write_bytes(paths[1], serve_markdown(record).encode())
-    return paths
+    return write_record(folder, "serve", record, serve_markdown(record))
 
 
 def serve_markdown(r: dict) -> str:

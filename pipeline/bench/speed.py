@@ -28,7 +28,7 @@ from pipeline.embed.runtimes import torch_eager
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
-from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.paths import write_record
 
 
 class ContenderResult(TypedDict):
@@ -207,10 +207,7 @@ def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, enc
 
 def write_speed(folder: Path, record: SpeedRecord) -> list[Path]:
     """speed.json and speed.md under `folder`."""
-    paths = [Path(folder) / "speed.json", Path(folder) / "speed.md"]
-    atomic_write_json(paths[0], record)
-    atomic_write_bytes(paths[1], speed_markdown(record).encode())
-    return paths
+    return write_record(folder, "speed", record, speed_markdown(record))
 
 
 def speed_markdown(r: SpeedRecord) -> str:
