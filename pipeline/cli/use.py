@@ -65,8 +65,9 @@ def _predict_texts(clf, texts: list[str], output: Path | None) -> None:
         output_format(output)
         refuse_run_files(clf.path, clf.run.record.model_ref, [output], "--output")
     proba = clf.predict_proba(texts)
-    if clf.texts_over(texts):  # said only when a text is longer than the run's max length: else nothing to say
-        click.echo(f"read: {clf.describe_reading(texts)}", err=True)
+    reading = clf.describe_reading(texts, quiet_when_all_fit=True)  # a short text gets its answer and nothing else
+    if reading:
+        click.echo(f"read: {reading}", err=True)
     if output:
         write_table(output, output_table({"text": texts}, clf.label_names, proba))
         click.echo(f"wrote {len(texts)} predictions to {output}")

@@ -74,14 +74,15 @@ def engine_session(engine: str, out: Location, ray_address: str | None) -> Itera
 
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,
-                  shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None
-                  ) -> EmbedResult:
+                  shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None,
+                  counted: tuple[EncoderSettings, np.ndarray] | None = None) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
-    poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process)."""
+    poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process);
+    `counted` is `cache_settings` of these texts when the caller already has it (counting means tokenising them all)."""
     missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
     if missing:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
-    settings, lengths = cache_settings(encoder, ds.texts)
+    settings, lengths = counted or cache_settings(encoder, ds.texts)
     key = cache_key(settings, ds.fingerprint)
     store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
-from pipeline.embed.windows import LongTexts, Reading, describe, long_texts, specials, token_counts
+from pipeline.embed.windows import Reading, describe, long_texts, specials, token_counts
 from pipeline.errors import PipelineError
 from pipeline.train.head_graph import full_proba
 from pipeline.train.runs import Run, load_run, newest_run
@@ -108,20 +108,15 @@ class Classifier:
         encoder.config = replace(encoder.config, reading=reading)
         return Classifier(self.run, self.device, encoder)
 
-    def texts_over(self, texts: list[str]) -> int:
-        """How many of `texts` are over the run's max length (and so read in windows, or cut)."""
-        return self._reading_info(texts)[0].over
-
-    def describe_reading(self, texts: list[str]) -> str:
-        """One line on how `texts` are read: how many are over max length, their token counts, windows or cut."""
-        return describe(*self._reading_info(texts))
-
-    def _reading_info(self, texts: list[str]) -> tuple[LongTexts, int]:
+    def describe_reading(self, texts: list[str], quiet_when_all_fit: bool = False) -> str | None:
+        """One line on how `texts` are read: how many are over max length, their token counts, windows or cut (None
+        with `quiet_when_all_fit` when every text fits: nothing to tell)."""
         with self._turn:
             fast, max_length = self.encoder.fast_tokenizer, self.encoder.max_length
             counts = token_counts(fast, texts)
             added = sum(specials(fast))
-        return long_texts(counts, max_length, self.reading, added), max_length
+        info = long_texts(counts, max_length, self.reading, added)
+        return None if quiet_when_all_fit and not info.over else describe(info, max_length)
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """The vectors the head reads, one row per text: the run's pooling (for 'layerK', layer K). Thread-safe:

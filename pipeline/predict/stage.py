@@ -109,11 +109,12 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     manifest lists the run's pooling and whose every shard still hashes to its record is used as it is (nothing is
     loaded or written); otherwise the embed stage makes, completes or repairs it."""
     source, _ = clf.source
-    key = cache_key(cache_settings(clf.encoder, ds.texts)[0], ds.fingerprint)  # as embed makes it
+    counted = cache_settings(clf.encoder, ds.texts)
+    key = cache_key(counted[0], ds.fingerprint)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
     if is_complete(store, key, [source]):
         return store.path, 0
-    result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner)
+    result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner, counted)
     return result.path, result.computed_rows
 
 
