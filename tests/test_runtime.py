@@ -116,6 +116,18 @@ def test_openvino_gives_pytorchs_vectors_for_every_pooling(tiny_bert):
         np.testing.assert_allclose(got[name], want[name], atol=2e-5, rtol=1e-4, err_msg=name)
 
 
+def test_a_few_texts_are_spread_over_every_stream_and_keep_their_vectors(tiny_bert):
+    """Predict's and the server's few texts fill every OpenVINO stream; the cached stage's batches stay as they were."""
+    ov_run, torch_run, texts = load(tiny_bert, "openvino"), load(tiny_bert, "torch"), TEXTS * 4
+    lengths = ov_run.read(texts).lengths
+    assert len(ov_run.batches(lengths)) == 1 and len(torch_run.batches(lengths, spread=True)) == 1
+    assert len(ov_run.batches(lengths, spread=True)) == min(ov_run.runtime.streams(), len(texts)) > 1
+    spread = embed_texts(ov_run, texts, ["mean", "max"])
+    plain = ov_run.encode(ov_run.read(texts), ["mean", "max"])
+    for name in plain:
+        np.testing.assert_allclose(spread[name], plain[name], atol=1e-6, rtol=0, err_msg=name)
+
+
 @pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="bf16 on CPU needs AVX512-BF16 or AMX")
 def test_openvino_in_bf16_stays_within_bf16_of_pytorch(tiny_bert):
     fp32 = embed_texts(load(tiny_bert, "torch"), TEXTS, ["mean"])["mean"]

@@ -139,9 +139,10 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
 
 
 def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
-    """Vectors of a few texts in memory (no cache), e.g. for predict; the same path as the cached stage."""
+    """Vectors of a few texts in memory (no cache), e.g. for predict and the server: the cached stage's path, with
+    the rows spread over the runtime's streams (Encoder.batches)."""
     windows.check_size(texts)
-    return encoder.encode(encoder.read(texts), poolings)
+    return encoder.encode(encoder.read(texts), poolings, spread=True)
 
 
 def embed_aggregations(encoder: Encoder, texts: list[str], pooling: str, aggregations: list[str]) -> dict:

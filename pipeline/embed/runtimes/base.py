@@ -48,6 +48,9 @@ class Runtime(Protocol):
         """The model's spec and fast tokenizer (`tokenizers.Tokenizer`) when this runtime has them without loading
         the model (a kept graph); None: the encoder loads the model and reads them off it."""
 
+    def streams(self) -> int:
+        """How many batches it runs at once: a few texts split into this many batches keep every stream busy."""
+
     def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
                clock: Clock = untimed) -> None:
         """Every pooling of the rows, batch by batch (`batches` hold row indices): each batch's float32 vectors go

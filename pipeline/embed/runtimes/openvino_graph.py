@@ -50,15 +50,23 @@ class OpenVINORuntime:
         """With a kept graph the model and tokenizer load only if something asks for them."""
         return (self.kept.info.spec, self.kept.tokenizer()) if self.kept is not None else None
 
+    def streams(self) -> int:
+        """Its parallel inference requests (one per CPU stream, OpenVINO's choice for throughput)."""
+        return len(self._graph().queue)
+
     def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
                clock: Clock = untimed) -> None:
-        if self.graph is None:
-            self.graph = Graph(self.encoder)
+        self._graph()
         try:
             clock(STEP, self.graph.pool, input_ids, poolings, batches, put)
         except PipelineError:
             self.graph = None
             raise
+
+    def _graph(self) -> Graph:
+        if self.graph is None:
+            self.graph = Graph(self.encoder)
+        return self.graph
 
 
 def _supports(device: str, dtype: str, training: bool) -> bool:
