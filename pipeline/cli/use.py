@@ -91,8 +91,8 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
                f"reused from the cache {result.cache})")
     if result.metrics is not None:
         m = result.metrics
-        click.echo(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.3f}-{m['accuracy_ci95'][1]:.3f}), "
-                   f"macro-F1 {m['macro_f1']:.4f} on {m['n_test']} labelled rows; report: "
+        click.echo(f"accuracy {m.accuracy:.4f} (95% CI {m.accuracy_ci95[0]:.3f}-{m.accuracy_ci95[1]:.3f}), "
+                   f"macro-F1 {m.macro_f1:.4f} on {m.n_test} labelled rows; report: "
                    f"{', '.join(str(p) for p in result.reports)}")
 
 

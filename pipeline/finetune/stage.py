@@ -163,11 +163,11 @@ def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Row
                            train_seconds=round(outcome.loop.seconds, 1))
     path = run_dir(runs, cache_name, settings.pooling, settings.head_name(key))
     run_record = save_run(path, outcome.head, run_record)
-    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics,
+    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics.to_json(),
                                                    "finetune": record.to_json()})
     atomic_write_bytes(path / "report.md", run_report(run_record, metrics).encode())
-    confusion_png(path / "confusion.png", metrics["confusion"], ds.label_names,
-                  f"{settings.head_name(key)} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
+    confusion_png(path / "confusion.png", metrics.confusion, ds.label_names,
+                  f"{settings.head_name(key)} / {settings.pooling}: acc {metrics.accuracy:.3f}")
     update_summary(cache_runs_dir(runs, cache_name) / "runs.csv", [summary_row(run_record, metrics)])
     return path
 

@@ -95,13 +95,13 @@ def test_macro_f1_covers_only_the_classes_with_test_rows():
     from pipeline.train.metrics import classification_metrics, macro_f1_batch
 
     m = classification_metrics(Y_TRUE, np.eye(3)[Y_PRED] * 0.9 + 0.1 / 3, ["a", "b", "c"], np.array([0, 1, 2, 2]))
-    assert m["macro_f1"] == pytest.approx(0.65)
-    assert m["macro_classes"] == ["a", "b"] and m["no_test_rows"] == {"c": 1}
+    assert m.macro_f1 == pytest.approx(0.65)
+    assert m.macro_classes == ["a", "b"] and m.no_test_rows == {"c": 1}
     assert macro_f1_batch(Y_TRUE, Y_PRED, [0, 1]) == pytest.approx(0.65)
-    lo, hi = m["macro_f1_ci95"]
+    lo, hi = m.macro_f1_ci95
     assert 0 <= lo <= hi <= 1 and hi > 0.5
-    assert m["majority_baseline"]["macro_f1"] == pytest.approx((0 + 0) / 2)  # majority 'c' is never right
-    assert m["weighted_f1"] == pytest.approx((2 * 0.5 + 3 * 0.8) / 5)
+    assert m.majority_baseline.macro_f1 == pytest.approx((0 + 0) / 2)  # majority 'c' is never right
+    assert m.weighted_f1 == pytest.approx((2 * 0.5 + 3 * 0.8) / 5)
 
 
 def test_the_leaderboard_ranks_on_the_same_macro_f1():
@@ -128,9 +128,9 @@ def test_all_classes_tested_keeps_the_old_numbers_and_tables():
 
     y = np.array([0, 0, 1, 1, 2, 2])
     m = classification_metrics(y, np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3, ["neg", "neu", "pos"], y)
-    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3) and m["no_test_rows"] == {}
+    assert m.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3) and m.no_test_rows == {}
     assert "No test rows" not in "\n".join(per_class_lines(m)) and len(per_class_lines(m)) == 6
-    assert confusion_lines(m["confusion"], ["neg", "neu", "pos"])[2:] == [
+    assert confusion_lines(m.confusion, ["neg", "neu", "pos"])[2:] == [
         "| | neg | neu | pos |", "|---|---|---|---|", "| neg | 1 | 1 | 0 |", "| neu | 0 | 2 | 0 |",
         "| pos | 1 | 0 | 1 |"]
 

@@ -1,6 +1,7 @@
 """Stage two on cached vectors: heads, honest selection, metrics, run artifacts, predict, and their errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.predict import load_encoder_for, predict_texts
 from pipeline.train.heads import HEADS, fit_head, parse_heads
-from pipeline.train.metrics import classification_metrics, expected_calibration_error
+from pipeline.train.metrics import Metrics, classification_metrics, expected_calibration_error
 from pipeline.train.runs import load_run
 from pipeline.train.stage import train_cache
 
@@ -61,14 +62,16 @@ def test_metrics_on_a_known_case():
     y = np.array([0, 0, 1, 1, 2, 2])
     proba = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
     m = classification_metrics(y, proba, ["neg", "neu", "pos"], y_train=np.array([1, 1, 0]))
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert m["majority_baseline"] == {"label": "neu", "accuracy": pytest.approx(1 / 3),
-                                      "macro_f1": pytest.approx((0 + 0.5 + 0) / 3)}
-    lo, hi = m["accuracy_ci95"]
-    assert lo < m["accuracy"] < hi
-    assert m["per_class"]["neu"]["recall"] == 1.0
-    assert 0.5 <= m["roc_auc"] <= 1.0
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m.majority_baseline.label == "neu" and m.majority_baseline.accuracy == pytest.approx(1 / 3)
+    assert m.majority_baseline.macro_f1 == pytest.approx((0 + 0.5 + 0) / 3)
+    lo, hi = m.accuracy_ci95
+    assert lo < m.accuracy < hi
+    assert m.per_class["neu"].recall == 1.0
+    assert 0.5 <= m.roc_auc <= 1.0
+    assert Metrics.from_json(json.loads(json.dumps(m.to_json())), Path("metrics.json")) == m
+    assert m.to_json()["schema"] == Metrics.version() == 1
 
 
 def test_ece_is_zero_when_confidence_equals_accuracy():
