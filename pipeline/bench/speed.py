@@ -12,6 +12,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
@@ -29,6 +30,7 @@ from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.paths import write_record
+from pipeline.records import JsonRecord
 
 
 class ContenderResult(TypedDict):
@@ -39,9 +41,10 @@ class ContenderResult(TypedDict):
     note: str
 
 
-class SpeedRecord(TypedDict):
+@dataclass(frozen=True)
+class SpeedRecord(JsonRecord):
     """speed.json: the machine, the settings, every contender's speed, the ratios the README quotes, and where the
-    stage's time goes (profile.py). Plain JSON values: speed_markdown and later runs read it back as it is."""
+    stage's time goes (profile.py)."""
 
     machine: dict[str, str | int | None]
     model: str
@@ -60,6 +63,9 @@ class SpeedRecord(TypedDict):
     speedup_vs_sentence_transformers_best: float
     min_cosine_vs_sentence_transformers: float
     profile: dict
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench speed` again"
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
@@ -187,43 +193,41 @@ def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, enc
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
     used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
-    return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(),
-                    "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
-        "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype),
-        "runtime": encoder.config.runtime, "texts": n,
-        "tokens": tokens,
-        "matmul_peak_gflops": peaks,
-        "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
-        "fraction_of_best_peak": results["ours_all"]["gflops"] / max(peaks.values()),
-        "contenders": results, "st_best": st_best,
-        "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
-        "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
-        "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
-        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors), "profile": profile,
-    }
+    return SpeedRecord(
+        machine={"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                 "threads": torch.get_num_threads(),
+                 "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
+        model=encoder.ref.name, device=str(encoder.device), dtype=dtype_name(encoder.dtype),
+        runtime=encoder.config.runtime, texts=n, tokens=tokens, matmul_peak_gflops=peaks,
+        fraction_of_peak=results["ours_all"]["gflops"] / used_peak,
+        fraction_of_best_peak=results["ours_all"]["gflops"] / max(peaks.values()),
+        contenders=results, st_best=st_best,
+        speedup_vs_seed=ours / results["seed"]["texts_per_s"],
+        speedup_vs_sentence_transformers_default=ours / results["st_default"]["texts_per_s"],
+        speedup_vs_sentence_transformers_best=ours / results[st_best]["texts_per_s"],
+        min_cosine_vs_sentence_transformers=min_cosine(ours_mean, st_vectors), profile=profile,
+    )
 
 
 def write_speed(folder: Path, record: SpeedRecord) -> list[Path]:
     """speed.json and speed.md under `folder`."""
-    return write_record(folder, "speed", record, speed_markdown(record))
+    return write_record(folder, "speed", record.to_json(), speed_markdown(record))
 
 
 def speed_markdown(r: SpeedRecord) -> str:
-    lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
-             f"{r['machine']['threads']} threads), dtype {r['dtype']}, runtime {r.get('runtime', 'torch')}, "
-             f"{r['texts']} texts, {r['tokens']} tokens. "
-             f"Matmul peak measured in the same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
-             f"{r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.", "",
+    lines = [f"Model {r.model}. Device {r.device} ({r.machine['gpu'] or r.machine['processor']}, "
+             f"{r.machine['threads']} threads), dtype {r.dtype}, runtime {r.runtime}, "
+             f"{r.texts} texts, {r.tokens} tokens. "
+             f"Matmul peak measured in the same run: fp32 {r.matmul_peak_gflops['fp32']:.0f} GFLOP/s, bf16 "
+             f"{r.matmul_peak_gflops['bf16']:.0f} GFLOP/s.", "",
              "| contender | texts/s | tokens/s | model GFLOP/s | note |", "|---|---|---|---|---|"]
-    for name, c in r["contenders"].items():
+    for name, c in r.contenders.items():
         lines.append(f"| {name} | {c['texts_per_s']:.1f} | {c['tokens_per_s']:.0f} | {c['gflops']:.1f} | "
                      f"{c['note']} |")
-    lines += ["", f"ours_all vs seed: **{r['speedup_vs_seed']:.2f}x**; vs sentence-transformers default: "
-              f"**{r['speedup_vs_sentence_transformers_default']:.2f}x**; vs its best ({r['st_best']}): "
-              f"**{r['speedup_vs_sentence_transformers_best']:.2f}x**; share of the {r['dtype']} matmul peak: "
-              f"{r['fraction_of_peak']:.0%} (of the best peak: {r['fraction_of_best_peak']:.0%}); min cosine of our "
-              f"`mean` vs sentence-transformers: {r['min_cosine_vs_sentence_transformers']:.6f}.", ""]
-    return "\n".join(lines) + ("\n" + profile_markdown(r["profile"]) if "profile" in r else "")
+    lines += ["", f"ours_all vs seed: **{r.speedup_vs_seed:.2f}x**; vs sentence-transformers default: "
+              f"**{r.speedup_vs_sentence_transformers_default:.2f}x**; vs its best ({r.st_best}): "
+              f"**{r.speedup_vs_sentence_transformers_best:.2f}x**; share of the {r.dtype} matmul peak: "
+              f"{r.fraction_of_peak:.0%} (of the best peak: {r.fraction_of_best_peak:.0%}); min cosine of our "
+              f"`mean` vs sentence-transformers: {r.min_cosine_vs_sentence_transformers:.6f}.", ""]
+    return "\n".join(lines) + ("\n" + profile_markdown(r.profile) if r.profile else "")
 

@@ -191,15 +191,15 @@ def test_eval_on_a_folder_without_tasks_is_one_line_and_keeps_old_results(tmp_pa
 
 
 def test_write_results_refuses_an_empty_record_and_writes_both_files(tmp_path):
-    from pipeline.bench.senteval import fold_summary, write_results
+    from pipeline.bench.senteval import EvalRecord, fold_summary, write_results
 
     (tmp_path / "results.json").write_text("old")
     with pytest.raises(PipelineError, match="no task was evaluated"):
-        write_results(tmp_path, {"model": {"name": "m"}, "tasks": {}})
+        write_results(tmp_path, EvalRecord({"name": "m"}, {}, 0, {}, {}))
     assert (tmp_path / "results.json").read_text() == "old"
     fold = {"accuracy": 0.8, "macro_recall": 0.8, "n": 10, "C": 1.0}
-    rec = {"model": {"name": "m"}, "tasks": {"mr": {"protocol": "10-fold CV",
-                                                    "poolings": {"mean": fold_summary([fold], 1.0)}}}}
+    rec = EvalRecord({"name": "m"}, {}, 0, {"mr": {"protocol": "10-fold CV",
+                                                  "poolings": {"mean": fold_summary([fold], 1.0)}}}, {})
     assert write_results(tmp_path, rec) == [tmp_path / "results.json", tmp_path / "results.md"]
     assert '"mr"' in (tmp_path / "results.json").read_text() and "| mr |" in (tmp_path / "results.md").read_text()
 
