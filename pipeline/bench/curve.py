@@ -115,7 +115,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
     from pipeline.embed.encoder import Encoder
     from pipeline.embed.settings import EncoderOptions
     from pipeline.finetune.checkpoint import Checkpoints
-    from pipeline.finetune.stage import finetune, run_method
+    from pipeline.finetune.stage import finetune_with, run_method
 
     ds = data.load()
     config = EncoderOptions(plan.finetune.max_length, device, plan.finetune.dtype).resolve(model, training=True)
@@ -130,7 +130,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                 started = time.perf_counter()
                 settings = replace(plan.finetune, method=method, seed=s)
                 if k == ALL:
-                    accuracy = finetune(data, model, settings, models, runs, device, progress).record.test_accuracy
+                    accuracy = finetune_with(ds, config, settings, models, runs, progress).record.test_accuracy
                 else:
                     part = subset(ds, np.sort(np.concatenate([draw(ds.labels, ds.splits, k, s), test])))
                     settings = replace(settings, min_steps=plan.small_k_steps if method == "full" else 0)

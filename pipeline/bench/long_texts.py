@@ -9,17 +9,17 @@ embed_aggregations), so their times are one and the same.
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data import Dataset
 from pipeline.embed.aggregate import AGGREGATIONS
-from pipeline.embed.encoder import load_encoder
+from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import cache_settings, embed_aggregations, embed_texts
-from pipeline.embed.windows import describe, long_texts, specials
+from pipeline.embed.windows import Reading, describe, long_texts, specials
 from pipeline.paths import write_record
 from pipeline.records import JsonRecord
 from pipeline.train.heads import fit_head
@@ -53,13 +53,15 @@ def long_text_benchmark(ds: Dataset, model: str, pooling: str = "mean", head: st
                         overlap: int | None = None, seed: int = 0,
                         log: Callable[[str], None] = print) -> LongTextsRecord:
     """Every contender's test accuracy and embed time on `ds`, and how long its texts are."""
-    rows, encoder = [], load_encoder(model, EncoderOptions(WINDOW_LENGTH, device, long_texts="truncate"))
+    config = EncoderOptions(WINDOW_LENGTH, device, long_texts="truncate").resolve(model)  # device etc. picked once
+    rows, encoder = [], Encoder(config)
     for length in sorted({WINDOW_LENGTH, min(LONGEST_CUT, encoder.spec.position_limit)}):
-        encoder = load_encoder(model, EncoderOptions(length, device, long_texts="truncate"))
+        if length != encoder.config.max_length:  # the same choices; the token budget follows the length
+            encoder = Encoder(replace(config, max_length=length).variant())
         seconds, vectors = _timed(encoder, lambda e: {"cut": embed_texts(e, ds.texts, [pooling])[pooling]}, ds)
         rows.append(_row(f"cut at {length} tokens", length, seconds, _accuracy(ds, vectors["cut"], head, seed)))
         log(_line(rows[-1]))
-    encoder = load_encoder(model, EncoderOptions(WINDOW_LENGTH, device, window_overlap=overlap))
+    encoder = Encoder(replace(config, reading=Reading(overlap=overlap)))
     seconds, vectors = _timed(encoder, lambda e: embed_aggregations(e, ds.texts, pooling, list(AGGREGATIONS)), ds)
     for name, X in vectors.items():
         rows.append(_row(f"windows of {WINDOW_LENGTH}, {name}", WINDOW_LENGTH, seconds, _accuracy(ds, X, head, seed)))

@@ -18,7 +18,7 @@ from pipeline.cache import DataInfo, EncoderSettings, cache_dir, cache_key
 from pipeline.data import Dataset, DataSpec
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import POOLINGS
-from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.errors import PipelineError
 from pipeline.finetune.card import model_card
@@ -53,6 +53,13 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     ref = resolve_model(model)
     check_pooling(settings.pooling)
     config = EncoderOptions(settings.max_length, device, settings.dtype).resolve(ref, training=True)
+    return finetune_with(ds, config, settings, out, runs, progress)
+
+
+def finetune_with(ds: Dataset, config: EncoderConfig, settings: FinetuneSettings, out: Path, runs: Path,
+                  progress: bool = True) -> FinetuneResult:
+    """The stage on an encoder already resolved for training (the learning curve resolves it once for all points)."""
+    ref = config.model
     settings = settings.resolved(config.dtype)
     rows = split_rows(ds, settings.shots, settings.seed, hold_out=settings.method == "full")
     key = settings.key(ds.fingerprint, asdict(ref.identity))

@@ -74,6 +74,20 @@ def test_cli_help_and_defaults_come_from_the_registries(run_cli):
     assert all(name in out for name in HEADS)
 
 
+def test_every_help_that_lists_names_lists_its_registry(run_cli):
+    from pipeline.data.benchmarks import TASKS
+    from pipeline.embed.runtimes import RUNTIMES
+    from pipeline.embed.sources import SOURCES
+    from pipeline.finetune.settings import METHODS
+
+    for command, names in [(["embed"], [*SOURCES, *RUNTIMES, *POOLINGS]), (["finetune"], [*METHODS, *POOLINGS]),
+                           (["eval"], [*TASKS, *SOURCES]), (["bench", "long-texts"], [*POOLINGS, *HEADS]),
+                           (["bench", "speed"], RUNTIMES), (["bench", "models"], [*SOURCES, *HEADS])]:
+        code, out, _ = run_cli(*command, "--help")
+        flat = "".join(out.split())  # click wraps long words at hyphens
+        assert code == 0 and [name for name in names if name not in flat] == [], command
+
+
 @pytest.mark.parametrize("spec, message", [(",", "no pooling given"), ("mean,,meen", "unknown pooling 'meen'"),
                                            ("", "no pooling given")])
 def test_one_parser_refuses_empty_and_unknown_names(spec, message):
