@@ -53,6 +53,20 @@ class LazyHelpOption(click.Option):
         return super().get_help_record(ctx)
 
 
+class NamesInHelpCommand(click.Command):
+    """A command whose help names registry entries, filled in only when the help is shown: `{names}` in its
+    docstring becomes `names()` (the registry would load scikit-learn at every start-up)."""
+
+    def __init__(self, *args, names: Callable[[], list[str]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.names = names
+
+    def format_help_text(self, ctx: click.Context, formatter) -> None:
+        *others, last = self.names()
+        self.help = (self.help or "").replace("{names}", f"{', '.join(others)} or {last}")
+        super().format_help_text(ctx, formatter)
+
+
 def known(text: str, names: Callable[[], list[str]]) -> Callable[[], str]:
     """A help text ending with a registry's names, made when help is shown (for LazyHelpOption)."""
     return lambda: f"{text} Known: {', '.join(names())}."
@@ -65,6 +79,17 @@ def sources_help(text: str) -> Callable[[], str]:
         from pipeline.embed.sources import SOURCES
 
         return f"{text} {'; '.join(f'{name}: {s.description}' for name, s in SOURCES.items())}."
+
+    return made
+
+
+def engines_help(text: str) -> Callable[[], str]:
+    """`text`, then each engine of the registry with what it is."""
+
+    def made() -> str:
+        from pipeline.embed.stage import ENGINES
+
+        return f"{text}{'; '.join(f'{name}: {what}' for name, what in ENGINES.items())}."
 
     return made
 
@@ -92,6 +117,12 @@ def heads() -> list[str]:
     from pipeline.train.heads import HEADS
 
     return list(HEADS)
+
+
+def onnx_heads() -> list[str]:
+    from pipeline.train.heads import onnx_heads
+
+    return onnx_heads()
 
 
 def pooling_option(default: Callable[[], list[str]] = _default_poolings, help_text: str = "Comma list of poolings."):

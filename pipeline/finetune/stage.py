@@ -8,6 +8,7 @@ Layout of `<out>/<data>__<model>__<method>__<key12>/`:
   checkpoint/state.pt                                while training only: the resume point
 """
 
+import importlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -24,9 +25,8 @@ from pipeline.errors import PipelineError
 from pipeline.finetune.card import model_card
 from pipeline.finetune.checkpoint import Checkpoints, seed_everything
 from pipeline.finetune.data import Rows, split_rows
-from pipeline.finetune.full import Outcome, train_full
+from pipeline.finetune.full import Outcome
 from pipeline.finetune.record import FinetuneRecord
-from pipeline.finetune.setfit import train_setfit
 from pipeline.finetune.settings import METHODS, FinetuneSettings, check_method
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish, safe_name
 from pipeline.train.metrics import classification_metrics
@@ -34,7 +34,6 @@ from pipeline.train.report import confusion_png, run_report, summary_row, update
 from pipeline.train.runs import RUN_FILE, RunRecord, cache_runs_dir, run_dir, save_run
 
 RECORD_FILE = "finetune.json"
-RUNNERS = {"full": train_full, "setfit": train_setfit}
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,9 @@ def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSett
         raise PipelineError("fine-tuning needs an encoder resolved with training=True (fp32 weights, the PyTorch "
                             f"runtime), not one for inference on {encoder.config.runtime}")
     seed_everything(settings.seed)
-    return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
+    module, _, function = METHODS[settings.method].trainer.partition(":")
+    train = getattr(importlib.import_module(module), function)
+    return train(encoder, ds, rows, settings, checkpoints, progress)
 
 
 def check_pooling(name: str) -> None:

@@ -78,11 +78,14 @@ def test_every_help_that_lists_names_lists_its_registry(run_cli):
     from pipeline.data.benchmarks import TASKS
     from pipeline.embed.runtimes import RUNTIMES
     from pipeline.embed.sources import SOURCES
+    from pipeline.embed.stage import ENGINES
     from pipeline.finetune.settings import METHODS
+    from pipeline.train.heads import onnx_heads
 
     for command, names in [(["embed"], [*SOURCES, *RUNTIMES, *POOLINGS]), (["finetune"], [*METHODS, *POOLINGS]),
                            (["eval"], [*TASKS, *SOURCES]), (["bench", "long-texts"], [*POOLINGS, *HEADS]),
-                           (["bench", "speed"], RUNTIMES), (["bench", "models"], [*SOURCES, *HEADS])]:
+                           (["bench", "speed"], RUNTIMES), (["bench", "models"], [*SOURCES, *HEADS]),
+                           (["predict"], ENGINES), (["export"], onnx_heads())]:
         code, out, _ = run_cli(*command, "--help")
         flat = "".join(out.split())  # click wraps long words at hyphens
         assert code == 0 and [name for name in names if name not in flat] == [], command

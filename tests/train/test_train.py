@@ -183,3 +183,11 @@ def test_a_head_file_with_foreign_types_is_refused_and_old_pickled_runs_still_lo
     joblib.dump({"model": fit_head("logreg", *blobs()), "label_names": []}, buffer)
     plant(LEGACY_HEAD_FILE, buffer.getvalue())
     assert load_run(run).model.predict(blobs()[0][:5]).shape == (5,)
+
+
+@pytest.mark.parametrize("name", [name for name, head in HEADS.items() if head.onnx])
+def test_every_head_its_entry_says_exports_converts_to_onnx(name):
+    from pipeline.train.head_graph import head_graph
+
+    X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    assert head_graph(fit_head(name, X, np.arange(60) % 2), X) is not None
