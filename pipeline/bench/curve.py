@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.bench.curve_report import ALL, read_csv, write_curve
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
-from pipeline.data import DataSpec, subset
+from pipeline.data import Dataset, DataSpec, subset
 from pipeline.errors import PipelineError, first_line
 from pipeline.finetune.data import draw_per_class, split_rows
 from pipeline.finetune.settings import FinetuneSettings
@@ -188,3 +188,17 @@ def default_pooling(bench_folder: Path) -> str:
     """The best pooling of an earlier `bench heads` run on this cache (its leaderboard.csv), else 'mean'."""
     rows = read_csv(bench_folder / "leaderboard.csv")
     return rows[0]["pooling"] if rows else "mean"
+
+
+def frozen_cache(ds: Dataset, encoder, pooling: str | None, embeddings, bench: Path,
+                 progress: bool) -> tuple[Path, str]:
+    """The frozen heads' cache and pooling, embedded by `encoder` (resolved once, by the caller): `pooling`, else the
+    best of an earlier `bench heads` under `bench` (found by the cache's name, not its poolings)."""
+    from pipeline.embed.stage import embed_dataset
+    from pipeline.storage import ensure_writable
+
+    ensure_writable(embeddings)
+    if pooling is None:
+        first = embed_dataset(ds, encoder, ["mean"], embeddings, progress=progress)
+        pooling = default_pooling(Path(bench) / first.path.name)
+    return embed_dataset(ds, encoder, [pooling], embeddings, progress=progress).path, pooling

@@ -117,17 +117,11 @@ def _eval_poolings() -> list[str]:
     return [name for name, p in POOLINGS.items() if not p.per_layer and not p.needs_pooler]
 
 
-def _tasks() -> list[str]:
-    from pipeline.data.benchmarks import TASKS
-
-    return list(TASKS)
-
-
 @click.command("eval")
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path), cls=opt.LazyHelpOption,
-              help_text=lambda: f"Folder with {', '.join(f'{t}/' for t in _tasks())} in their layouts.")
+              help_text=lambda: f"Folder with {', '.join(f'{t}/' for t in opt.tasks())} in their layouts.")
 @click.option("--tasks", default="all", show_default=True, cls=opt.LazyHelpOption,
-              help_text=opt.known("Comma list of tasks or 'all'.", _tasks))
+              help_text=opt.known("Comma list of tasks or 'all'.", opt.tasks))
 @opt.model_option
 @opt.pooling_option(_eval_poolings)
 @opt.encoder_options
@@ -214,26 +208,19 @@ def bench_models(data, models, model, head, options, speed_texts, speed_repeats,
 def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned_seeds, device, embeddings, models,
                 runs, out, progress) -> None:
     """Accuracy vs labelled rows per class: every frozen head, SetFit and full fine-tuning, one plot."""
-    from pipeline.bench.curve import CurvePlan, default_pooling, learning_curve, parse_ks
+    from pipeline.bench.curve import CurvePlan, frozen_cache, learning_curve, parse_ks
     from pipeline.bench.curve_report import curve_markdown
     from pipeline.cache import EmbeddingCache
     from pipeline.embed.encoder import load_encoder
     from pipeline.embed.settings import EncoderOptions
-    from pipeline.embed.stage import embed_dataset
     from pipeline.paths import ensure_writable
-    from pipeline.storage import ensure_writable as ensure_writable_location
     from pipeline.train.heads import parse_heads
 
     plan = CurvePlan(ks=parse_ks(ks), seeds=seeds, heads=parse_heads(head),
                      setfit_ks=parse_ks(setfit_ks) if setfit_ks.strip() else [],
                      full_ks=parse_ks(full_ks) if full_ks.strip() else [], tuned_seeds=tuned_seeds)
-    ds = data.load()
     encoder = load_encoder(model, EncoderOptions(device=device))  # the device is picked here, once
-    ensure_writable_location(embeddings)
-    if pooling is None:  # the cache's name (not its poolings) finds an earlier leaderboard
-        first = embed_dataset(ds, encoder, ["mean"], embeddings, progress=progress)
-        pooling = default_pooling(Path(out) / first.path.name)
-    cache = embed_dataset(ds, encoder, [pooling], embeddings, progress=progress).path
+    cache, pooling = frozen_cache(data.load(), encoder, pooling, embeddings, Path(out), progress)
     folder = ensure_writable(Path(out) / cache.name)
     points = learning_curve(data, model, cache, pooling, plan, folder, models, runs, encoder.config.device, progress)
     n_test = EmbeddingCache(cache).manifest().data.split_counts.get("test", 0)

@@ -119,6 +119,12 @@ def heads() -> list[str]:
     return list(HEADS)
 
 
+def tasks() -> list[str]:
+    from pipeline.data.benchmarks import TASKS
+
+    return list(TASKS)
+
+
 def onnx_heads() -> list[str]:
     from pipeline.train.heads import onnx_heads
 
