@@ -37,7 +37,8 @@ from pipeline.cache.store import (
                                     pooling_source,
 )
 
-__all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "Int8Check", "KEY_FILE", "LAYERS",
-           "LongTexts", "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION",
-           "ShardRecord", "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache", "is_complete",
-           "load_embeddings", "pooling_column", "pooling_source", "require_cache", "shard_table", "verified_shards"]
+__all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "Int8Check", "KEY_FILE",
+           "LAYERS", "LongTexts", "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats",
+           "SCHEMA_VERSION", "ShardRecord", "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache",
+           "is_complete", "load_embeddings", "pooling_column", "pooling_source", "require_cache", "shard_table",
+           "verified_shards"]

@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 
-from conftest import sentiment_rows, write_csv  # noqa: E402
-
 from pipeline.cache import load_embeddings  # noqa: E402
 from pipeline.embed import calibration  # noqa: E402
 from pipeline.embed.runtimes import int8, pick_runtime  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
+
+from conftest import sentiment_rows, write_csv  # noqa: E402
 
 INT8 = ("--dtype", "int8", "--device", "cpu", "--pooling", "mean", "--shard-rows", "100", "--no-progress")
 
