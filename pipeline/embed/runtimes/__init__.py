@@ -47,8 +47,9 @@ def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
         raise PipelineError(f"--runtime {kind.name} needs {kind.package}: pip install {kind.package}, or use "
                             "--runtime torch")
     if not kind.supports(device, dtype, training):
+        other = "torch" if RUNTIMES["torch"].supports(device, dtype, training) else "auto"  # int8: its own runtime
         raise PipelineError(f"--runtime {kind.name} {kind.limits}, not "
-                            f"{'training' if training else f'{device_kind(device)} {dtype}'}: use --runtime torch")
+                            f"{'training' if training else f'{device_kind(device)} {dtype}'}: use --runtime {other}")
     return kind.name
 
 
