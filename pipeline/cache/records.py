@@ -33,7 +33,8 @@ class EncoderSettings:
     """Everything about the encoder that changes the vectors: the model, max length, compute dtype and the runtime
     that ran it (records written before runtimes existed were all 'torch'), and how texts over max length were read
     ('window' with its overlap, or 'truncate'): set only when some text was over it, and only then in the key and
-    the JSON, so that short-text data keeps the key it had before windows existed."""
+    the JSON, so that short-text data keeps the key it had before windows existed. An int8 cache also names its
+    calibrated graph (`int8_graph`), so another calibration sample is another cache."""
 
     model: ModelIdentity
     max_length: int
