@@ -110,3 +110,16 @@ def test_predict_equals_embed_and_export_refuses(int8_run, tiny_bert, run_cli, m
     assert np.array_equal(again, stored.X[rows])
     code, _, err = _cli(run_cli, monkeypatch, int8_run, "export", "--run", run, "--out", int8_run / "x.onnx")
     assert code == 2 and "int8" in err and "serve" in err and not (int8_run / "x.onnx").exists()
+
+
+def test_the_encoder_config_carries_the_graph_to_ray_actors(tiny_bert):
+    """Ray actors rebuild the driver's EncoderConfig from JSON: the calibrated graph's key must survive the trip."""
+    from dataclasses import replace
+
+    from pipeline.embed.settings import EncoderConfig, EncoderOptions
+
+    config = EncoderOptions(device="cpu", dtype="int8").resolve(str(tiny_bert))
+    config = replace(config, calibration=replace(config.calibration, graph="abc123"))
+    back = EncoderConfig.from_json(json.loads(json.dumps(config.to_json())))
+    assert back == config and back.settings().int8_graph == "abc123"
+    assert EncoderOptions(device="cpu", dtype="fp32").resolve(str(tiny_bert)).calibration is None
