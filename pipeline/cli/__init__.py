@@ -94,7 +94,7 @@ def summary_line(result) -> str:
     return (f"embedded {m.rows} rows ({run.computed_rows} computed, {m.rows - run.computed_rows} reused), "
             f"{m.tokens} tokens, {_reading(m)}; {speed}; "
             f"device {m.device}, dtype {m.encoder.dtype}; poolings {','.join(m.poolings)}\n"
-            f"cache: {result.path}")
+            + (f"guard: {m.int8.describe()}\n" if m.int8 is not None else "") + f"cache: {result.path}")
 
 
 def _reading(m) -> str:

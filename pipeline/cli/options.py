@@ -174,8 +174,8 @@ def model_option(func):
 
 
 def encoder_options(func):
-    """--max-length, --long-texts, --window-overlap, --device, --dtype, --batch-tokens and --runtime, handed to the
-    command as `options: EncoderOptions`."""
+    """--max-length, --long-texts, --window-overlap, --device, --dtype (with int8's calibration and guard),
+    --batch-tokens and --runtime, handed to the command as `options: EncoderOptions`."""
     options = [
         click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
                      help="Tokens per model input; longer texts are read in windows of this length, or cut."),
@@ -188,17 +188,26 @@ def encoder_options(func):
                      help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps."),
         click.option("--dtype", default="auto", show_default=True,
                      help="auto (bf16/fp16 on GPU; on CPU bf16 where the CPU has bf16 instructions), fp32, bf16, "
-                          "fp16."),
+                          "fp16, or int8 (CPU; calibrated on the train texts, checked by a guard: docs/int8.md)."),
+        click.option("--calibration-size", default=300, show_default=True, type=click.IntRange(min=1),
+                     help="--dtype int8: seeded train texts it is calibrated on (at most half the train split)."),
+        click.option("--int8-min-p1", default=0.99, show_default=True, type=click.FloatRange(-1, 1),
+                     help="--dtype int8: the guard refuses a 1st-percentile cosine to fp32 below this."),
+        click.option("--int8-min-mean", default=0.995, show_default=True, type=click.FloatRange(-1, 1),
+                     help="--dtype int8: the guard refuses a mean cosine to fp32 below this."),
         click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
                      help="Token budget per batch (rows x longest row); 0 picks one per device."),
         click.option("--runtime", default="auto", show_default=True, cls=LazyHelpOption, help_text=runtimes_help),
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, max_length, long_texts, window_overlap, device, dtype, batch_tokens, runtime, **kwargs):
-        from pipeline.embed.settings import EncoderOptions
+    def wrapper(*args, max_length, long_texts, window_overlap, device, dtype, calibration_size, int8_min_p1,
+                int8_min_mean, batch_tokens, runtime, **kwargs):
+        from pipeline.embed.settings import Calibration, EncoderOptions
 
-        options = EncoderOptions(max_length, device, dtype, batch_tokens, runtime, long_texts, window_overlap)
+        calibration = Calibration(calibration_size, int8_min_p1, int8_min_mean)
+        options = EncoderOptions(max_length, device, dtype, batch_tokens, runtime, long_texts, window_overlap,
+                                 calibration)
         return func(*args, options=options, **kwargs)
 
     for option in reversed(options):

@@ -50,6 +50,8 @@ def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None
     base = metrics.majority_baseline
     encoder = record.encoder
     settings = f"Model `{encoder.model.name}`, max length {encoder.max_length}, dtype {encoder.dtype}."
+    if record.int8 is not None:
+        settings += f" The {record.int8.describe()}."
     if scored_on is None:
         title, column = f"# {record.head} on {record.pooling} — {record.cache}", "test"
         about = (f"{settings} Train {record.n_train} rows, dev {record.n_dev}, test {metrics.n_test}. "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import EncoderSettings
+from pipeline.cache import EncoderSettings, Int8Check
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole, safe_name, writer_lock
 from pipeline.records import JsonRecord, check_schema
@@ -63,6 +63,7 @@ class RunRecord(JsonRecord):
     head_sha256: str | None = None
     head_classes: list[int] | None = None  # the labels the head saw, its probability columns (None: older runs)
     head_graph_sha256: str | None = None  # of head.onnx, when the head converted to one
+    int8: Int8Check | None = None  # --dtype int8: the guard's cosines to fp32 (the cache's manifest has them too)
     schema: int = RUN_SCHEMA
     record_sha256: str | None = None  # of every other field as written (None: runs made before it existed)
 
@@ -76,7 +77,9 @@ class RunRecord(JsonRecord):
         check_schema(record, path, "`make train` again to retrain the run", current=RUN_SCHEMA, oldest=1)
         _check_record(record, path)
         try:
-            return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"])})
+            int8 = Int8Check(**record["int8"]) if record.get("int8") else None
+            return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"]),
+                          "int8": int8})
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{path} is damaged ({type(exc).__name__}: {exc}): retrain with `make train`") from None
 
