@@ -17,8 +17,8 @@ from pipeline.data import Dataset
 from pipeline.embed.aggregate import AGGREGATIONS
 from pipeline.embed.encoder import load_encoder
 from pipeline.embed.settings import EncoderOptions
-from pipeline.embed.stage import cache_settings, embed_aggregations, embed_texts
-from pipeline.embed.windows import describe, long_texts, specials
+from pipeline.embed.stage import embed_aggregations, embed_texts
+from pipeline.embed.windows import long_texts, specials, token_counts
 from pipeline.paths import write_record
 from pipeline.train.heads import fit_head
 
@@ -41,11 +41,11 @@ def long_text_benchmark(ds: Dataset, model: str, pooling: str = "mean", head: st
     for name, X in vectors.items():
         rows.append(_row(f"windows of {WINDOW_LENGTH}, {name}", WINDOW_LENGTH, seconds, _accuracy(ds, X, head, seed)))
         log(_line(rows[-1]))
-    _, lengths = cache_settings(encoder, ds.texts)
+    lengths = token_counts(encoder.fast_tokenizer, ds.texts)
     info = long_texts(lengths, WINDOW_LENGTH, encoder.reading, sum(specials(encoder.fast_tokenizer)))
     return {"data": ds.name, "rows": len(ds), "split": ds.split_counts(), "model": encoder.ref.name,
             "pooling": pooling, "head": head, "device": encoder.device_name, "dtype": encoder.dtype_name,
-            "runtime": encoder.config.runtime, "reading": describe(info, WINDOW_LENGTH), "contenders": rows}
+            "runtime": encoder.config.runtime, "reading": info.describe(WINDOW_LENGTH), "contenders": rows}
 
 
 def _timed(encoder, embed: Callable, ds: Dataset) -> tuple[float, dict[str, np.ndarray]]:

@@ -100,9 +100,7 @@ def _reading(m) -> str:
     """How the texts were read (windows or cut), for caches that record it; older ones say how many were cut."""
     if m.long_texts is None:
         return f"{m.truncated} truncated at {m.encoder.max_length}"
-    from pipeline.embed.windows import describe
-
-    return describe(m.long_texts, m.encoder.max_length)
+    return m.long_texts.describe(m.encoder.max_length)
 
 
 def _warn_cut(m) -> None:
