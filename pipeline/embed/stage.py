@@ -22,7 +22,7 @@ from pipeline.cache import (
 )
 from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed import windows
-from pipeline.embed.aggregate import Fan, Gather
+from pipeline.embed.aggregate import AGGREGATIONS, Fan, Gather, split_name
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.keying import Keyed, keyed
 from pipeline.embed.pooling import POOLINGS
@@ -79,10 +79,12 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
     poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process, from
     the shards keying already read); `known` is `keyed(...)` of these texts when the caller already has it."""
-    missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
+    missing = [p for p in poolings if POOLINGS[split_name(p)[0]].needs_pooler and not encoder.has_pooler]
     if missing:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
     known = known or keyed(encoder, ds, embeddings, spans_of(len(ds), shard_rows), keep=runner is None)
+    if not known.long_texts.over:  # every text fits: mean@head_tail is mean, so only mean is cached
+        poolings = list(dict.fromkeys(split_name(p)[0] for p in poolings))
     key = known.key(ds)
     store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
@@ -172,8 +174,10 @@ def _token_counts(store: EmbeddingCache, index: int) -> tuple[int, int]:
 
 
 def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
-    shape = POOLINGS[name].shape(encoder.num_layers, encoder.hidden_size)
-    return PoolingInfo(POOLINGS[name].description, shape, int(np.prod(shape)))
+    base, aggregation = split_name(name)
+    shape = POOLINGS[base].shape(encoder.num_layers, encoder.hidden_size)
+    folded = f"; long texts: {AGGREGATIONS[aggregation].description}" if aggregation else ""
+    return PoolingInfo(POOLINGS[base].description + folded, shape, int(np.prod(shape)))
 
 
 @lru_cache(maxsize=1)
