@@ -61,9 +61,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests
 	$(BIN)/lint-imports
 
-# Embeds every pooling (layers too, for the layer probe) if the cache lacks them, then ranks pooling x head.
+# Embeds every pooling (layers too, for the layer probe) if the cache lacks them, then ranks pooling x head. With
+# long texts, `mean` under each window aggregation (mean@max, mean@first, mean@head_tail, ...) is ranked too.
 bench: $(STAMP)
-	$(CLI) embed $(DATA_OPTS) --pooling all $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype) \
+	$(CLI) embed $(DATA_OPTS) --pooling all,windows $(call opt,MAX_LENGTH,--max-length) $(call opt,DEVICE,--device) $(call opt,DTYPE,--dtype) \
 		$(call opt,LONG_TEXTS,--long-texts) $(call opt,WINDOW_OVERLAP,--window-overlap)
 	$(CLI) bench heads $(DATA_OPTS) $(call opt,HEAD,--head)
 

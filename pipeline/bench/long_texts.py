@@ -18,8 +18,8 @@ from pipeline.data import Dataset
 from pipeline.embed.aggregate import AGGREGATIONS
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import EncoderOptions
-from pipeline.embed.stage import cache_settings, embed_aggregations, embed_texts
-from pipeline.embed.windows import Reading, describe, long_texts, specials
+from pipeline.embed.stage import embed_aggregations, embed_texts
+from pipeline.embed.windows import Reading, long_texts, specials, token_counts
 from pipeline.paths import write_record
 from pipeline.records import JsonRecord
 from pipeline.train.heads import fit_head
@@ -66,10 +66,10 @@ def long_text_benchmark(ds: Dataset, model: str, pooling: str = "mean", head: st
     for name, X in vectors.items():
         rows.append(_row(f"windows of {WINDOW_LENGTH}, {name}", WINDOW_LENGTH, seconds, _accuracy(ds, X, head, seed)))
         log(_line(rows[-1]))
-    _, lengths = cache_settings(encoder, ds.texts)
+    lengths = token_counts(encoder.fast_tokenizer, ds.texts)
     info = long_texts(lengths, WINDOW_LENGTH, encoder.reading, sum(specials(encoder.fast_tokenizer)))
     return LongTextsRecord(ds.name, len(ds), ds.split_counts(), encoder.ref.name, pooling, head, encoder.device_name,
-                           encoder.dtype_name, encoder.config.runtime, describe(info, WINDOW_LENGTH), rows)
+                           encoder.dtype_name, encoder.config.runtime, info.describe(WINDOW_LENGTH), rows)
 
 
 def _timed(encoder, embed: Callable, ds: Dataset) -> tuple[float, dict[str, np.ndarray]]:

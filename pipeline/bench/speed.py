@@ -2,9 +2,10 @@
 
 Contenders: the seed's flow (encode_plus per text, padding to 64, fp32, batches of 64), sentence-transformers'
 `encode` with its defaults and at its best on this device, ONNX Runtime on CPU (fp32 and dynamic int8, onnx_peer.py),
-and this project's embed stage (all poolings, and mean alone, written to a cache; and all poolings on PyTorch when the
-chosen runtime is another). Reported per contender: texts/s,
-tokens/s (real tokens, no padding) and model GFLOP/s, against this machine's matmul peak measured in the same run.
+and this project's embed stage (all poolings, and mean alone, written to a cache; all poolings on PyTorch when the
+chosen runtime is another; mean on long documents read in windows, `ours_long_windows`). Reported per contender:
+texts/s, tokens/s (real tokens, no padding) and model GFLOP/s, against this machine's matmul peak measured in the
+same run.
 """
 
 import platform
@@ -22,7 +23,7 @@ import torch
 from pipeline.bench.int8_peer import int8_encoder, int8_fields, int8_matmul_peak
 from pipeline.bench.onnx_peer import ort_candidates
 from pipeline.bench.profile import profile_embed, profile_markdown, sync
-from pipeline.data import Dataset
+from pipeline.data import Dataset, unlabelled
 from pipeline.embed.device import dtype_name
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import DEFAULT_POOLINGS
@@ -30,6 +31,7 @@ from pipeline.embed.runtimes import torch_eager
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.embed.windows import token_counts
 from pipeline.errors import PipelineError
 from pipeline.paths import write_record
 from pipeline.records import JsonRecord
@@ -131,6 +133,8 @@ def seed_flow(encoder: Encoder, texts: list[str]) -> np.ndarray:
     return torch.cat(outs).numpy()
 
 
+LONG_DOC_TOKENS = 512  # the long-text row's documents: four windows' worth of text at the default max length
+
 # Batch sizes tried for sentence-transformers' best, per device type: a GPU wants far larger batches than a CPU.
 ST_BATCHES = {"cpu": {"fp32": (64, 128), "low": (64,)}, "cuda": {"fp32": (128,), "low": (64, 256, 1024)}}
 
@@ -168,10 +172,11 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
     peaks = {name: matmul_peak(dt, encoder.device) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     results: dict[str, ContenderResult] = {}
 
-    def record(name: str, seconds: float, note: str = "") -> None:
-        results[name] = {"seconds": seconds, "texts_per_s": len(texts) / seconds,
-                         "tokens_per_s": float(lengths.sum()) / seconds, "gflops": flops / seconds / 1e9, "note": note}
-        log(f"{name:<18} {len(texts) / seconds:9.1f} texts/s {flops / seconds / 1e9:8.1f} GFLOP/s")
+    def record(name: str, seconds: float, note: str = "", n: int = len(texts), tokens: float = float(lengths.sum()),
+               work: float = flops) -> None:
+        results[name] = {"seconds": seconds, "texts_per_s": n / seconds, "tokens_per_s": tokens / seconds,
+                         "gflops": work / seconds / 1e9, "note": note}
+        log(f"{name:<18} {n / seconds:9.1f} texts/s {work / seconds / 1e9:8.1f} GFLOP/s")
 
     seconds, _ = time_it(lambda: seed_flow(fp32, texts), max(1, repeats // 2))
     record("seed", seconds, "encode_plus per text, pad to 64, fp32, batches of 64")
@@ -199,6 +204,14 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
                                                                                       progress=False), repeats)
             record(name, seconds, f"embed stage ({runner.config.runtime}) to a Parquet cache, poolings: "
                                   f"{','.join(poolings)}")
+        docs = unlabelled(f"{ds.name}-long", long_documents(texts, lengths))
+        whole, rows = token_counts(encoder.fast_tokenizer, docs.texts), encoder.read(docs.texts).lengths
+        folders = (Path(tmp) / f"long{i}" for i in range(repeats + 1))
+        seconds, _ = time_it(lambda: embed_dataset(docs, encoder, ["mean"], next(folders), progress=False), repeats)
+        record("ours_long_windows", seconds, f"embed stage, mean, on {len(docs)} documents of about "
+               f"{LONG_DOC_TOKENS} tokens (these texts joined in order) read in {len(rows)} windows; texts/s counts "
+               "documents, tokens/s each text token once", len(docs), float(whole.sum()),
+               model_flops(rows, encoder.model.config))
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     profile = profile_embed(ds, encoder, list(DEFAULT_POOLINGS))
     record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
@@ -207,6 +220,19 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
                              results["ours_all"]["seconds"])
         record = replace(record, **fields, fraction_of_int8_peak=results["ours_int8"]["gflops"] / peaks["int8"])
     return record
+
+
+def long_documents(texts: list[str], lengths: np.ndarray, target: int = LONG_DOC_TOKENS) -> list[str]:
+    """The texts joined in order into documents of at least `target` tokens (the last one may be shorter): the same
+    words read as long texts, so that the long row's tokens/s compares with the short rows'."""
+    docs, current, size = [], [], 0
+    for text, n in zip(texts, lengths, strict=True):
+        current.append(text)
+        size += int(n)
+        if size >= target:
+            docs.append(" ".join(current))
+            current, size = [], 0
+    return docs + ([" ".join(current)] if current else [])
 
 
 def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int,

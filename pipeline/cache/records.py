@@ -88,6 +88,17 @@ class LongTexts:
     p95_tokens: float
     windows: int
 
+    def describe(self, max_length: int) -> str:
+        """One line on how the texts were read: how many were over max length, their token counts, windows or cut
+        (embed, predict and train's report.md all say it in these words)."""
+        counts = f"median {self.median_tokens:.0f}, p95 {self.p95_tokens:.0f} tokens"
+        if not self.over:
+            return f"all {self.texts} texts fit in {max_length} tokens ({counts})"
+        how = (f"read whole in {self.windows - (self.texts - self.over)} windows ("
+               f"{(self.windows - self.texts + self.over) / self.over:.1f} per long text, overlap {self.overlap})"
+               if self.mode == "window" else f"cut at {max_length}")
+        return f"{self.over} of {self.texts} texts over {max_length} tokens ({counts}): {how}"
+
 
 @dataclass(frozen=True)
 class PoolingInfo:

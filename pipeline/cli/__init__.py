@@ -37,7 +37,8 @@ def cli() -> None:
 @cli.command()
 @data_options
 @model_option
-@pooling_option()
+@pooling_option(help_text="Comma list of poolings; P@A folds a long text's windows by aggregation A (token_mean, "
+                          "mean, max, first, head_tail), e.g. mean@head_tail; 'windows' adds mean@A for each A.")
 @encoder_options
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows per Parquet shard (the unit of resume).")
@@ -49,10 +50,10 @@ def cli() -> None:
 @progress_option
 def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, progress) -> None:
     """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
-    from pipeline.embed.pooling import parse_poolings
+    from pipeline.embed.aggregate import parse_pooling_names
     from pipeline.embed.stage import embed as embed_stage
 
-    result = embed_stage(data, model, parse_poolings(pooling), out, options, shard_rows, engine, ray_address,
+    result = embed_stage(data, model, parse_pooling_names(pooling), out, options, shard_rows, engine, ray_address,
                          progress)
     click.echo(summary_line(result))
     _warn_cut(result.manifest)
@@ -101,9 +102,7 @@ def _reading(m) -> str:
     """How the texts were read (windows or cut), for caches that record it; older ones say how many were cut."""
     if m.long_texts is None:
         return f"{m.truncated} truncated at {m.encoder.max_length}"
-    from pipeline.embed.windows import describe
-
-    return describe(m.long_texts, m.encoder.max_length)
+    return m.long_texts.describe(m.encoder.max_length)
 
 
 def _warn_cut(m) -> None:

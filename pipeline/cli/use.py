@@ -99,11 +99,10 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
 def _say_reading(cache: Path) -> None:
     """How the file's texts were read (windows or cut), from its cache's manifest, on stderr."""
     from pipeline.cache import EmbeddingCache
-    from pipeline.embed.windows import describe
 
     m = EmbeddingCache(cache).manifest()
     if m.long_texts is not None:
-        click.echo(f"read: {describe(m.long_texts, m.encoder.max_length)}", err=True)
+        click.echo(f"read: {m.long_texts.describe(m.encoder.max_length)}", err=True)
 
 
 def _proba(table, names: list[str]):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.embed.pooling import POOLINGS, parse_poolings
 from pipeline.embed.windows import Chunk, WindowPlan
 from pipeline.errors import PipelineError
 from pipeline.registry import parse_names
@@ -37,6 +38,9 @@ AGGREGATIONS = {a.name: a for a in [
 ]}
 
 
+WINDOWS = "windows"  # in --pooling: `mean` under every aggregation but its default, for `make bench` to rank
+
+
 def default_aggregation(pooling: str) -> str:
     """The stage's aggregation for a pooling: max for `max`, the token-weighted mean for every other."""
     return "max" if pooling == "max" else "token_mean"
@@ -44,6 +48,38 @@ def default_aggregation(pooling: str) -> str:
 
 def parse_aggregations(spec: str) -> list[str]:
     return parse_names(spec, AGGREGATIONS, "aggregation")
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'mean@head_tail' -> ('mean', 'head_tail'): a pooling whose long texts' windows are folded by another
+    aggregation than the default; a plain name -> (name, None)."""
+    base, _, aggregation = name.partition("@")
+    return base, aggregation or None
+
+
+def aggregation_of(name: str) -> str:
+    """How the windows of a cached column's long texts are folded: its own `@aggregation`, else the default."""
+    base, aggregation = split_name(name)
+    return aggregation or default_aggregation(base)
+
+
+def parse_pooling_names(spec: str) -> list[str]:
+    """--pooling: registry names or 'all', `P@A` (pooling P, long texts' windows folded by aggregation A, e.g.
+    mean@head_tail), and `windows` (mean@A for every other aggregation A). Each part is checked; unknown ones are
+    refused with the known names."""
+    names = parse_names(spec, None, "pooling")
+    plain = [n for n in names if "@" not in n and n != WINDOWS]
+    found = parse_poolings(plain) if plain else []
+    for name in names:
+        if name == WINDOWS:
+            found += [f"mean@{a}" for a in AGGREGATIONS if a != default_aggregation("mean")]
+        elif "@" in name:
+            base, aggregation = split_name(name)
+            parse_poolings([base]), parse_aggregations(aggregation or "")
+            if POOLINGS[base].per_layer:
+                raise PipelineError(f"--pooling {name}: a per-layer pooling has no window aggregations")
+            found.append(name)
+    return list(dict.fromkeys(found))
 
 
 class Folded:
@@ -88,7 +124,7 @@ class Gather:
     their text's aggregate. `done(n)` counts texts: a long text counts once, when its last window is done."""
 
     def __init__(self, chunk: Chunk, done: Callable[[int], object] = lambda n: None,
-                 aggregation: Callable[[str], str] = default_aggregation) -> None:
+                 aggregation: Callable[[str], str] = aggregation_of) -> None:
         self.plan, self.done, self.aggregation = chunk.plan, done, aggregation
         self.n = len(chunk.truncated)
         self.out: dict[str, np.ndarray] = {}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.cache import EncoderSettings
-from pipeline.embed.aggregate import Gather
+from pipeline.embed.aggregate import Gather, split_name
 from pipeline.embed.batching import InOrder, Tokenized, pad_ids, token_batches
 from pipeline.embed.device import torch_dtype
 from pipeline.embed.loading import check_vocab, load_config, load_model, load_tokenizer, position_limit
@@ -153,7 +153,10 @@ class Encoder:
         `spread`: see batches."""
         if sink is None:
             sink = Gather(tokens, done) if isinstance(tokens, Chunk) else InOrder(len(tokens.input_ids), done)
-        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths, spread), poolings, sink.put, clock)
+        bases = list(dict.fromkeys(split_name(p)[0] for p in poolings))  # mean@head_tail is mean, folded its way
+        put = sink.put if bases == poolings else (
+            lambda rows, arrays: sink.put(rows, {p: arrays[split_name(p)[0]] for p in poolings}))
+        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths, spread), bases, put, clock)
         return sink.result()
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:

@@ -22,16 +22,18 @@ Spans = list[tuple[int, int]]
 
 
 def run_local(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans,
-              todo: dict[int, list[str]], progress: bool) -> None:
+              todo: dict[int, list[str]], progress: bool, read: dict[int, Chunk] | None = None) -> None:
     """Compute the missing poolings of each unfinished shard. Three things overlap: the next shard is tokenised and
     the previous ones written (Parquet, sha256) in other threads while this one runs on the model. At most WRITERS
-    shards wait to be written, so memory stays flat whichever side is slower."""
+    shards wait to be written, so memory stays flat whichever side is slower. `read`: shards already tokenised (by
+    keying the cache), embedded as they are and let go once embedded."""
     reused = len(ds) - sum(spans[i][1] - spans[i][0] for i in todo)
     bar = tqdm(total=len(ds), initial=reused, unit="text", desc="embed", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, smoothing=0.1)
     order = sorted(todo)
     with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=WRITERS) as writer:
-        tokenize = lambda i: encoder.read(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
+        read = {} if read is None else read  # popped: a chunk is let go once embedded
+        tokenize = lambda i: read.pop(i, None) or encoder.read(ds.texts[spans[i][0]:spans[i][1]])  # noqa: E731
         pending, writing = prefetch.submit(tokenize, order[0]), deque()
         for n, index in enumerate(order):
             tokens = pending.result()

@@ -6,27 +6,26 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
 from pipeline.cache import (
     DataInfo,
     EmbeddingCache,
-    EncoderSettings,
     Manifest,
     PoolingInfo,
     RunStats,
     ShardRecord,
     cache_dir,
-    cache_key,
     verified_shards,
 )
 from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed import windows
-from pipeline.embed.aggregate import Fan, Gather
+from pipeline.embed.aggregate import AGGREGATIONS, Fan, Gather, split_name
 from pipeline.embed.calibration import calibrated
 from pipeline.embed.encoder import Encoder
+from pipeline.embed.keying import Keyed, keyed
 from pipeline.embed.pooling import POOLINGS
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.shards import Spans, run_local
@@ -61,12 +60,13 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Location, option
 
 
 @contextmanager
-def engine_session(engine: str, out: Location, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
-    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
+def engine_session(engine: str, out: Location, ray_address: str | None) -> Iterator[tuple[Callable, Runner | None]]:
+    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray'); the
+    local runner is None: embed_dataset runs shards in this process, from the chunks keying already read."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
     if engine == "local":
-        yield read_table, run_local
+        yield read_table, None
         return
     from pipeline.embed import ray_engine
 
@@ -76,48 +76,42 @@ def engine_session(engine: str, out: Location, ray_address: str | None) -> Itera
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,
                   shard_rows: int = DEFAULT_SHARD_ROWS, progress: bool = True, runner: Runner | None = None,
-                  counted: tuple[EncoderSettings, np.ndarray] | None = None) -> EmbedResult:
+                  known: Keyed | None = None) -> EmbedResult:
     """Embed every row of `ds` into the cache for (encoder settings, data); reuse finished shards, add missing
-    poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process);
-    `counted` is `cache_settings` of these texts when the caller already has it (counting means tokenising them all)."""
-    missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
+    poolings, and write the manifest last. `runner` computes the unfinished shards (default: in this process, from
+    the shards keying already read); `known` is `keyed(...)` of these texts when the caller already has it."""
+    missing = [p for p in poolings if POOLINGS[split_name(p)[0]].needs_pooler and not encoder.has_pooler]
     if missing:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
     encoder, int8 = calibrated(encoder, ds, poolings)  # --dtype int8: calibrate and guard before anything is written
-    settings, lengths = counted or cache_settings(encoder, ds.texts)
-    key = cache_key(settings, ds.fingerprint)
+    known = known or keyed(encoder, ds, embeddings, spans_of(len(ds), shard_rows), keep=runner is None)
+    if not known.long_texts.over:  # every text fits: mean@head_tail is mean, so only mean is cached
+        poolings = list(dict.fromkeys(split_name(p)[0] for p in poolings))
+    key = known.key(ds)
     store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
     store.path.mkdir(parents=True, exist_ok=True)
     with store.acquire(), _disk_errors(store):
-        shard_rows = store.start(key, {"encoder": settings.to_json(), "data_fingerprint": ds.fingerprint},
+        shard_rows = store.start(key, {"encoder": known.settings.to_json(), "data_fingerprint": ds.fingerprint},
                                  shard_rows)
-        spans = [(s, min(s + shard_rows, len(ds))) for s in range(0, len(ds), shard_rows)]
+        spans = spans_of(len(ds), shard_rows)
         verified, listed = verified_shards(store, key, [b - a for a, b in spans])
         target, todo = _plan(store, ds, spans, poolings, verified, listed)
         started = time.perf_counter()
         if todo:
             store.drop_manifest()
-            (runner or run_local)(ds, encoder, store, spans, todo, progress)
+            (runner or partial(run_local, read=known.chunks if known.spans == spans else {}))(
+                ds, encoder, store, spans, todo, progress)
         kept = {i: record for i, record in verified.items() if i not in todo}
         manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started)
-        manifest = replace(manifest, encoder=settings, long_texts=_long_texts(encoder, lengths), int8=int8)
+        manifest = replace(manifest, encoder=known.settings, long_texts=known.long_texts, int8=int8)
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
 
 
-def cache_settings(encoder: Encoder, texts: list[str]) -> tuple[EncoderSettings, np.ndarray]:
-    """The settings a cache of `texts` is keyed on (windows.keyed: the reading joins them only when some text is
-    over max length), and every text's whole token count. Refuses an overlap that leaves windows no room."""
-    lengths = windows.token_counts(encoder.fast_tokenizer, texts)
-    added = sum(windows.specials(encoder.fast_tokenizer))
-    encoder.reading.window(encoder.max_length, added)
-    return windows.keyed(encoder.settings(), encoder.reading, lengths, added), lengths
-
-
-def _long_texts(encoder: Encoder, lengths: np.ndarray):
-    added = sum(windows.specials(encoder.fast_tokenizer))
-    return windows.long_texts(lengths, encoder.max_length, encoder.reading, added)
+def spans_of(rows: int, shard_rows: int) -> Spans:
+    """The (start, end) rows of each shard."""
+    return [(s, min(s + shard_rows, rows)) for s in range(0, rows, shard_rows)]
 
 
 def _plan(store: EmbeddingCache, ds: Dataset, spans: Spans, poolings: list[str], verified: dict[int, ShardRecord],
@@ -182,8 +176,10 @@ def _token_counts(store: EmbeddingCache, index: int) -> tuple[int, int]:
 
 
 def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
-    shape = POOLINGS[name].shape(encoder.num_layers, encoder.hidden_size)
-    return PoolingInfo(POOLINGS[name].description, shape, int(np.prod(shape)))
+    base, aggregation = split_name(name)
+    shape = POOLINGS[base].shape(encoder.num_layers, encoder.hidden_size)
+    folded = f"; long texts: {AGGREGATIONS[aggregation].description}" if aggregation else ""
+    return PoolingInfo(POOLINGS[base].description + folded, shape, int(np.prod(shape)))
 
 
 @lru_cache(maxsize=1)

@@ -235,17 +235,6 @@ def long_texts(lengths: np.ndarray, max_length: int, reading: Reading, added: in
                      int(rows.sum()))
 
 
-def describe(info: LongTexts, max_length: int) -> str:
-    """One line on how texts were read: how many were over max length, their token counts, windows or cut."""
-    counts = f"median {info.median_tokens:.0f}, p95 {info.p95_tokens:.0f} tokens"
-    if not info.over:
-        return f"all {info.texts} texts fit in {max_length} tokens ({counts})"
-    how = (f"read whole in {info.windows - (info.texts - info.over)} windows ("
-           f"{(info.windows - info.texts + info.over) / info.over:.1f} per long text, overlap {info.overlap})"
-           if info.mode == "window" else f"cut at {max_length}")
-    return f"{info.over} of {info.texts} texts over {max_length} tokens ({counts}): {how}"
-
-
 def warning(info: LongTexts, max_length: int) -> str | None:
     """With 'truncate', a cut share over CUT_WARNING_SHARE gets a line naming the option that reads texts whole."""
     if info.mode != "truncate" or not info.texts or info.over / info.texts <= CUT_WARNING_SHARE:

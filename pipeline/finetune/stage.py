@@ -190,4 +190,5 @@ def summary_line(result: FinetuneResult) -> str:
     best = f" (kept epoch {r.best_epoch})" if r.best_epoch and r.best_epoch != r.epochs else ""
     return (f"fine-tuned {r.method} on {r.data.name}: {r.epochs} epochs{best}, {r.steps} steps, "
             f"{r.seconds:.0f}s on {r.device} ({r.settings.dtype}); dev accuracy {dev}, test accuracy "
-            f"{r.test_accuracy:.4f}\nmodel: {result.model_dir}\nrun: {result.run_dir}")
+            f"{r.test_accuracy:.4f}\nread: texts over {r.settings.max_length} tokens were cut there (fine-tuning "
+            f"does not read long texts in windows; `embed` does)\nmodel: {result.model_dir}\nrun: {result.run_dir}")

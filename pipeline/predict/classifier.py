@@ -28,7 +28,7 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import Calibration, EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
-from pipeline.embed.windows import Reading, describe, long_texts, specials, token_counts
+from pipeline.embed.windows import Reading, long_texts, specials, token_counts
 from pipeline.errors import PipelineError
 from pipeline.train.head_graph import full_proba
 from pipeline.train.runs import Run, load_run, newest_run
@@ -117,7 +117,7 @@ class Classifier:
             counts = token_counts(fast, texts)
             added = sum(specials(fast))
         info = long_texts(counts, max_length, self.reading, added)
-        return None if quiet_when_all_fit and not info.over else describe(info, max_length)
+        return None if quiet_when_all_fit and not info.over else info.describe(max_length)
 
     def embed(self, texts: Iterable[str]) -> np.ndarray:
         """The vectors the head reads, one row per text: the run's pooling (for 'layerK', layer K). Thread-safe:
@@ -131,9 +131,13 @@ class Classifier:
         return vectors[:, layer] if layer is not None else vectors
 
     def token_counts(self, texts: list[str]) -> np.ndarray:
-        """Tokens per text as the encoder sees them (truncated at the run's max length), e.g. to fill batches."""
+        """Tokens per text as the model runs them, e.g. to fill the server's batches: a text read in windows counts
+        every window's tokens (special tokens and overlap included), a text cut at max length its cut length."""
         with self._turn:
-            return self.encoder.tokenize(texts).lengths
+            chunk = self.encoder.read(texts)
+        if chunk.plan is None:
+            return chunk.lengths
+        return np.bincount(chunk.plan.text_of, weights=chunk.lengths, minlength=len(texts)).astype(np.int64)
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """Class probabilities, one row per text, one column per label (`classes_`), rows summing to 1."""

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.cache import EmbeddingCache, cache_dir, cache_key, is_complete, pooling_column
+from pipeline.cache import EmbeddingCache, cache_dir, is_complete, pooling_column
 from pipeline.data import Dataset, unlabelled
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
-from pipeline.embed.stage import DEFAULT_SHARD_ROWS, cache_settings, embed_dataset, engine_session
+from pipeline.embed.keying import keyed
+from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session, spans_of
 from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
@@ -109,12 +110,12 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     manifest lists the run's pooling and whose every shard still hashes to its record is used as it is (nothing is
     loaded or written); otherwise the embed stage makes, completes or repairs it."""
     source, _ = clf.source
-    counted = cache_settings(clf.encoder, ds.texts)
-    key = cache_key(counted[0], ds.fingerprint)  # as embed makes it
+    known = keyed(clf.encoder, ds, embeddings, spans_of(len(ds), shard_rows), keep=runner is None)
+    key = known.key(ds)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
     if is_complete(store, key, [source]):
         return store.path, 0
-    result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner, counted)
+    result = embed_dataset(ds, clf.encoder, [source], embeddings, shard_rows, progress, runner, known)
     return result.path, result.computed_rows
 
 
@@ -206,7 +207,8 @@ def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[st
     report, metrics_path, png = paths = report_paths(output)
     atomic_write_json(metrics_path, {**record.to_json(), "run": str(clf.path), "scored_on": str(input_path),
                                      "cache_scored": str(cache), "metrics": metrics.to_json()})
-    atomic_write_bytes(report, run_report(record, metrics, scored, input_path.name).encode())
+    atomic_write_bytes(report, run_report(record, metrics, scored, input_path.name,
+                                          EmbeddingCache(cache).manifest().long_texts).encode())
     confusion_png(png, metrics.confusion, names,
                   f"{record.head} / {record.pooling} on {input_path.name}: acc {metrics.accuracy:.3f}")
     return metrics, paths

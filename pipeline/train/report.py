@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pipeline.cache import LongTexts  # noqa: E402
 from pipeline.paths import atomic_write_bytes, writer_lock  # noqa: E402
 from pipeline.train.metrics import Metrics  # noqa: E402
 from pipeline.train.runs import RunRecord  # noqa: E402
@@ -40,10 +41,12 @@ class Scored:
     proba: np.ndarray
 
 
-def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None, scored_on: str | None = None) -> str:
+def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None, scored_on: str | None = None,
+               reading: LongTexts | None = None) -> str:
     """Markdown for one run: headline numbers with intervals, the baseline, per-class scores, the confusion, and
     (given the scored rows) the error analysis. `scored_on` names a labelled set that predict scored, instead of the
-    run's own test split."""
+    run's own test split. `reading` (the cache manifest's) says how the texts were read: a reader comparing two runs
+    must know whether one cut its texts."""
     names = record.label_names
     lo, hi = metrics.accuracy_ci95
     flo, fhi = metrics.macro_f1_ci95
@@ -67,6 +70,7 @@ def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None
         "",
         about,
         "",
+        *([f"Texts read: {reading.describe(encoder.max_length)}.", ""] if reading is not None else []),
         f"| metric | {column} | 95% CI | majority baseline |",
         "|---|---|---|---|",
         f"| accuracy | {fmt(metrics.accuracy)} | {fmt(lo)} – {fmt(hi)} | {fmt(base.accuracy)} |",

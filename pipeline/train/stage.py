@@ -124,7 +124,7 @@ def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, se
     atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics.to_json()})
     tested = emb.splits == "test"
     scored = Scored(emb.ids[tested], None if emb.texts is None else emb.texts[tested], fitted.y_test, fitted.proba)
-    atomic_write_bytes(path / "report.md", run_report(record, metrics, scored).encode())
+    atomic_write_bytes(path / "report.md", run_report(record, metrics, scored, reading=manifest.long_texts).encode())
     confusion_png(path / "confusion.png", metrics.confusion, emb.label_names,
                   f"{fitted.head} / {fitted.pooling}: acc {metrics.accuracy:.3f}")
     return summary_row(record, metrics)

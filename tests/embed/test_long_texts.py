@@ -163,15 +163,23 @@ def test_bench_long_texts_ranks_each_reading_with_its_cost(run_cli, tiny_bert, t
 def test_the_long_text_benchmark_is_fetched_once_as_a_csv(tmp_path):
     import csv
 
-    from pipeline.data.long_docs import fetch_bbc_news
+    from pipeline.data.long_docs import BBC_NEWS, fetch_long_set
     from pipeline.errors import PipelineError
 
     try:
-        path = fetch_bbc_news(tmp_path)
+        path = fetch_long_set(BBC_NEWS, tmp_path)
     except PipelineError as exc:
         pytest.skip(str(exc))
     rows = list(csv.DictReader(path.open(encoding="utf-8")))
     assert len(rows) == 2225 and sorted({r["label"] for r in rows}) == ["business", "entertainment", "politics",
                                                                          "sports", "tech"]
     assert np.median([len(r["text"].split()) for r in rows]) > 300
-    assert fetch_bbc_news(tmp_path) == path and [p.name for p in tmp_path.iterdir()] == [path.name]
+    assert fetch_long_set(BBC_NEWS, tmp_path) == path and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_the_run_report_says_how_its_texts_were_read(run_cli, tiny_bert, long_csv, tmp_path, monkeypatch):
+    train_once(tmp_path, run_cli, monkeypatch, tiny_bert, long_csv, embed_args=("--max-length", "32"),
+               train_args=("--head", "logreg"))
+    report = next(Path("artifacts/runs").rglob("report.md")).read_text()
+    line = next(line for line in report.splitlines() if line.startswith("Texts read: "))
+    assert line.startswith("Texts read: 40 of 40 texts over 32 tokens (median ") and "read whole in " in line

@@ -199,11 +199,11 @@ def info(mode: str, over: int, texts: int = 100) -> LongTexts:
 
 
 def test_the_lines_say_how_texts_were_read():
-    assert windows.describe(info("window", 0), 128) == "all 100 texts fit in 128 tokens (median 20, p95 20 tokens)"
-    assert windows.describe(info("window", 10), 128) == ("10 of 100 texts over 128 tokens (median 20, p95 200 "
+    assert info("window", 0).describe(128) == "all 100 texts fit in 128 tokens (median 20, p95 20 tokens)"
+    assert info("window", 10).describe(128) == ("10 of 100 texts over 128 tokens (median 20, p95 200 "
                                                          "tokens): read whole in 20 windows (2.0 per long text, "
                                                          "overlap 32)")
-    assert windows.describe(info("truncate", 10), 128).endswith("): cut at 128")
+    assert info("truncate", 10).describe(128).endswith("): cut at 128")
 
 
 def test_a_cut_share_over_five_percent_is_warned_about_naming_the_option():

@@ -49,6 +49,7 @@ def test_full_fine_tune_end_to_end_through_the_cli(run_cli, tiny_bert, toy_split
                              *_cli(tmp_path))
     assert code == 0, err
     assert "fine-tuned full on toy_split: " in out and "test accuracy" in out and "dev accuracy" in out
+    assert "read: texts over 32 tokens were cut there (fine-tuning does not read long texts in windows" in out
     model_dir = next((tmp_path / "models").glob("toy_split__tiny-bert__full__*"))
     names = {p.name for p in model_dir.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "finetune.json"} <= names

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipeline.embed.windows import Reading
 from pipeline.predict import load_classifier
 
 from conftest import sentiment_rows, write_csv
@@ -151,9 +152,10 @@ def test_embed_gives_the_run_s_pooled_vectors(server, clf):
     np.testing.assert_allclose(got["embeddings"], clf.embed(texts), rtol=0, atol=1e-6)
 
 
-def test_a_text_over_the_max_length_is_truncated_as_predict_truncates_it(server, clf):
-    long = " ".join(["good fun movie"] * 200)
-    assert clf.token_counts([long])[0] == 128
+def test_a_text_over_the_max_length_counts_its_windows_and_is_read_as_predict_reads_it(server, clf):
+    long = " ".join(["good fun movie"] * 200)  # 600 text tokens: windows of 126 moving by 94 (overlap 32)
+    assert clf.token_counts([long, "good fun movie"]).tolist() == [6 * 128 + (600 - 6 * 94) + 2, 5]
+    assert clf.reading_as(Reading("truncate")).token_counts([long]).tolist() == [128]
     status, got = server.post("/predict", {"texts": [long]})
     assert status == 200
     check_predictions(got, [long], clf)
