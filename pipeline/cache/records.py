@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
+from pipeline.records import JsonRecord, check_schema
 
 MANIFEST_FILE = "_manifest.json"
 DROPPED = frozenset({"cpu_bf16_speedup"})  # manifest fields of older versions, no longer written or read
@@ -128,7 +129,7 @@ class RunStats:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(JsonRecord):
     """The contract between the stages: a finished cache's identity, poolings, labels and shards (_manifest.json)."""
 
     name: str
@@ -158,7 +159,7 @@ class Manifest:
     def from_json(cls, record: dict, where: Path) -> "Manifest":
         """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix. Fields
         older versions wrote and no one reads any more (DROPPED) are skipped."""
-        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
+        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache", SCHEMA_VERSION)
         try:
             kept = {k: v for k, v in record.items() if k not in DROPPED}
             manifest = cls(**{**kept, "data": DataInfo(**record["data"]),
@@ -175,20 +176,6 @@ class Manifest:
             raise PipelineError(f"the manifest of {where} names the cache {manifest.name!r}, which is not a plain "
                                 "folder name: it was edited or crafted; run `bert-pipeline embed` again")
         return manifest
-
-
-def check_schema(record: object, path: Path, rebuild: str, current: int = SCHEMA_VERSION,
-                 oldest: int | None = None) -> None:
-    """Refuse a record written by another version of its format (versions `oldest`..`current` are read; a record
-    without a version is version 1), saying which way to go."""
-    version = record.get("schema", 1) if isinstance(record, dict) else None
-    if isinstance(version, int) and (oldest or current) <= version <= current:
-        return
-    if isinstance(version, int) and version > current:
-        raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
-                            f"({current}): upgrade bert-pipeline, or run {rebuild}")
-    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {current}): "
-                        f"run {rebuild}")
 
 
 def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:

@@ -13,9 +13,11 @@ from pipeline.cli.bench import bench, eval_
 from pipeline.cli.finetune import finetune
 from pipeline.cli.options import (
     PATH_OR_URI,
+    LazyHelpOption,
     data_options,
     embeddings_option,
     encoder_options,
+    engines_help,
     find_cache,
     head_option,
     model_option,
@@ -41,8 +43,7 @@ def cli() -> None:
               help="Rows per Parquet shard (the unit of resume).")
 @click.option("--out", default="artifacts/embeddings", show_default=True, type=PATH_OR_URI,
               help="Cache root folder, or an s3://, gs:// or hdfs:// URI.")
-@click.option("--engine", default="local", show_default=True,
-              help="local: this process; ray: a Ray Data actor pool (pip install 'bert-pipeline[distributed]').")
+@click.option("--engine", default="local", show_default=True, cls=LazyHelpOption, help_text=engines_help(""))
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
               help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local Ray quietly.")
 @progress_option

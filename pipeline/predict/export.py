@@ -27,6 +27,7 @@ from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writabl
 from pipeline.predict.classifier import Classifier
 from pipeline.predict.output import refuse_run_files
 from pipeline.train.head_graph import convert
+from pipeline.train.heads import onnx_heads
 from pipeline.train.runs import Run
 
 INPUTS, OUTPUT = ["input_ids", "attention_mask"], "probabilities"
@@ -61,8 +62,9 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
     refuse_run_files(clf.path, clf.run.record.model_ref, [out, meta, tokenizer], "--out")
     graph, classes = _head_graph(clf.run)
     if graph is None:
+        *others, last = onnx_heads()
         raise PipelineError(f"head {clf.head} of this run does not convert to ONNX, so it does not export: train "
-                            "a logreg, linear-svm, mlp or rbf-svm head on the same cache and export that run")
+                            f"a {', '.join(others)} or {last} head on the same cache and export that run")
     _require_onnx()
     payload = _with_head(encoder_onnx(clf.encoder, *clf.source), graph, classes, len(clf.label_names))
     diff = _check(payload, clf)

@@ -13,15 +13,16 @@ and a reader that catches it half-way waits and reads again (paths.read_whole), 
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import EncoderSettings, Int8Check, check_schema
+from pipeline.cache import EncoderSettings, Int8Check
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole, safe_name, writer_lock
+from pipeline.records import JsonRecord, check_schema
 from pipeline.train.head_graph import GraphHead, head_graph
 
 HEAD_FILE = "head.skops"
@@ -41,7 +42,7 @@ RUN_SCHEMA = 2
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunRecord(JsonRecord):
     """What a trained head belongs to (run.json): its cache, pooling, labels, the encoder settings that made its
     vectors, and what was chosen. Predict reads it to embed new texts exactly as the training vectors were made."""
 
@@ -65,9 +66,6 @@ class RunRecord:
     int8: Int8Check | None = None  # --dtype int8: the guard's cosines to fp32 (the cache's manifest has them too)
     schema: int = RUN_SCHEMA
     record_sha256: str | None = None  # of every other field as written (None: runs made before it existed)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def sealed(self) -> "RunRecord":
         """The record with its own sha256 filled in, as save_run writes it."""
