@@ -26,7 +26,7 @@ from pipeline.embed.runtimes.base import Clock, untimed
 from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.sources.files import read_config
-from pipeline.embed.windows import Chunk, read_chunk
+from pipeline.embed.windows import Chunk, keyed, read_chunk, specials
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -114,6 +114,13 @@ class Encoder:
     def settings(self) -> EncoderSettings:
         """Everything about the encoder that changes the vectors: model, tokenizer, max length, dtype, runtime."""
         return self.config.settings()
+
+    def key_settings(self, lengths: np.ndarray) -> EncoderSettings:
+        """The settings a cache of texts with these whole token counts is keyed on (windows.keyed: the reading joins
+        them only when some text is over max length). Refuses an overlap that leaves windows no room."""
+        added = sum(specials(self._fast))
+        self.reading.window(self.max_length, added)
+        return keyed(self.settings(), self.reading, lengths, added)
 
     @property
     def fast_tokenizer(self):

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 
@@ -27,11 +27,12 @@ from pipeline.embed import windows
 from pipeline.embed.aggregate import Fan, Gather
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.remote import RayPool
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.shards import Spans, run_local
 from pipeline.embed.sources.files import package_version
 from pipeline.errors import PipelineError
-from pipeline.storage import Location, ensure_writable, require_local
+from pipeline.storage import Location, ensure_writable
 
 DEFAULT_SHARD_ROWS = 4096
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
@@ -45,32 +46,36 @@ class EmbedResult:
     computed_shards: list[int]
 
 
-Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
+Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], str | None]  # returns who worked, if not here
 
 
 def embed(data: DataSpec, model: str, poolings: list[str], out: Location, options: EncoderOptions = EncoderOptions(),
           shard_rows: int = DEFAULT_SHARD_ROWS, engine: str = "local", ray_address: str | None = None,
-          progress: bool = True) -> EmbedResult:
+          progress: bool = True, pool: RayPool = RayPool()) -> EmbedResult:
     """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
-    file is read by Ray Data and the shards computed by actors, all in one Ray session."""
-    with engine_session(engine, out, ray_address) as (reader, runner):
-        ds = data.load(reader)
+    file is read, checked and fingerprinted by Ray tasks and the shards computed by actors, in one Ray session."""
+    with engine_session(engine, out, ray_address, pool) as (reader, runner, cluster_rows):
+        ds = None if cluster_rows else data.load(reader)
         ensure_writable(out)
-        return embed_dataset(ds, Encoder(options.resolve(model)), poolings, out, shard_rows, progress, runner)
+        encoder = Encoder(options.resolve(model))
+        ds, counted = cluster_rows(data, encoder) if cluster_rows else (ds, None)
+        return embed_dataset(ds, encoder, poolings, out, shard_rows, progress, runner, counted)
 
 
 @contextmanager
-def engine_session(engine: str, out: Location, ray_address: str | None) -> Iterator[tuple[Callable, Runner]]:
-    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray')."""
+def engine_session(engine: str, out: Location, ray_address: str | None,
+                   pool: RayPool = RayPool()) -> Iterator[tuple[Callable, Runner, Callable | None]]:
+    """The table reader, shard runner and (Ray) row loader of an engine, inside its session (Ray is imported only
+    for 'ray')."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
     if engine == "local":
-        yield read_table, run_local
+        yield read_table, run_local, None
         return
     from pipeline.embed import ray_engine
 
-    with ray_engine.ray_session(require_local(out, "--out of --engine ray"), ray_address):
-        yield ray_engine.read_table_ray, ray_engine.run_actors
+    with ray_engine.ray_session(out, ray_address):
+        yield ray_engine.read_table_ray, partial(ray_engine.run_actors, pool=pool), ray_engine.load_rows
 
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,
@@ -92,12 +97,13 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
         spans = [(s, min(s + shard_rows, len(ds))) for s in range(0, len(ds), shard_rows)]
         verified, listed = verified_shards(store, key, [b - a for a, b in spans])
         target, todo = _plan(store, ds, spans, poolings, verified, listed)
-        started = time.perf_counter()
+        started, workers = time.perf_counter(), None
         if todo:
             store.drop_manifest()
-            (runner or run_local)(ds, encoder, store, spans, todo, progress)
+            workers = (runner or run_local)(ds, encoder, store, spans, todo, progress)
         kept = {i: record for i, record in verified.items() if i not in todo}
-        manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started)
+        manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started,
+                             workers)
         manifest = replace(manifest, encoder=settings, long_texts=_long_texts(encoder, lengths))
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
@@ -108,9 +114,7 @@ def cache_settings(encoder: Encoder, texts: list[str]) -> tuple[EncoderSettings,
     """The settings a cache of `texts` is keyed on (windows.keyed: the reading joins them only when some text is
     over max length), and every text's whole token count. Refuses an overlap that leaves windows no room."""
     lengths = windows.token_counts(encoder.fast_tokenizer, texts)
-    added = sum(windows.specials(encoder.fast_tokenizer))
-    encoder.reading.window(encoder.max_length, added)
-    return windows.keyed(encoder.settings(), encoder.reading, lengths, added), lengths
+    return encoder.key_settings(lengths), lengths
 
 
 def _long_texts(encoder: Encoder, lengths: np.ndarray):
@@ -155,14 +159,14 @@ def embed_aggregations(encoder: Encoder, texts: list[str], pooling: str, aggrega
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans, poolings: list[str], key: str,
-              todo: dict, kept: dict[int, ShardRecord], seconds: float) -> Manifest:
+              todo: dict, kept: dict[int, ShardRecord], seconds: float, workers: str | None) -> Manifest:
     """The finished cache's record; shards kept from the previous manifest keep their records (no rehash)."""
     config = encoder.config
     counts = [_token_counts(store, i) for i in range(len(spans))]
     shards = [kept.get(i) or store.shard_record(i, b - a) for i, (a, b) in enumerate(spans)]
     rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), sum(counts[i][0] for i in todo)
     run = RunStats(seconds, rows, new_tokens, sorted(todo), rows / seconds if rows else None,
-                   new_tokens / seconds if rows else None)
+                   new_tokens / seconds if rows else None, workers)
     return Manifest(
         name=store.path.name, key=key, created=datetime.now(timezone.utc).isoformat(),
         data=DataInfo(ds.name, ds.fingerprint, ds.split_origin, ds.split_counts()),
