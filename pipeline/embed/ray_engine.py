@@ -135,7 +135,7 @@ def run_actors(ds: "Dataset | ClusterRows", encoder: Encoder, store: EmbeddingCa
         ShardEmbedder, batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(min_size=low, max_size=high),
         fn_constructor_kwargs={"config": config.to_json(), "cache": str(store.path), "todo": todo, "spans": spans,
                                "blocks": rows.blocks, "column": rows.text_col, "rows": [shared]},
-        max_restarts=-1, max_task_retries=-1, **per_actor, **task_options(),
+        **per_actor, **task_options(),  # Ray Data restarts a dead actor and retries its shard (max_restarts -1)
     ).take_all()
     for result in results:
         store.adopt(result["shard"], ShardRecord(result["file"], result["rows"], result["bytes"], result["sha256"],

@@ -187,7 +187,7 @@ def cluster_rows(path: Location, cols: ColumnSpec, test_size: float, seed: int, 
     refs = read_blocks(path, cols)
     sizes = ray.get([ray.remote(_num_rows).options(**remote).remote(ref) for ref in refs])
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int).tolist()
-    blocks = [Block(ref, s, n) for ref, s, n in zip(refs, starts, sizes, strict=True) if n]
+    blocks = [Block(ref, s, n) for ref, s, n in zip(refs, starts[:-1], sizes, strict=True) if n]
     scan = ray.remote(scan_block).options(**remote)
     records = ray.get([scan.remote(b.ref, b.start, cols, path) for b in blocks])
     if not blocks:
