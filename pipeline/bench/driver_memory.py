@@ -41,11 +41,11 @@ def write_rows(path: Path, rows: int, text_bytes: int, seed: int = 0) -> Path:
     return path
 
 
-def run_driver(address: str, data: Path, out: Path, max_length: int) -> tuple[int, float, str]:
+def run_driver(address: str, data: Path, out: Path, max_length: int, model: str | None) -> tuple[int, float, str]:
     """One `embed --engine ray` process joined to the cluster: its peak RSS (bytes), wall seconds and summary."""
     command = [sys.executable, "-m", "pipeline", "embed", "--data", str(data), "--engine", "ray", "--ray-address",
                address, "--out", str(out), "--max-length", str(max_length), "--long-texts", "truncate",
-               "--pooling", "mean", "--dtype", "fp32", "--no-progress"]
+               "--pooling", "mean", "--dtype", "fp32", "--no-progress", *(["--model", model] if model else [])]
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, **LOOPBACK})
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nodes", type=int, default=2, help="Nodes of the local Ray cluster (1 CPU each).")
     parser.add_argument("--max-length", type=int, default=16)
     parser.add_argument("--text-bytes", type=int, default=1000)
+    parser.add_argument("--model", default=None, help="--model of embed [default: embed's default model].")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench"))
     args = parser.parse_args(argv)
     os.environ.update(LOOPBACK)
@@ -77,13 +78,14 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for rows in [int(s) for s in args.sizes.split(",")]:
                 data = write_rows(Path(tmp) / f"rows-{rows}.csv", rows, args.text_bytes)
-                peak, seconds, summary = run_driver(cluster.address, data, Path(tmp) / "cache", args.max_length)
+                peak, seconds, summary = run_driver(cluster.address, data, Path(tmp) / "cache", args.max_length,
+                                                   args.model)
                 results.append({"rows": rows, "peak_rss_mb": round(peak / 2**20, 1), "seconds": round(seconds, 1),
                                 "summary": summary})
                 print(f"{rows} rows: driver peak RSS {peak / 2**20:.0f} MB, {seconds:.0f} s; {summary}", flush=True)
     finally:
         cluster.shutdown()
-    record = {"nodes": args.nodes, "max_length": args.max_length, "text_bytes": args.text_bytes,
+    record = {"nodes": args.nodes, "model": args.model or "default", "max_length": args.max_length, "text_bytes": args.text_bytes,
               "cpu": platform.processor() or platform.machine(), "load_1min": os.getloadavg()[0], "runs": results}
     lines = ["| rows | driver peak RSS (MB) | wall s |", "|---|---|---|",
              *[f"| {r['rows']} | {r['peak_rss_mb']} | {r['seconds']} |" for r in results]]
