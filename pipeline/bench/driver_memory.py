@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"{rows} rows: driver peak RSS {peak / 2**20:.0f} MB, {seconds:.0f} s; {summary}", flush=True)
     finally:
         cluster.shutdown()
-    record = {"nodes": args.nodes, "model": args.model or "default", "max_length": args.max_length, "text_bytes": args.text_bytes,
+    record = {"nodes": args.nodes, "model": args.model or "default", "max_length": args.max_length,
+              "text_bytes": args.text_bytes,
               "cpu": platform.processor() or platform.machine(), "load_1min": os.getloadavg()[0], "runs": results}
     lines = ["| rows | driver peak RSS (MB) | wall s |", "|---|---|---|",
              *[f"| {r['rows']} | {r['peak_rss_mb']} | {r['seconds']} |" for r in results]]
