@@ -104,7 +104,8 @@ def read_blocks(path: Location, cols: ColumnSpec) -> list:
 
     fmt = detect_format(path)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
-    source, fs = (str(path), {}) if isinstance(path, Path) else (path.key, {"filesystem": path.fs})
+    # a local path whole: the read tasks run in other folders (and on other nodes, where it must exist too)
+    source, fs = (str(path.resolve()), {}) if isinstance(path, Path) else (path.key, {"filesystem": path.fs})
     named = {c: pa.string() for c in (cols.text, cols.label, cols.id, cols.split) if c}
     strings = {"convert_options": pacsv.ConvertOptions(column_types=named)}
     readers = {"csv": lambda: ray.data.read_csv(source, **strings, **fs),
