@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile
 	@if ! $(BIN)/python -c 'import sys' >/dev/null 2>&1; then rm -rf $(VENV); $(PYTHON) -m venv $(VENV); fi
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e '.[test,distributed,lint,serve]'
+	$(BIN)/python -m pip install -q -e '.[test,distributed,lint,serve,int8]'
 	@touch $@
 
 embed: $(STAMP)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from pipeline.bench.curve_report import ALL, read_csv, write_curve
 from pipeline.cache import EmbeddingCache, Embeddings, load_embeddings
-from pipeline.data import DataSpec, subset
+from pipeline.data import Dataset, DataSpec, subset
 from pipeline.errors import PipelineError, first_line
 from pipeline.finetune.data import draw_per_class, split_rows
 from pipeline.finetune.settings import FinetuneSettings
@@ -115,7 +115,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
     from pipeline.embed.encoder import Encoder
     from pipeline.embed.settings import EncoderOptions
     from pipeline.finetune.checkpoint import Checkpoints
-    from pipeline.finetune.stage import finetune, run_method
+    from pipeline.finetune.stage import finetune_with, run_method
 
     ds = data.load()
     config = EncoderOptions(plan.finetune.max_length, device, plan.finetune.dtype).resolve(model, training=True)
@@ -130,7 +130,7 @@ def tuned_points(data: DataSpec, model: str, plan: CurvePlan, models: Path, runs
                 started = time.perf_counter()
                 settings = replace(plan.finetune, method=method, seed=s)
                 if k == ALL:
-                    accuracy = finetune(data, model, settings, models, runs, device, progress).record.test_accuracy
+                    accuracy = finetune_with(ds, config, settings, models, runs, progress).record.test_accuracy
                 else:
                     part = subset(ds, np.sort(np.concatenate([draw(ds.labels, ds.splits, k, s), test])))
                     settings = replace(settings, min_steps=plan.small_k_steps if method == "full" else 0)
@@ -188,3 +188,17 @@ def default_pooling(bench_folder: Path) -> str:
     """The best pooling of an earlier `bench heads` run on this cache (its leaderboard.csv), else 'mean'."""
     rows = read_csv(bench_folder / "leaderboard.csv")
     return rows[0]["pooling"] if rows else "mean"
+
+
+def frozen_cache(ds: Dataset, encoder, pooling: str | None, embeddings, bench: Path,
+                 progress: bool) -> tuple[Path, str]:
+    """The frozen heads' cache and pooling, embedded by `encoder` (resolved once, by the caller): `pooling`, else the
+    best of an earlier `bench heads` under `bench` (found by the cache's name, not its poolings)."""
+    from pipeline.embed.stage import embed_dataset
+    from pipeline.storage import ensure_writable
+
+    ensure_writable(embeddings)
+    if pooling is None:
+        first = embed_dataset(ds, encoder, ["mean"], embeddings, progress=progress)
+        pooling = default_pooling(Path(bench) / first.path.name)
+    return embed_dataset(ds, encoder, [pooling], embeddings, progress=progress).path, pooling

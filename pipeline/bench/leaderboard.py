@@ -2,6 +2,7 @@
 against the best row, plus the layer probe (logreg on each layer's token mean)."""
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from tqdm import tqdm
 
 from pipeline.cache import LAYERS, EmbeddingCache, load_embeddings
 from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.records import JsonRecord
 from pipeline.train.heads import HEADS, HeadUnavailable
 from pipeline.train.metrics import accuracy_batch, bootstrap_ci, macro_f1_batch, paired_bootstrap_p
 from pipeline.train.report import save_figure, write_csv
@@ -17,6 +19,17 @@ from pipeline.workers import process_pool
 
 FIELDS = ["rank", "pooling", "head", "accuracy", "acc_lo", "acc_hi", "macro_f1", "f1_lo", "f1_hi", "train_s",
           "p_vs_best", "differs_from_best"]
+
+
+@dataclass(frozen=True)
+class LeaderboardRecord(JsonRecord):
+    """leaderboard.json: every pooling x head ranked (the rows of leaderboard.csv), and the layer probe's rows."""
+
+    leaderboard: list[dict]
+    layer_probe: list[dict]
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench heads` again"
 
 
 @process_pool()
@@ -86,7 +99,7 @@ def write_leaderboard(folder: Path, rows: list[dict], probe: list[dict], title: 
     if probe:
         write_csv(folder / "layer_probe.csv", probe, list(probe[0]))
         _probe_plot(folder / "layer_probe.png", probe, title)
-    atomic_write_json(folder / "leaderboard.json", {"leaderboard": rows, "layer_probe": probe})
+    atomic_write_json(folder / "leaderboard.json", LeaderboardRecord(rows, probe).to_json())
 
 
 def leaderboard_markdown(rows: list[dict], probe: list[dict], title: str) -> str:

@@ -9,17 +9,19 @@ embed_aggregations), so their times are one and the same.
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.data import Dataset
 from pipeline.embed.aggregate import AGGREGATIONS
-from pipeline.embed.encoder import load_encoder
+from pipeline.embed.encoder import Encoder
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import cache_settings, embed_aggregations, embed_texts
-from pipeline.embed.windows import describe, long_texts, specials
+from pipeline.embed.windows import Reading, describe, long_texts, specials
 from pipeline.paths import write_record
+from pipeline.records import JsonRecord
 from pipeline.train.heads import fit_head
 
 WINDOW_LENGTH = 128
@@ -27,25 +29,47 @@ LONGEST_CUT = 512  # BERT-family models' usual position limit; a model with fewe
 WARMUP_TEXTS = 8
 
 
+@dataclass(frozen=True)
+class LongTextsRecord(JsonRecord):
+    """long_texts.json: the data, the settings, how long its texts are, and one row per way of reading them."""
+
+    data: str
+    rows: int
+    split: dict[str, int]
+    model: str
+    pooling: str
+    head: str
+    device: str
+    dtype: str
+    runtime: str
+    reading: str
+    contenders: list[dict]  # reading, max_length, embed_seconds, accuracy
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench long-texts` again"
+
+
 def long_text_benchmark(ds: Dataset, model: str, pooling: str = "mean", head: str = "logreg", device: str = "auto",
-                        overlap: int | None = None, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                        overlap: int | None = None, seed: int = 0,
+                        log: Callable[[str], None] = print) -> LongTextsRecord:
     """Every contender's test accuracy and embed time on `ds`, and how long its texts are."""
-    rows, encoder = [], load_encoder(model, EncoderOptions(WINDOW_LENGTH, device, long_texts="truncate"))
+    config = EncoderOptions(WINDOW_LENGTH, device, long_texts="truncate").resolve(model)  # device etc. picked once
+    rows, encoder = [], Encoder(config)
     for length in sorted({WINDOW_LENGTH, min(LONGEST_CUT, encoder.spec.position_limit)}):
-        encoder = load_encoder(model, EncoderOptions(length, device, long_texts="truncate"))
+        if length != encoder.config.max_length:  # the same choices; the token budget follows the length
+            encoder = Encoder(replace(config, max_length=length).variant())
         seconds, vectors = _timed(encoder, lambda e: {"cut": embed_texts(e, ds.texts, [pooling])[pooling]}, ds)
         rows.append(_row(f"cut at {length} tokens", length, seconds, _accuracy(ds, vectors["cut"], head, seed)))
         log(_line(rows[-1]))
-    encoder = load_encoder(model, EncoderOptions(WINDOW_LENGTH, device, window_overlap=overlap))
+    encoder = Encoder(replace(config, reading=Reading(overlap=overlap)))
     seconds, vectors = _timed(encoder, lambda e: embed_aggregations(e, ds.texts, pooling, list(AGGREGATIONS)), ds)
     for name, X in vectors.items():
         rows.append(_row(f"windows of {WINDOW_LENGTH}, {name}", WINDOW_LENGTH, seconds, _accuracy(ds, X, head, seed)))
         log(_line(rows[-1]))
     _, lengths = cache_settings(encoder, ds.texts)
     info = long_texts(lengths, WINDOW_LENGTH, encoder.reading, sum(specials(encoder.fast_tokenizer)))
-    return {"data": ds.name, "rows": len(ds), "split": ds.split_counts(), "model": encoder.ref.name,
-            "pooling": pooling, "head": head, "device": encoder.device_name, "dtype": encoder.dtype_name,
-            "runtime": encoder.config.runtime, "reading": describe(info, WINDOW_LENGTH), "contenders": rows}
+    return LongTextsRecord(ds.name, len(ds), ds.split_counts(), encoder.ref.name, pooling, head, encoder.device_name,
+                           encoder.dtype_name, encoder.config.runtime, describe(info, WINDOW_LENGTH), rows)
 
 
 def _timed(encoder, embed: Callable, ds: Dataset) -> tuple[float, dict[str, np.ndarray]]:
@@ -73,19 +97,19 @@ def _line(row: dict) -> str:
     return f"{row['reading']:<34} accuracy {row['accuracy']:.3f}   embed {row['embed_seconds']:.0f} s"
 
 
-def long_texts_markdown(record: dict) -> str:
+def long_texts_markdown(record: LongTextsRecord) -> str:
     """The table for docs/long-texts.md: one row per contender, best accuracy in bold."""
-    best = max(row["accuracy"] for row in record["contenders"])
-    lines = [f"{record['rows']} texts of {record['data']} ({record['reading']}); {record['model']}, "
-             f"{record['pooling']} + {record['head']}, {record['device']} {record['dtype']} ({record['runtime']}); "
-             f"split {record['split']}.", "", "| how the text is read | test accuracy | embed time |", "|---|---|---|"]
-    for row in record["contenders"]:
+    best = max(row["accuracy"] for row in record.contenders)
+    lines = [f"{record.rows} texts of {record.data} ({record.reading}); {record.model}, "
+             f"{record.pooling} + {record.head}, {record.device} {record.dtype} ({record.runtime}); "
+             f"split {record.split}.", "", "| how the text is read | test accuracy | embed time |", "|---|---|---|"]
+    for row in record.contenders:
         accuracy = f"{row['accuracy']:.3f}"
         lines.append(f"| {row['reading']} | {f'**{accuracy}**' if row['accuracy'] == best else accuracy} | "
                      f"{row['embed_seconds']:.0f} s |")
     return "\n".join(lines) + "\n"
 
 
-def write_long_texts(folder: Path, record: dict) -> list[Path]:
+def write_long_texts(folder: Path, record: LongTextsRecord) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_record(folder, "long_texts", record, long_texts_markdown(record))
+    return write_record(folder, "long_texts", record.to_json(), long_texts_markdown(record))

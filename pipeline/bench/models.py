@@ -13,7 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_dataset, embed_texts
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json
+from pipeline.records import JsonRecord
 from pipeline.registry import parse_names
 from pipeline.train.metrics import paired_bootstrap_p
 from pipeline.train.report import save_figure, write_csv
@@ -55,11 +56,35 @@ def parse_models(spec: str) -> list[ModelRef]:
     return list(refs.values())
 
 
+@dataclass(frozen=True)
+class ModelsRecord(JsonRecord):
+    """models.json: the data, the settings every model ran with, one row per model (best first, the columns of
+    models.csv and more), the recommendation, and each model's full pooling x head leaderboard."""
+
+    data: str
+    rows: int
+    split_counts: dict[str, int]
+    device: str
+    dtype: str
+    speed_texts: int
+    speed_repeats: int
+    load_1m: float | None
+    seed: int
+    heads: list[str] | None
+    machine: dict
+    models: list[dict]
+    recommendation: str
+    leaderboards: dict[str, list[dict]]
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench models` again"
+
+
 @process_pool()
 def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions, embeddings: Path,
                      heads: list[str] | None = None, seed: int = 0, speed_texts: int = SPEED_TEXTS,
                      speed_repeats: int = SPEED_REPEATS, progress: bool = True,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print) -> ModelsRecord:
     """The models.json record: one row per model, best first, plus each model's full leaderboard."""
     sample = _speed_sample(ds, speed_texts, seed)
     config = options.resolve(refs[0])  # device, dtype and runtime picked once, for every model alike
@@ -98,10 +123,10 @@ def models_benchmark(ds: Dataset, refs: list[ModelRef], options: EncoderOptions,
                                              "f1_hi")}})
     device, dtype = settings.pop() if len(settings) == 1 else ("mixed", "mixed")
     rows = _compare(rows, predictions, seed)
-    return {"data": ds.name, "rows": len(ds), "split_counts": ds.split_counts(), "device": device, "dtype": dtype,
-            "speed_texts": len(sample), "speed_repeats": speed_repeats, "load_1m": load, "seed": seed, "heads": heads,
-            "machine": {"processor": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
-            "models": rows, "recommendation": recommendation(rows), "leaderboards": boards}
+    return ModelsRecord(ds.name, len(ds), ds.split_counts(), device, dtype, len(sample), speed_repeats, load, seed,
+                        heads, {"processor": platform.processor() or platform.machine(),
+                                "threads": torch.get_num_threads()},
+                        rows, recommendation(rows), boards)
 
 
 def _speed_sample(ds: Dataset, n: int, seed: int) -> list[str]:
@@ -185,47 +210,47 @@ def recommendation(rows: list[dict]) -> str:
             "the embed time.")
 
 
-def write_models(folder: Path, record: dict) -> list[Path]:
+def write_models(folder: Path, record: ModelsRecord) -> list[Path]:
     """models.csv, models.md, models.json and models.png under `folder`."""
     folder = Path(folder)
     paths = [folder / f"models.{ext}" for ext in ("csv", "md", "json", "png")]
-    write_csv(paths[0], [{k: r[k] for k in FIELDS} for r in record["models"]], FIELDS)
+    write_csv(paths[0], [{k: r[k] for k in FIELDS} for r in record.models], FIELDS)
     atomic_write_bytes(paths[1], models_markdown(record).encode())
-    atomic_write_json(paths[2], record)
+    atomic_write_json(paths[2], record.to_json())
     _frontier_plot(paths[3], record)
     return paths
 
 
-def models_markdown(record: dict) -> str:
-    lines = [f"## Which encoder: {record['data']} ({record['rows']} rows: "
-             f"{', '.join(f'{k} {v}' for k, v in record['split_counts'].items())})", "",
+def models_markdown(record: ModelsRecord) -> str:
+    lines = [f"## Which encoder: {record.data} ({record.rows} rows: "
+             f"{', '.join(f'{k} {v}' for k, v in record.split_counts.items())})", "",
              "| # | model | params | dim | texts/s | tokens/s | s / 1k texts | cache MB | best pooling + head | "
              "accuracy (95% CI) | macro-F1 (95% CI) | p vs best |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in record["models"]:
+    for r in record.models:
         p = "—" if r["rank"] == 1 else f"{r['p_vs_best']:.3f}" + ("" if r["differs_from_best"] else " (tie)")
         lines.append(f"| {r['rank']} | {short(r)} | {r['params'] / 1e6:.1f}M | {r['dim']} | {r['texts_per_s']:.1f} | "
                      f"{r['tokens_per_s']:.0f} | {r['s_per_1k']:.1f} | {r['cache_mb']:.0f} | {r['pooling']} + "
                      f"{r['head']} | {r['accuracy']:.4f} ({r['acc_lo']:.3f}–{r['acc_hi']:.3f}) | {r['macro_f1']:.4f} "
                      f"({r['f1_lo']:.3f}–{r['f1_hi']:.3f}) | {p} |")
-    load = record.get("load_1m")
-    lines += ["", f"Embed speed: the same {record['speed_texts']} texts of the data for every model, all poolings, "
-              f"tokenising included; {record['speed_repeats']} rounds timing each model in turn, its fastest pass "
-              f"counted; on {record['device']} in {record['dtype']} ({record['machine']['processor']}, "
-              f"{record['machine']['threads']} threads), measured in this run"
+    load = record.load_1m
+    lines += ["", f"Embed speed: the same {record.speed_texts} texts of the data for every model, all poolings, "
+              f"tokenising included; {record.speed_repeats} rounds timing each model in turn, its fastest pass "
+              f"counted; on {record.device} in {record.dtype} ({record.machine['processor']}, "
+              f"{record.machine['threads']} threads), measured in this run"
               + (f" (1-minute load average after timing: {load:.1f})" if load is not None else "") +
               ". Best row: the top of the model's "
               "pooling x head leaderboard (test split). p vs best: one-sided paired bootstrap (1000 resamples of the "
               "test set) that the overall best row is not more accurate; '(tie)': not significantly worse.", "",
-              f"**{record['recommendation']}**", ""]
+              f"**{record.recommendation}**", ""]
     return "\n".join(lines)
 
 
-def _frontier_plot(path: Path, record: dict) -> None:
+def _frontier_plot(path: Path, record: ModelsRecord) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    rows = sorted(record["models"], key=lambda r: r["s_per_1k"])
+    rows = sorted(record.models, key=lambda r: r["s_per_1k"])
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for r in rows:
         err = [[r["accuracy"] - r["acc_lo"]], [r["acc_hi"] - r["accuracy"]]]
@@ -241,7 +266,7 @@ def _frontier_plot(path: Path, record: dict) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
     xs = [r["s_per_1k"] for r in rows]
     ax.set_xlim(min(xs) / 2, max(xs) * 4)
-    ax.set_xlabel(f"embed cost: seconds per 1k texts ({record['device']}, {record['dtype']}; log scale)")
+    ax.set_xlabel(f"embed cost: seconds per 1k texts ({record.device}, {record.dtype}; log scale)")
     ax.set_ylabel("test accuracy, best pooling + head (95% CI)")
-    ax.set_title(f"Accuracy against embed cost: {record['data']}", fontsize=9)
+    ax.set_title(f"Accuracy against embed cost: {record.data}", fontsize=9)
     save_figure(fig, path)

@@ -8,6 +8,7 @@ test with selection by CV on train. The reporting fold or split never takes part
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from pipeline.embed.encoder import Encoder
 from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_json, write_record
+from pipeline.records import JsonRecord
 from pipeline.train.heads import fit_head, head_params
 from pipeline.train.stage import fit_one
 from pipeline.workers import process_pool
@@ -35,6 +37,21 @@ PUBLISHED = {
     "bert-base [CLS]": {"mr": 78.68, "cr": 84.85, "subj": 94.21, "mpqa": 88.23, "sst2": 84.13, "trec": 91.4},
     "bert-base mean": {"mr": 78.66, "cr": 86.25, "subj": 94.37, "mpqa": 88.66, "sst2": 84.40, "trec": 92.8},
 }
+
+
+@dataclass(frozen=True)
+class EvalRecord(JsonRecord):
+    """results.json: the model and encoder settings, the seed, per task its protocol, size and every pooling's
+    scores, and the published figures shown beside them."""
+
+    model: dict
+    encoder: dict
+    seed: int
+    tasks: dict[str, dict]
+    published: dict[str, dict[str, float]]
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline eval` again"
 
 
 def cv_scores(emb: Embeddings, seed: int, folds: int = OUTER_FOLDS) -> list[dict]:
@@ -62,7 +79,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, model) -> dict:
 
 @process_pool()
 def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: Path, tasks: list[str] | None = None,
-             seed: int = 0, progress: bool = True, scores: Path | None = None) -> dict:
+             seed: int = 0, progress: bool = True, scores: Path | None = None) -> EvalRecord:
     """Embed each task once (cached), then score every pooling with its task's protocol. With `scores`, each task's
     scores are kept there as they are made (one JSON per task, tied to its cache and seed), so a run that stops or
     fails part-way resumes where it was instead of refitting hours of heads."""
@@ -84,8 +101,8 @@ def evaluate(data_dir: Path, encoder: Encoder, poolings: list[str], embeddings: 
                 if scores is not None:
                     atomic_write_json(Path(scores) / f"{name}.json", _score_key(cache.name, seed) | {"poolings": kept})
             results[name]["poolings"][pooling] = kept[pooling]
-    settings = encoder.settings().to_json()  # plain JSON values: the record is written as results.json
-    return {"model": settings["model"], "encoder": settings, "seed": seed, "tasks": results, "published": PUBLISHED}
+    settings = encoder.settings().to_json()
+    return EvalRecord(settings["model"], settings, seed, results, PUBLISHED)
 
 
 def _kept_scores(scores: Path | None, task: str, cache: str, seed: int) -> dict:
@@ -122,11 +139,11 @@ def find_tasks(data_dir: Path, tasks: list[str] | None = None) -> list[str]:
     return found
 
 
-def write_results(folder: Path, record: dict) -> list[Path]:
+def write_results(folder: Path, record: EvalRecord) -> list[Path]:
     """results.json and results.md under `folder`; a record without tasks is refused so it never replaces results."""
-    if not record.get("tasks"):
+    if not record.tasks:
         raise PipelineError(f"no task was evaluated: nothing written, the results in {folder} are kept")
-    return write_record(folder, "results", record, results_markdown(record))
+    return write_record(folder, "results", record.to_json(), results_markdown(record))
 
 
 def _split_protocol(ds) -> str:
@@ -140,14 +157,14 @@ def fold_summary(folds: list[dict], seconds: float) -> dict:
             "folds": folds, "seconds": seconds}
 
 
-def results_markdown(record: dict) -> str:
+def results_markdown(record: EvalRecord) -> str:
     """One row per task: cls, mean, the best other pooling, and the published bert-base figures for context."""
-    lines = [f"Model `{record['model']['name']}`, frozen; logistic regression; accuracy in % (mean ± std over folds "
+    lines = [f"Model `{record.model['name']}`, frozen; logistic regression; accuracy in % (mean ± std over folds "
              "for CV tasks). Published columns: Reimers & Gurevych 2019 (SBERT, Table 5), **bert-base**, a different "
              "and larger model, shown for context only.", "",
              "| task | protocol | cls | mean | best other | published bert-base [CLS] | published bert-base mean |",
              "|---|---|---|---|---|---|---|"]
-    for task, r in record["tasks"].items():
+    for task, r in record.tasks.items():
         pools = r["poolings"]
         others = {p: v for p, v in pools.items() if p not in ("cls", "mean")}
         best = max(others, key=lambda p: others[p]["accuracy"]) if others else None

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,31 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.paths import write_record
 from pipeline.predict import load_classifier
+from pipeline.records import JsonRecord
+
+
+@dataclass(frozen=True)
+class ServeRecord(JsonRecord):
+    """serve.json: the run, the server's settings, offline predict's throughput, and one row per client count."""
+
+    run: str
+    model: str
+    pooling: str
+    head: str
+    dtype: str
+    runtime: str
+    texts: int
+    time_limit_s: float
+    server_args: list[str]
+    startup_to_ready_s: float
+    offline_texts_per_s: float
+    loads: list[dict]  # per client count: requests, errors, texts/s, latency percentiles, batches, diff vs offline
+    server_exit_code: int
+    machine: dict
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench serve` again"
+
 
 START_LIMIT = 120.0  # seconds for the server to answer /health
 
@@ -152,7 +178,7 @@ def offline(run: Path, texts: list[str], repeats: int) -> tuple[float, np.ndarra
 
 
 def serve_benchmark(run: Path, texts: list[str], clients: list[int], time_limit: float, server_args: list[str],
-                    log=print) -> dict:
+                    log=print) -> ServeRecord:
     """Offline throughput, then one server process for every client count in turn, then its SIGTERM."""
     load_before = os.getloadavg()[0]
     offline_tps, want = offline(run, texts, 3)
@@ -176,12 +202,10 @@ def serve_benchmark(run: Path, texts: list[str], clients: list[int], time_limit:
                 f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['errors']} errors")
     finally:
         exit_code = server.stop()
-    return {"run": str(run), "model": info["model"], "pooling": info["pooling"], "head": info["head"],
-            "dtype": info["dtype"], "runtime": info["runtime"], "texts": len(texts), "time_limit_s": time_limit,
-            "server_args": server_args, "startup_to_ready_s": server.ready_s, "offline_texts_per_s": offline_tps,
-            "loads": loads, "server_exit_code": exit_code,
-            "machine": {"processor": _cpu_name(), "threads": os.cpu_count(), "python": platform.python_version(),
-                        "load_average_1min": [load_before, os.getloadavg()[0]]}}
+    return ServeRecord(str(run), info["model"], info["pooling"], info["head"], info["dtype"], info["runtime"],
+                       len(texts), time_limit, server_args, server.ready_s, offline_tps, loads, exit_code,
+                       {"processor": _cpu_name(), "threads": os.cpu_count(), "python": platform.python_version(),
+                        "load_average_1min": [load_before, os.getloadavg()[0]]})
 
 
 def _cpu_name() -> str:
@@ -194,21 +218,21 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_serve(folder: Path, record: dict) -> list[Path]:
+def write_serve(folder: Path, record: ServeRecord) -> list[Path]:
     """serve.json and serve.md under `folder`."""
-    return write_record(folder, "serve", record, serve_markdown(record))
+    return write_record(folder, "serve", record.to_json(), serve_markdown(record))
 
 
-def serve_markdown(r: dict) -> str:
-    lines = [f"Run {r['run']} ({r['head']} on {r['pooling']}, model {r['model']}, {r['dtype']}, runtime "
-             f"{r['runtime']}). {r['machine']['processor']}, {r['machine']['threads']} threads, load average "
-             f"{r['machine']['load_average_1min'][0]:.1f} before and {r['machine']['load_average_1min'][1]:.1f} after "
-             f"(other work on the machine takes its share). {r['texts']} texts, "
-             f"one per request. Offline predict: **{r['offline_texts_per_s']:.1f} texts/s**; server start to "
-             f"/health ready: {r['startup_to_ready_s']:.2f} s.", "",
+def serve_markdown(r: ServeRecord) -> str:
+    lines = [f"Run {r.run} ({r.head} on {r.pooling}, model {r.model}, {r.dtype}, runtime "
+             f"{r.runtime}). {r.machine['processor']}, {r.machine['threads']} threads, load average "
+             f"{r.machine['load_average_1min'][0]:.1f} before and {r.machine['load_average_1min'][1]:.1f} after "
+             f"(other work on the machine takes its share). {r.texts} texts, "
+             f"one per request. Offline predict: **{r.offline_texts_per_s:.1f} texts/s**; server start to "
+             f"/health ready: {r.startup_to_ready_s:.2f} s.", "",
              "| clients | requests | errors | texts/s | vs offline | p50 ms | p95 ms | p99 ms | max abs diff | "
              "texts/batch | inference ms/text |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in r["loads"]:
+    for row in r.loads:
         diff = "-" if row["max_abs_diff_vs_offline"] is None else f"{row['max_abs_diff_vs_offline']:.1e}"
         lines.append(f"| {row['clients']} | {row['requests']} | {row['errors']} | {row['texts_per_s']:.1f} | "
                      f"{row['ratio_to_offline']:.0%} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} | "

@@ -12,12 +12,14 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypedDict
 
 import numpy as np
 import torch
 
+from pipeline.bench.int8_peer import int8_encoder, int8_fields, int8_matmul_peak
 from pipeline.bench.onnx_peer import ort_candidates
 from pipeline.bench.profile import profile_embed, profile_markdown, sync
 from pipeline.data import Dataset
@@ -28,7 +30,9 @@ from pipeline.embed.runtimes import torch_eager
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.sources import ModelRef
 from pipeline.embed.stage import embed_dataset, embed_texts
+from pipeline.errors import PipelineError
 from pipeline.paths import write_record
+from pipeline.records import JsonRecord
 
 
 class ContenderResult(TypedDict):
@@ -39,9 +43,10 @@ class ContenderResult(TypedDict):
     note: str
 
 
-class SpeedRecord(TypedDict):
+@dataclass(frozen=True)
+class SpeedRecord(JsonRecord):
     """speed.json: the machine, the settings, every contender's speed, the ratios the README quotes, and where the
-    stage's time goes (profile.py). Plain JSON values: speed_markdown and later runs read it back as it is."""
+    stage's time goes (profile.py)."""
 
     machine: dict[str, str | int | None]
     model: str
@@ -60,6 +65,16 @@ class SpeedRecord(TypedDict):
     speedup_vs_sentence_transformers_best: float
     min_cosine_vs_sentence_transformers: float
     profile: dict
+    # where --dtype int8 runs here (int8_peer.py): ours_int8 over ours_all in the same run, the cosines of its `mean`
+    # to sentence-transformers fp32, and its share of the int8 matmul peak (matmul_peak_gflops['int8'])
+    int8_speedup_vs_ours: float | None = None
+    int8_cosine_p1: float | None = None
+    int8_cosine_mean: float | None = None
+    int8_min_cosine: float | None = None
+    fraction_of_int8_peak: float | None = None
+    schema: int = 1
+
+    REWRITE = "`bert-pipeline bench speed` again"
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, seconds: float = 1.0) -> float:
@@ -142,6 +157,9 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
                     log: Callable[[str], None] = print) -> SpeedRecord:
     """Time every contender on the texts of `ds` and return the speed.json record."""
     config = options.resolve(ref)
+    if config.dtype == "int8":
+        raise PipelineError("bench speed times int8 beside the stage in bf16 or fp32 (ours_int8, where it runs): "
+                            "leave --dtype auto, or give fp32 or bf16")
     encoder = Encoder(config)
     fp32 = Encoder(config.variant(dtype="fp32"))
     texts = ds.texts
@@ -170,6 +188,10 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
     on_torch = config.variant(runtime=torch_eager.KIND.name, batch_tokens=options.batch_tokens)
     if on_torch.runtime != config.runtime:  # what the runtime brings: the same stage on PyTorch
         ours.append(("ours_all_torch", Encoder(on_torch), list(DEFAULT_POOLINGS)))
+    int8 = int8_encoder(config, ds)
+    if int8 is not None:  # fewer bits: the same stage in int8, calibrated before timing
+        ours.append(("ours_int8", int8, list(DEFAULT_POOLINGS)))
+        peaks["int8"] = int8_matmul_peak()
     with tempfile.TemporaryDirectory() as tmp:
         for name, runner, poolings in ours:
             folders = (Path(tmp) / f"{name}{i}" for i in range(repeats + 1))  # a new cache each run: no reuse
@@ -179,7 +201,12 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
                                   f"{','.join(poolings)}")
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     profile = profile_embed(ds, encoder, list(DEFAULT_POOLINGS))
-    return speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
+    record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
+    if int8 is not None:
+        fields = int8_fields(embed_texts(int8, texts, ["mean"])["mean"], st_vectors, results["ours_int8"]["seconds"],
+                             results["ours_all"]["seconds"])
+        record = replace(record, **fields, fraction_of_int8_peak=results["ours_int8"]["gflops"] / peaks["int8"])
+    return record
 
 
 def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, encoder: Encoder, peaks: dict, n: int,
@@ -187,43 +214,46 @@ def speed_record(results: dict[str, ContenderResult], ours_mean, st_vectors, enc
     st_best = max((k for k in results if k.startswith("st_")), key=lambda k: results[k]["texts_per_s"])
     ours = results["ours_all"]["texts_per_s"]
     used_peak = peaks[dtype_name(encoder.dtype)] if dtype_name(encoder.dtype) in peaks else peaks["fp32"]
-    return {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "threads": torch.get_num_threads(),
-                    "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
-        "model": encoder.ref.name, "device": str(encoder.device), "dtype": dtype_name(encoder.dtype),
-        "runtime": encoder.config.runtime, "texts": n,
-        "tokens": tokens,
-        "matmul_peak_gflops": peaks,
-        "fraction_of_peak": results["ours_all"]["gflops"] / used_peak,
-        "fraction_of_best_peak": results["ours_all"]["gflops"] / max(peaks.values()),
-        "contenders": results, "st_best": st_best,
-        "speedup_vs_seed": ours / results["seed"]["texts_per_s"],
-        "speedup_vs_sentence_transformers_default": ours / results["st_default"]["texts_per_s"],
-        "speedup_vs_sentence_transformers_best": ours / results[st_best]["texts_per_s"],
-        "min_cosine_vs_sentence_transformers": min_cosine(ours_mean, st_vectors), "profile": profile,
-    }
+    return SpeedRecord(
+        machine={"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                 "threads": torch.get_num_threads(),
+                 "gpu": torch.cuda.get_device_name() if encoder.device.type == "cuda" else None},
+        model=encoder.ref.name, device=str(encoder.device), dtype=dtype_name(encoder.dtype),
+        runtime=encoder.config.runtime, texts=n, tokens=tokens, matmul_peak_gflops=peaks,
+        fraction_of_peak=results["ours_all"]["gflops"] / used_peak,
+        fraction_of_best_peak=results["ours_all"]["gflops"] / max(peaks.values()),
+        contenders=results, st_best=st_best,
+        speedup_vs_seed=ours / results["seed"]["texts_per_s"],
+        speedup_vs_sentence_transformers_default=ours / results["st_default"]["texts_per_s"],
+        speedup_vs_sentence_transformers_best=ours / results[st_best]["texts_per_s"],
+        min_cosine_vs_sentence_transformers=min_cosine(ours_mean, st_vectors), profile=profile,
+    )
 
 
 def write_speed(folder: Path, record: SpeedRecord) -> list[Path]:
     """speed.json and speed.md under `folder`."""
-    return write_record(folder, "speed", record, speed_markdown(record))
+    return write_record(folder, "speed", record.to_json(), speed_markdown(record))
 
 
 def speed_markdown(r: SpeedRecord) -> str:
-    lines = [f"Model {r['model']}. Device {r['device']} ({r['machine']['gpu'] or r['machine']['processor']}, "
-             f"{r['machine']['threads']} threads), dtype {r['dtype']}, runtime {r.get('runtime', 'torch')}, "
-             f"{r['texts']} texts, {r['tokens']} tokens. "
-             f"Matmul peak measured in the same run: fp32 {r['matmul_peak_gflops']['fp32']:.0f} GFLOP/s, bf16 "
-             f"{r['matmul_peak_gflops']['bf16']:.0f} GFLOP/s.", "",
+    lines = [f"Model {r.model}. Device {r.device} ({r.machine['gpu'] or r.machine['processor']}, "
+             f"{r.machine['threads']} threads), dtype {r.dtype}, runtime {r.runtime}, "
+             f"{r.texts} texts, {r.tokens} tokens. "
+             f"Matmul peak measured in the same run: fp32 {r.matmul_peak_gflops['fp32']:.0f} GFLOP/s, bf16 "
+             f"{r.matmul_peak_gflops['bf16']:.0f} GFLOP/s.", "",
              "| contender | texts/s | tokens/s | model GFLOP/s | note |", "|---|---|---|---|---|"]
-    for name, c in r["contenders"].items():
+    for name, c in r.contenders.items():
         lines.append(f"| {name} | {c['texts_per_s']:.1f} | {c['tokens_per_s']:.0f} | {c['gflops']:.1f} | "
                      f"{c['note']} |")
-    lines += ["", f"ours_all vs seed: **{r['speedup_vs_seed']:.2f}x**; vs sentence-transformers default: "
-              f"**{r['speedup_vs_sentence_transformers_default']:.2f}x**; vs its best ({r['st_best']}): "
-              f"**{r['speedup_vs_sentence_transformers_best']:.2f}x**; share of the {r['dtype']} matmul peak: "
-              f"{r['fraction_of_peak']:.0%} (of the best peak: {r['fraction_of_best_peak']:.0%}); min cosine of our "
-              f"`mean` vs sentence-transformers: {r['min_cosine_vs_sentence_transformers']:.6f}.", ""]
-    return "\n".join(lines) + ("\n" + profile_markdown(r["profile"]) if "profile" in r else "")
+    lines += ["", f"ours_all vs seed: **{r.speedup_vs_seed:.2f}x**; vs sentence-transformers default: "
+              f"**{r.speedup_vs_sentence_transformers_default:.2f}x**; vs its best ({r.st_best}): "
+              f"**{r.speedup_vs_sentence_transformers_best:.2f}x**; share of the {r.dtype} matmul peak: "
+              f"{r.fraction_of_peak:.0%} (of the best peak: {r.fraction_of_best_peak:.0%}); min cosine of our "
+              f"`mean` vs sentence-transformers: {r.min_cosine_vs_sentence_transformers:.6f}.", ""]
+    if r.int8_speedup_vs_ours is not None:
+        lines += [f"ours_int8 vs ours_all: **{r.int8_speedup_vs_ours:.2f}x**; share of the int8 matmul peak "
+                  f"({r.matmul_peak_gflops['int8']:.0f} GOP/s): {r.fraction_of_int8_peak:.0%}; cosine of its "
+                  f"`mean` vs sentence-transformers fp32: mean {r.int8_cosine_mean:.5f}, 1st percentile "
+                  f"{r.int8_cosine_p1:.5f}, min {r.int8_min_cosine:.5f}.", ""]
+    return "\n".join(lines) + ("\n" + profile_markdown(r.profile) if r.profile else "")
 

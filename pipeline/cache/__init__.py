@@ -15,6 +15,7 @@ from pipeline.cache.records import (
                                     SCHEMA_VERSION,
                                     DataInfo,
                                     EncoderSettings,
+                                    Int8Check,
                                     LongTexts,
                                     Manifest,
                                     ModelIdentity,
@@ -22,7 +23,6 @@ from pipeline.cache.records import (
                                     RunStats,
                                     ShardRecord,
                                     cache_key,
-                                    check_schema,
 )
 from pipeline.cache.shards import EMB_PREFIX, TEXT, shard_table
 from pipeline.cache.store import (
@@ -36,7 +36,8 @@ from pipeline.cache.store import (
                                     pooling_source,
 )
 
-__all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "KEY_FILE", "LAYERS",
-           "LongTexts", "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats", "SCHEMA_VERSION",
-           "ShardRecord", "TEXT", "cache_dir", "cache_key", "check_schema", "find_cache", "is_complete",
-           "load_embeddings", "pooling_column", "pooling_source", "require_cache", "shard_table", "verified_shards"]
+__all__ = ["DataInfo", "EMB_PREFIX", "EmbeddingCache", "Embeddings", "EncoderSettings", "Int8Check", "KEY_FILE",
+           "LAYERS", "LongTexts", "MANIFEST_FILE", "Manifest", "ModelIdentity", "PoolingInfo", "RunStats",
+           "SCHEMA_VERSION", "ShardRecord", "TEXT", "cache_dir", "cache_key", "find_cache",
+           "is_complete", "load_embeddings", "pooling_column", "pooling_source", "require_cache", "shard_table",
+           "verified_shards"]

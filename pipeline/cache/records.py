@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 from pipeline.paths import safe_name
+from pipeline.records import JsonRecord, check_schema
 
 MANIFEST_FILE = "_manifest.json"
 DROPPED = frozenset({"cpu_bf16_speedup"})  # manifest fields of older versions, no longer written or read
@@ -33,7 +34,8 @@ class EncoderSettings:
     """Everything about the encoder that changes the vectors: the model, max length, compute dtype and the runtime
     that ran it (records written before runtimes existed were all 'torch'), and how texts over max length were read
     ('window' with its overlap, or 'truncate'): set only when some text was over it, and only then in the key and
-    the JSON, so that short-text data keeps the key it had before windows existed."""
+    the JSON, so that short-text data keeps the key it had before windows existed. An int8 cache also names its
+    calibrated graph (`int8_graph`), so another calibration sample is another cache."""
 
     model: ModelIdentity
     max_length: int
@@ -41,19 +43,36 @@ class EncoderSettings:
     runtime: str = "torch"
     long_texts: str | None = None
     window_overlap: int | None = None
+    int8_graph: str | None = None  # --dtype int8: the key of the calibrated graph (runtimes/int8.py), else unset
 
     def to_json(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in LONG_TEXT_FIELDS}
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_FIELDS}
 
     @classmethod
     def from_json(cls, record: dict) -> "EncoderSettings":
         overlap = record.get("window_overlap")
         return cls(ModelIdentity(**record["model"]), int(record["max_length"]), str(record["dtype"]),
                    str(record.get("runtime", "torch")), record.get("long_texts"),
-                   None if overlap is None else int(overlap))
+                   None if overlap is None else int(overlap), record.get("int8_graph"))
 
 
-LONG_TEXT_FIELDS = ("long_texts", "window_overlap")
+OPTIONAL_FIELDS = ("long_texts", "window_overlap", "int8_graph")  # in the key and JSON only when set
+
+
+@dataclass(frozen=True)
+class Int8Check:
+    """How far an int8 cache is from full precision: the guard's cosines (int8 against fp32, per text the worst of
+    the cached poolings) over `texts` held-out train texts, after calibrating on `calibration_texts` others."""
+
+    texts: int
+    calibration_texts: int
+    mean: float
+    p1: float
+    min: float
+
+    def describe(self) -> str:
+        return (f"int8 cosine to fp32 over {self.texts} held-out train texts: mean {self.mean:.5f}, 1st percentile "
+                f"{self.p1:.5f}, min {self.min:.5f} (calibrated on {self.calibration_texts})")
 
 
 @dataclass(frozen=True)
@@ -112,7 +131,7 @@ class RunStats:
 
 
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(JsonRecord):
     """The contract between the stages: a finished cache's identity, poolings, labels and shards (_manifest.json)."""
 
     name: str
@@ -133,6 +152,7 @@ class Manifest:
     versions: dict[str, str | None]
     schema: int = field(default=SCHEMA_VERSION)
     long_texts: LongTexts | None = None  # None in caches made before windows existed
+    int8: Int8Check | None = None  # --dtype int8 only
 
     def to_json(self) -> dict:
         return {**asdict(self), "encoder": self.encoder.to_json()}
@@ -141,7 +161,7 @@ class Manifest:
     def from_json(cls, record: dict, where: Path) -> "Manifest":
         """Parse and check a manifest; any other schema or a damaged one gets a one-line error with the fix. Fields
         older versions wrote and no one reads any more (DROPPED) are skipped."""
-        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache")
+        check_schema(record, where / MANIFEST_FILE, "`bert-pipeline embed` again to rebuild the cache", SCHEMA_VERSION)
         try:
             kept = {k: v for k, v in record.items() if k not in DROPPED}
             manifest = cls(**{**kept, "data": DataInfo(**record["data"]),
@@ -149,7 +169,8 @@ class Manifest:
                               "poolings": {k: PoolingInfo(**v) for k, v in record["poolings"].items()},
                               "shards": [ShardRecord(**s) for s in record["shards"]],
                               "last_run": RunStats(**record["last_run"]),
-                              "long_texts": LongTexts(**record["long_texts"]) if record.get("long_texts") else None})
+                              "long_texts": LongTexts(**record["long_texts"]) if record.get("long_texts") else None,
+                              "int8": Int8Check(**record["int8"]) if record.get("int8") else None})
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise PipelineError(f"the manifest of {where} is damaged ({type(exc).__name__}: {exc}): run the same "
                                 "`bert-pipeline embed` command again to rebuild it") from None
@@ -157,20 +178,6 @@ class Manifest:
             raise PipelineError(f"the manifest of {where} names the cache {manifest.name!r}, which is not a plain "
                                 "folder name: it was edited or crafted; run `bert-pipeline embed` again")
         return manifest
-
-
-def check_schema(record: object, path: Path, rebuild: str, current: int = SCHEMA_VERSION,
-                 oldest: int | None = None) -> None:
-    """Refuse a record written by another version of its format (versions `oldest`..`current` are read; a record
-    without a version is version 1), saying which way to go."""
-    version = record.get("schema", 1) if isinstance(record, dict) else None
-    if isinstance(version, int) and (oldest or current) <= version <= current:
-        return
-    if isinstance(version, int) and version > current:
-        raise PipelineError(f"{path} has format version {version}, newer than this bert-pipeline reads "
-                            f"({current}): upgrade bert-pipeline, or run {rebuild}")
-    raise PipelineError(f"{path} is damaged or of an old format (version {version!r}, expected {current}): "
-                        f"run {rebuild}")
 
 
 def cache_key(settings: EncoderSettings, data_fingerprint: str) -> str:

@@ -13,9 +13,11 @@ from pipeline.cli.bench import bench, eval_
 from pipeline.cli.finetune import finetune
 from pipeline.cli.options import (
     PATH_OR_URI,
+    LazyHelpOption,
     data_options,
     embeddings_option,
     encoder_options,
+    engines_help,
     find_cache,
     head_option,
     model_option,
@@ -42,8 +44,7 @@ def cli() -> None:
               help="Rows per Parquet shard (the unit of resume).")
 @click.option("--out", default="artifacts/embeddings", show_default=True, type=PATH_OR_URI,
               help="Cache root folder, or an s3://, gs:// or hdfs:// URI.")
-@click.option("--engine", default="local", show_default=True,
-              help="local: this process; ray: a Ray Data actor pool (pip install 'bert-pipeline[distributed]').")
+@click.option("--engine", default="local", show_default=True, cls=LazyHelpOption, help_text=engines_help(""))
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
               help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local Ray quietly.")
 @ray_pool_options
@@ -96,7 +97,7 @@ def summary_line(result) -> str:
     return (f"embedded {m.rows} rows ({run.computed_rows} computed, {m.rows - run.computed_rows} reused), "
             f"{m.tokens} tokens, {_reading(m)}; {speed}; "
             f"device {m.device}, dtype {m.encoder.dtype}; poolings {','.join(m.poolings)}\n"
-            f"cache: {result.path}")
+            + (f"guard: {m.int8.describe()}\n" if m.int8 is not None else "") + f"cache: {result.path}")
 
 
 def _reading(m) -> str:

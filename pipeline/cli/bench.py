@@ -55,7 +55,7 @@ def bench_heads(data, model, cache, head, embeddings, out, progress) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", default="auto", show_default=True)
 @click.option("--batch-tokens", default=0, type=click.IntRange(min=0), help="Token budget of our stage (0: default).")
-@click.option("--runtime", default="auto", show_default=True, help="Runtime of our stage (as embed's --runtime).")
+@click.option("--runtime", default="auto", show_default=True, cls=opt.LazyHelpOption, help_text=opt.runtimes_help)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1))
 @click.option("--limit", default=0, type=click.IntRange(min=0), help="Use only the first N texts (0: all).")
 @click.option("--sizes", default=None,
@@ -118,9 +118,10 @@ def _eval_poolings() -> list[str]:
 
 
 @click.command("eval")
-@click.option("--data-dir", required=True, type=click.Path(path_type=Path),
-              help="Folder with mr/, cr/, subj/, mpqa/, sst2/, sst5/, trec/, tweet_eval_sentiment/ in their layouts.")
-@click.option("--tasks", default="all", show_default=True, help="Comma list of tasks or 'all'.")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path), cls=opt.LazyHelpOption,
+              help_text=lambda: f"Folder with {', '.join(f'{t}/' for t in opt.tasks())} in their layouts.")
+@click.option("--tasks", default="all", show_default=True, cls=opt.LazyHelpOption,
+              help_text=opt.known("Comma list of tasks or 'all'.", opt.tasks))
 @opt.model_option
 @opt.pooling_option(_eval_poolings)
 @opt.encoder_options
@@ -149,9 +150,8 @@ def eval_(data_dir, tasks, model, pooling, options, seed, embeddings, out, progr
 
 @bench.command("models")
 @opt.data_options
-@click.option("--models", default="default,all-mpnet-base-v2", show_default=True,
-              help="Comma list of models to compare: 'default', all-mpnet-base-v2 (from PyPI, offline), local "
-                   "folders or hub ids.")
+@click.option("--models", default="default,all-mpnet-base-v2", show_default=True, cls=opt.LazyHelpOption,
+              help_text=opt.sources_help("Comma list of models to compare, each as --model takes it:"))
 @click.option("--model", default=None, hidden=True)  # `make bench-models MODEL=...` passes it: say what to use
 @opt.head_option(_all_heads)
 @opt.encoder_options
@@ -208,24 +208,21 @@ def bench_models(data, models, model, head, options, speed_texts, speed_repeats,
 def bench_curve(data, model, pooling, head, ks, seeds, setfit_ks, full_ks, tuned_seeds, device, embeddings, models,
                 runs, out, progress) -> None:
     """Accuracy vs labelled rows per class: every frozen head, SetFit and full fine-tuning, one plot."""
-    from pipeline.bench.curve import CurvePlan, default_pooling, learning_curve, parse_ks
+    from pipeline.bench.curve import CurvePlan, frozen_cache, learning_curve, parse_ks
     from pipeline.bench.curve_report import curve_markdown
     from pipeline.cache import EmbeddingCache
+    from pipeline.embed.encoder import load_encoder
     from pipeline.embed.settings import EncoderOptions
-    from pipeline.embed.stage import embed as embed_stage
     from pipeline.paths import ensure_writable
     from pipeline.train.heads import parse_heads
 
     plan = CurvePlan(ks=parse_ks(ks), seeds=seeds, heads=parse_heads(head),
                      setfit_ks=parse_ks(setfit_ks) if setfit_ks.strip() else [],
                      full_ks=parse_ks(full_ks) if full_ks.strip() else [], tuned_seeds=tuned_seeds)
-    options = EncoderOptions(device=device)
-    if pooling is None:  # the cache's name (not its poolings) finds an earlier leaderboard
-        first = embed_stage(data, model, ["mean"], embeddings, options, progress=progress)
-        pooling = default_pooling(Path(out) / first.path.name)
-    cache = embed_stage(data, model, [pooling], embeddings, options, progress=progress).path
+    encoder = load_encoder(model, EncoderOptions(device=device))  # the device is picked here, once
+    cache, pooling = frozen_cache(data.load(), encoder, pooling, embeddings, Path(out), progress)
     folder = ensure_writable(Path(out) / cache.name)
-    points = learning_curve(data, model, cache, pooling, plan, folder, models, runs, device, progress)
+    points = learning_curve(data, model, cache, pooling, plan, folder, models, runs, encoder.config.device, progress)
     n_test = EmbeddingCache(cache).manifest().data.split_counts.get("test", 0)
     click.echo(curve_markdown(points, plan, pooling, cache.name, n_test))
     click.echo(f"written: {folder}/curve.csv, curve.md, curve.png")
@@ -270,8 +267,10 @@ def bench_serve(run_path, runs, data, text_col, split, clients, limit, time_limi
 @bench.command("long-texts")
 @opt.data_options
 @opt.model_option
-@click.option("--pooling", default="mean", show_default=True, help="The pooling every contender is read with.")
-@click.option("--head", default="logreg", show_default=True, help="The head trained on every contender's vectors.")
+@click.option("--pooling", default="mean", show_default=True, cls=opt.LazyHelpOption,
+              help_text=opt.known("The pooling every contender is read with.", opt.poolings))
+@click.option("--head", default="logreg", show_default=True, cls=opt.LazyHelpOption,
+              help_text=opt.known("The head trained on every contender's vectors.", opt.heads))
 @click.option("--window-overlap", default=None, type=click.IntRange(min=0),
               help="Tokens shared by consecutive windows [default: 32].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")

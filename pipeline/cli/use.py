@@ -30,8 +30,8 @@ def run_options(func):
                    "format (.csv, .tsv, .jsonl, .parquet).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
 @opt.embeddings_option
-@click.option("--engine", default="local", show_default=True,
-              help="Embed --input with local: this process; ray: a Ray Data actor pool.")
+@click.option("--engine", default="local", show_default=True, cls=opt.LazyHelpOption,
+              help_text=opt.engines_help("What embeds --input: "))
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS", help="Join this Ray cluster (or RAY_ADDRESS).")
 @click.option("--shard-rows", default=4096, show_default=True, type=click.IntRange(min=1),
               help="Rows per cache shard of --input (the unit of resume).")
@@ -91,8 +91,8 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
                f"reused from the cache {result.cache})")
     if result.metrics is not None:
         m = result.metrics
-        click.echo(f"accuracy {m['accuracy']:.4f} (95% CI {m['accuracy_ci95'][0]:.3f}-{m['accuracy_ci95'][1]:.3f}), "
-                   f"macro-F1 {m['macro_f1']:.4f} on {m['n_test']} labelled rows; report: "
+        click.echo(f"accuracy {m.accuracy:.4f} (95% CI {m.accuracy_ci95[0]:.3f}-{m.accuracy_ci95[1]:.3f}), "
+                   f"macro-F1 {m.macro_f1:.4f} on {m.n_test} labelled rows; report: "
                    f"{', '.join(str(p) for p in result.reports)}")
 
 
@@ -122,13 +122,13 @@ def _print(clf, texts: list[str], proba) -> None:
         click.echo(f"{label}\t{probs}\t{text}")
 
 
-@click.command()
+@click.command(cls=opt.NamesInHelpCommand, names=opt.onnx_heads)
 @run_options
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="The .onnx file; <name>.json (labels, settings) and <name>.tokenizer/ are written beside it.")
 def export(run_path, runs, out) -> None:
     """Export a run for serving: one ONNX graph (input_ids, attention_mask -> class probabilities) holding the
-    encoder, the run's pooling and its head (logreg, linear-svm, rbf-svm or mlp), plus its tokenizer and label names."""
+    encoder, the run's pooling and its head ({names}), plus its tokenizer and label names."""
     from pipeline.predict import load_classifier
     from pipeline.predict.export import PROBES, export_onnx
 

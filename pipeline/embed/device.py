@@ -14,7 +14,8 @@ from pathlib import Path
 from pipeline.errors import PipelineError
 
 DTYPE_ALIASES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16", "fp16": "fp16",
-                 "float16": "fp16"}
+                 "float16": "fp16",
+                 "int8": "int8"}  # int8: post-training quantized, CPU only (runtimes/int8.py); never picked by 'auto'
 X86_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # native bf16 dot products / tile matmuls
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 ARM64 = frozenset({"aarch64", "arm64", "armv8", "armv9"})
@@ -95,7 +96,7 @@ def pick_dtype_name(requested: str, device) -> str:
     requested = (requested or "auto").strip().lower()
     if requested != "auto":
         if requested not in DTYPE_ALIASES:
-            raise PipelineError(f"unknown --dtype '{requested}': use auto, fp32, bf16 or fp16")
+            raise PipelineError(f"unknown --dtype '{requested}': use auto, fp32, bf16, fp16 or int8")
         return DTYPE_ALIASES[requested]
     kind = device_kind(device)
     if kind == "cuda":

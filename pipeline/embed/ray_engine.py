@@ -86,9 +86,10 @@ def ray_session(root: Location, address: str | None = None) -> Iterator[None]:
 
 def load_rows(spec: DataSpec, encoder: Encoder) -> tuple["Dataset | ClusterRows", tuple | None]:
     """The rows to embed and, for a file read on the cluster, the key's settings with every text's token count. The
-    built-in demo set and benchmark folders are small and local: they are read here, as the local engine does."""
+    built-in demo set and benchmark folders are small and local: they are read here, as the local engine does; so is
+    the file of a --dtype int8 run, which is calibrated here on its train texts before any actor starts."""
     path = location(spec.data) if spec.data != DEMO_NAME else None
-    if path is None or (isinstance(path, Path) and path.is_dir()):
+    if path is None or (isinstance(path, Path) and path.is_dir()) or encoder.config.calibration is not None:
         return spec.load(), None
     rows, lengths = cluster_rows(path, spec.columns, spec.test_size, spec.seed, encoder.config.model.spec,
                                  task_options())

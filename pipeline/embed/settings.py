@@ -15,6 +15,19 @@ from pipeline.embed.windows import DEFAULT_MODE, Reading
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """--dtype int8: how its graph is calibrated (a seeded sample of `size` train texts), when the guard refuses it
+    (1st-percentile or mean cosine to fp32 below `min_p1` or `min_mean`), and, once calibrated, the kept graph's key
+    (`graph`), which predict and the Ray actors load."""
+
+    size: int = 300
+    min_p1: float = 0.99
+    min_mean: float = 0.995
+    seed: int = 0
+    graph: str | None = None
+
+
+@dataclass(frozen=True)
 class EncoderConfig:
     """A resolved encoder: model files, device and dtype by name ('cuda:1', 'bf16'), runtime name, max length, the
     token budget per batch, whether it trains (fp32 weights, PyTorch), and how texts over max length are read (the
@@ -28,10 +41,13 @@ class EncoderConfig:
     batch_tokens: int
     training: bool = False
     reading: Reading = Reading()
+    calibration: Calibration | None = None  # --dtype int8 only
 
     def settings(self) -> EncoderSettings:
-        """What changes the vectors (the cache key's part): model identity, max length, dtype, runtime."""
-        return EncoderSettings(self.model.identity, self.max_length, self.dtype, self.runtime)
+        """What changes the vectors (the cache key's part): model identity, max length, dtype, runtime, and an int8
+        graph's key (its calibration)."""
+        graph = self.calibration.graph if self.calibration is not None else None
+        return EncoderSettings(self.model.identity, self.max_length, self.dtype, self.runtime, int8_graph=graph)
 
     def variant(self, device: str | None = None, dtype: str | None = None, runtime: str | None = None,
                 batch_tokens: int = 0) -> "EncoderConfig":
@@ -49,13 +65,15 @@ class EncoderConfig:
 
     def to_json(self) -> dict:
         """Plain values; the model as its --model spec, which finds the same files on another machine."""
-        return {**asdict(self), "model": self.model.spec, "reading": asdict(self.reading)}
+        return {**asdict(self), "model": self.model.spec, "reading": asdict(self.reading)}  # calibration: a dict
 
     @classmethod
     def from_json(cls, record: dict) -> "EncoderConfig":
         """Back from to_json: the model's files are found again (and hashed, so a changed model is noticed); nothing
         else is picked again."""
-        return cls(**{**record, "model": resolve_model(record["model"]), "reading": Reading(**record["reading"])})
+        calibration = record.get("calibration")
+        return cls(**{**record, "model": resolve_model(record["model"]), "reading": Reading(**record["reading"]),
+                      "calibration": Calibration(**calibration) if calibration else None})
 
 
 @dataclass(frozen=True)
@@ -69,6 +87,7 @@ class EncoderOptions:
     runtime: str = "auto"
     long_texts: str = DEFAULT_MODE
     window_overlap: int | None = None  # None: windows.DEFAULT_OVERLAP
+    calibration: Calibration = Calibration()  # used by --dtype int8 only
 
     def resolve(self, model: "str | ModelRef", training: bool = False, fallback: bool = False) -> EncoderConfig:
         """Every choice made, once: device, then dtype on it, then the runtime for both. `fallback`: a named runtime
@@ -80,4 +99,5 @@ class EncoderOptions:
                    else runtimes.pick_runtime(self.runtime, device, dtype, training))
         budget = runtimes.batch_tokens(runtime, device, self.batch_tokens, self.max_length)
         reading = Reading(self.long_texts, self.window_overlap)
-        return EncoderConfig(ref, device, dtype, runtime, self.max_length, budget, training, reading)
+        calibration = self.calibration if dtype == "int8" else None
+        return EncoderConfig(ref, device, dtype, runtime, self.max_length, budget, training, reading, calibration)

@@ -25,6 +25,7 @@ from pipeline.cache import (
 from pipeline.data import Dataset, DataSpec, read_table
 from pipeline.embed import windows
 from pipeline.embed.aggregate import Fan, Gather
+from pipeline.embed.calibration import calibrated
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import POOLINGS
 from pipeline.embed.remote import RayPool
@@ -87,6 +88,7 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
     missing = [p for p in poolings if POOLINGS[p].needs_pooler and not encoder.has_pooler]
     if missing:
         raise PipelineError(f"{encoder.ref.name} has no trained pooler: drop {', '.join(missing)} from --pooling")
+    encoder, int8 = calibrated(encoder, ds, poolings)  # --dtype int8: calibrate and guard before anything is written
     settings, lengths = counted or cache_settings(encoder, ds.texts)
     key = cache_key(settings, ds.fingerprint)
     store = EmbeddingCache(cache_dir(embeddings, ds.name, encoder.ref.name, key))
@@ -104,7 +106,7 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
         kept = {i: record for i, record in verified.items() if i not in todo}
         manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started,
                              workers)
-        manifest = replace(manifest, encoder=settings, long_texts=_long_texts(encoder, lengths))
+        manifest = replace(manifest, encoder=settings, long_texts=_long_texts(encoder, lengths), int8=int8)
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
     return EmbedResult(store.path, manifest, computed, sorted(todo))
@@ -190,5 +192,5 @@ def _pooling_info(name: str, encoder: Encoder) -> PoolingInfo:
 
 @lru_cache(maxsize=1)
 def _versions() -> dict:
-    names = ["bert-pipeline", "torch", "transformers", "tokenizers", "openvino", "numpy", "pyarrow"]
+    names = ["bert-pipeline", "torch", "transformers", "tokenizers", "openvino", "nncf", "numpy", "pyarrow"]
     return {**{name: package_version(name) for name in names}, "python": platform.python_version()}

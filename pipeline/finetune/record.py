@@ -2,18 +2,17 @@
 seams (the model card, the CLI's summary, the learning curve, a later run that reuses the fine-tune), so each reads
 fields, not dictionary keys; to_json writes the same JSON as before the record was typed, plus its version."""
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
-from pipeline.cache import DataInfo, check_schema
-from pipeline.errors import PipelineError
+from pipeline.cache import DataInfo
 from pipeline.finetune.settings import FinetuneSettings
+from pipeline.records import JsonRecord
 
 RECORD_SCHEMA = 1  # records written before the field existed are version 1 too
 
 
 @dataclass(frozen=True)
-class FinetuneRecord:
+class FinetuneRecord(JsonRecord):
     key: str
     name: str
     created: str
@@ -37,16 +36,8 @@ class FinetuneRecord:
     run: str | None = None  # the run folder, beside the frozen runs of the same data and base model
     schema: int = RECORD_SCHEMA
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    REWRITE = "the same `bert-pipeline finetune` command again"
 
     @classmethod
-    def from_json(cls, record: object, path: Path) -> "FinetuneRecord":
-        """Parse and check finetune.json; a damaged one gets a one-line error (PipelineError)."""
-        check_schema(record, path, "the same `bert-pipeline finetune` command again", current=RECORD_SCHEMA)
-        try:
-            return cls(**{**record, "data": DataInfo(**record["data"]),
-                          "settings": FinetuneSettings(**record["settings"])})
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PipelineError(f"{path} is damaged ({type(exc).__name__}: {exc}): run the same "
-                                "`bert-pipeline finetune` command again") from None
+    def parse(cls, record: dict) -> "FinetuneRecord":
+        return cls(**{**record, "data": DataInfo(**record["data"]), "settings": FinetuneSettings(**record["settings"])})

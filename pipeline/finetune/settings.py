@@ -17,14 +17,16 @@ class Method:
     lr: float
     epochs: int
     head: str  # the run folder's head name, beside the frozen heads in runs.csv
+    trainer: str  # "module:function" that trains it (imported when it runs: no torch here)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in [
     Method("full", "the encoder plus a linear head on the pooling, trained end to end with cross-entropy "
-                   "(AdamW, warm-up + linear decay, early stopping on dev)", 5e-5, 3, "finetune"),
+                   "(AdamW, warm-up + linear decay, early stopping on dev)", 5e-5, 3, "finetune",
+           "pipeline.finetune.full:train_full"),
     Method("setfit", "SetFit: contrastive fine-tuning of the encoder on sentence pairs (same label positive, "
                      "different label negative; CosineSimilarityLoss), then the logreg head on the tuned vectors",
-           2e-5, 1, "setfit"),
+           2e-5, 1, "setfit", "pipeline.finetune.setfit:train_setfit"),
 ]}
 
 

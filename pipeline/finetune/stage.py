@@ -8,6 +8,7 @@ Layout of `<out>/<data>__<model>__<method>__<key12>/`:
   checkpoint/state.pt                                while training only: the resume point
 """
 
+import importlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -18,15 +19,14 @@ from pipeline.cache import DataInfo, EncoderSettings, cache_dir, cache_key
 from pipeline.data import Dataset, DataSpec
 from pipeline.embed.encoder import Encoder
 from pipeline.embed.pooling import POOLINGS
-from pipeline.embed.settings import EncoderOptions
+from pipeline.embed.settings import EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.errors import PipelineError
 from pipeline.finetune.card import model_card
 from pipeline.finetune.checkpoint import Checkpoints, seed_everything
 from pipeline.finetune.data import Rows, split_rows
-from pipeline.finetune.full import Outcome, train_full
+from pipeline.finetune.full import Outcome
 from pipeline.finetune.record import FinetuneRecord
-from pipeline.finetune.setfit import train_setfit
 from pipeline.finetune.settings import METHODS, FinetuneSettings, check_method
 from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writable, publish, safe_name
 from pipeline.train.metrics import classification_metrics
@@ -34,7 +34,6 @@ from pipeline.train.report import confusion_png, run_report, summary_row, update
 from pipeline.train.runs import RUN_FILE, RunRecord, cache_runs_dir, run_dir, save_run
 
 RECORD_FILE = "finetune.json"
-RUNNERS = {"full": train_full, "setfit": train_setfit}
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,13 @@ def finetune(data: DataSpec, model: str, settings: FinetuneSettings, out: Path, 
     ref = resolve_model(model)
     check_pooling(settings.pooling)
     config = EncoderOptions(settings.max_length, device, settings.dtype).resolve(ref, training=True)
+    return finetune_with(ds, config, settings, out, runs, progress)
+
+
+def finetune_with(ds: Dataset, config: EncoderConfig, settings: FinetuneSettings, out: Path, runs: Path,
+                  progress: bool = True) -> FinetuneResult:
+    """The stage on an encoder already resolved for training (the learning curve resolves it once for all points)."""
+    ref = config.model
     settings = settings.resolved(config.dtype)
     rows = split_rows(ds, settings.shots, settings.seed, hold_out=settings.method == "full")
     key = settings.key(ds.fingerprint, asdict(ref.identity))
@@ -85,7 +91,9 @@ def run_method(encoder: Encoder, ds: Dataset, rows: Rows, settings: FinetuneSett
         raise PipelineError("fine-tuning needs an encoder resolved with training=True (fp32 weights, the PyTorch "
                             f"runtime), not one for inference on {encoder.config.runtime}")
     seed_everything(settings.seed)
-    return RUNNERS[settings.method](encoder, ds, rows, settings, checkpoints, progress)
+    module, _, function = METHODS[settings.method].trainer.partition(":")
+    train = getattr(importlib.import_module(module), function)
+    return train(encoder, ds, rows, settings, checkpoints, progress)
 
 
 def check_pooling(name: str) -> None:
@@ -163,11 +171,11 @@ def _write_run(ds: Dataset, ref: ModelRef, settings: FinetuneSettings, rows: Row
                            train_seconds=round(outcome.loop.seconds, 1))
     path = run_dir(runs, cache_name, settings.pooling, settings.head_name(key))
     run_record = save_run(path, outcome.head, run_record)
-    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics,
+    atomic_write_json(path / "metrics.json", {**run_record.to_json(), "metrics": metrics.to_json(),
                                                    "finetune": record.to_json()})
     atomic_write_bytes(path / "report.md", run_report(run_record, metrics).encode())
-    confusion_png(path / "confusion.png", metrics["confusion"], ds.label_names,
-                  f"{settings.head_name(key)} / {settings.pooling}: acc {metrics['accuracy']:.3f}")
+    confusion_png(path / "confusion.png", metrics.confusion, ds.label_names,
+                  f"{settings.head_name(key)} / {settings.pooling}: acc {metrics.accuracy:.3f}")
     update_summary(cache_runs_dir(runs, cache_name) / "runs.csv", [summary_row(run_record, metrics)])
     return path
 

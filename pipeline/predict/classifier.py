@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.cache import EncoderSettings, pooling_source
 from pipeline.data.tables import is_missing
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.settings import EncoderConfig, EncoderOptions
+from pipeline.embed.settings import Calibration, EncoderConfig, EncoderOptions
 from pipeline.embed.sources import ModelRef, resolve_model
 from pipeline.embed.stage import embed_texts
 from pipeline.embed.windows import Reading, describe, long_texts, specials, token_counts
@@ -81,7 +81,8 @@ class Classifier:
             return self._encoder.config
         run, reading = self.run.record.encoder, Reading.of(self.run.record.encoder)
         options = EncoderOptions(max_length=run.max_length, device=self.device, dtype=run.dtype, runtime=run.runtime,
-                                 long_texts=reading.mode, window_overlap=reading.overlap)
+                                 long_texts=reading.mode, window_overlap=reading.overlap,
+                                 calibration=Calibration(graph=run.int8_graph))  # an int8 run's very graph
         return options.resolve(self.ref, fallback=True)
 
     @property

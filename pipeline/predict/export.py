@@ -27,6 +27,7 @@ from pipeline.paths import atomic_write_bytes, atomic_write_json, ensure_writabl
 from pipeline.predict.classifier import Classifier
 from pipeline.predict.output import refuse_run_files
 from pipeline.train.head_graph import convert
+from pipeline.train.heads import onnx_heads
 from pipeline.train.runs import Run
 
 INPUTS, OUTPUT = ["input_ids", "attention_mask"], "probabilities"
@@ -50,6 +51,7 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
     """Write `out` (.onnx), its .json and its .tokenizer/ folder for `clf`'s run, all three or none; refuse heads
     that do not export, and paths that are the run's or its model's own files."""
     out = Path(out)
+    _refuse_int8(clf)
     _refuse_windows(clf)
     if out.suffix.lower() != ".onnx":
         raise PipelineError(f"--out {out} should end in .onnx (the labels go to .json and the tokenizer to "
@@ -60,8 +62,9 @@ def export_onnx(clf: Classifier, out: Path) -> Exported:
     refuse_run_files(clf.path, clf.run.record.model_ref, [out, meta, tokenizer], "--out")
     graph, classes = _head_graph(clf.run)
     if graph is None:
+        *others, last = onnx_heads()
         raise PipelineError(f"head {clf.head} of this run does not convert to ONNX, so it does not export: train "
-                            "a logreg, linear-svm, mlp or rbf-svm head on the same cache and export that run")
+                            f"a {', '.join(others)} or {last} head on the same cache and export that run")
     _require_onnx()
     payload = _with_head(encoder_onnx(clf.encoder, *clf.source), graph, classes, len(clf.label_names))
     diff = _check(payload, clf)
@@ -82,6 +85,15 @@ def _head_graph(run: Run) -> tuple[bytes | None, list[int]]:
     if run.graph_bytes is not None and run.record.head_classes is not None:
         return run.graph_bytes, run.record.head_classes
     return convert(run.model, run.model.n_features_in_), [int(c) for c in run.model.classes_]
+
+
+def _refuse_int8(clf: Classifier) -> None:
+    """An int8 run's vectors come from its calibrated OpenVINO graph, which is not an ONNX graph of the encoder: an
+    fp32 export would serve other vectors than the head was trained on."""
+    if clf.run.record.encoder.int8_graph is not None:
+        raise PipelineError(f"this run was embedded in int8 (a calibrated OpenVINO graph), which does not export to "
+                            f"ONNX: serve it with `bert-pipeline serve --run {clf.path}` or the Python API "
+                            f"(pipeline.load_classifier('{clf.path}')), or embed in fp32 and train again to export")
 
 
 def _refuse_windows(clf: Classifier) -> None:

@@ -193,7 +193,7 @@ def _arrow(values: list) -> pa.Array:
 
 
 def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,
-                 cache: Path) -> tuple[dict, list[Path]]:
+                 cache: Path) -> tuple["Metrics", list[Path]]:
     """The train stage's metrics and report for this labelled set, beside the output. (Their modules load
     scikit-learn and matplotlib, a second of start-up that unlabelled predictions do without.)"""
     from pipeline.train.metrics import classification_metrics
@@ -205,10 +205,10 @@ def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[st
     scored = Scored(np.arange(1, len(y) + 1), np.asarray(texts, dtype=object), y, proba)
     report, metrics_path, png = paths = report_paths(output)
     atomic_write_json(metrics_path, {**record.to_json(), "run": str(clf.path), "scored_on": str(input_path),
-                                     "cache_scored": str(cache), "metrics": metrics})
+                                     "cache_scored": str(cache), "metrics": metrics.to_json()})
     atomic_write_bytes(report, run_report(record, metrics, scored, input_path.name).encode())
-    confusion_png(png, metrics["confusion"], names,
-                  f"{record.head} / {record.pooling} on {input_path.name}: acc {metrics['accuracy']:.3f}")
+    confusion_png(png, metrics.confusion, names,
+                  f"{record.head} / {record.pooling} on {input_path.name}: acc {metrics.accuracy:.3f}")
     return metrics, paths
 
 

@@ -48,6 +48,7 @@ class Head:
     build: Callable[[Selection], BaseEstimator]
     folds: int = 3
     calibrated: bool = False  # calibration runs its own CV: each class needs 2+ rows in every training part
+    onnx: bool = True  # its run keeps an ONNX graph (head_graph.py): predict runs it, `export` takes the run
 
 
 def _search(estimator: BaseEstimator, grid: dict, sel: Selection) -> GridSearchCV:
@@ -108,8 +109,13 @@ HEADS: dict[str, Head] = {h.name: h for h in [
          calibrated=True),
     Head("rbf-svm", "RBF-kernel SVM, C by CV (Nystroem + linear SVM above 5k rows)", _rbf_svm, calibrated=True),
     Head("mlp", "one hidden layer of 256, early stopping on 10% of train", _mlp),
-    Head("knn", "cosine k-nearest neighbours, k by CV", _knn),
+    Head("knn", "cosine k-nearest neighbours, k by CV", _knn, onnx=False),
 ]}
+
+
+def onnx_heads() -> list[str]:
+    """The heads whose runs export to one ONNX graph."""
+    return [name for name, head in HEADS.items() if head.onnx]
 
 
 def parse_heads(spec: str) -> list[str]:

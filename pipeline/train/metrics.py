@@ -1,6 +1,6 @@
 """Metrics of a head's predictions on the held-out split, with seeded bootstrap intervals and a baseline."""
 
-from typing import TypedDict
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import (
@@ -14,26 +14,34 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import label_binarize
 
+from pipeline.records import JsonRecord
+
 N_BOOTSTRAP = 1000
 BLOCK_CELLS = 4_000_000  # resample indices held at once (32 MB of int64)
 
 
-class ClassScores(TypedDict):
+METRICS_SCHEMA = 1  # the version in a metrics record; metrics.json written before it existed lack it
+
+
+@dataclass(frozen=True)
+class ClassScores:
     precision: float
     recall: float
     f1: float
     support: int
 
 
-class Baseline(TypedDict):
+@dataclass(frozen=True)
+class Baseline:
     label: str  # the majority class of train
     accuracy: float
     macro_f1: float
 
 
-class Metrics(TypedDict):
-    """One head's test metrics, as metrics.json, the reports and runs.csv read them (train, fine-tune and predict
-    all make them here). Plain JSON values, so the record is written and read back as it is."""
+@dataclass(frozen=True)
+class Metrics(JsonRecord):
+    """One head's test metrics, as metrics.json ("metrics"), the reports and runs.csv read them (train, fine-tune and
+    predict all make them here)."""
 
     n_test: int
     accuracy: float
@@ -50,6 +58,14 @@ class Metrics(TypedDict):
     log_loss: float
     ece: float
     majority_baseline: Baseline
+    schema: int = METRICS_SCHEMA
+
+    REWRITE = "`bert-pipeline train` again"
+
+    @classmethod
+    def parse(cls, record: dict) -> "Metrics":
+        return cls(**{**record, "per_class": {k: ClassScores(**v) for k, v in record["per_class"].items()},
+                      "majority_baseline": Baseline(**record["majority_baseline"])})
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: list[str], y_train: np.ndarray,
@@ -65,25 +81,24 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, label_names: l
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     majority = int(np.bincount(y_train, minlength=len(labels)).argmax())
     baseline = np.full_like(y_true, majority)
-    return {
-        "n_test": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=tested, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "accuracy_ci95": bootstrap_ci(y_true, y_pred, accuracy_batch, seed),
-        "macro_f1_ci95": bootstrap_ci(y_true, y_pred, lambda t, q: macro_f1_batch(t, q, tested), seed),
-        "macro_classes": [label_names[i] for i in tested],
-        "no_test_rows": {label_names[i]: int((y_pred == i).sum()) for i in labels if i not in set(tested)},
-        "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-                      for i, name in enumerate(label_names)},
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    return Metrics(
+        n_test=int(len(y_true)),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=tested, average="macro", zero_division=0)),
+        weighted_f1=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        accuracy_ci95=bootstrap_ci(y_true, y_pred, accuracy_batch, seed),
+        macro_f1_ci95=bootstrap_ci(y_true, y_pred, lambda t, q: macro_f1_batch(t, q, tested), seed),
+        macro_classes=[label_names[i] for i in tested],
+        no_test_rows={label_names[i]: int((y_pred == i).sum()) for i in labels if i not in set(tested)},
+        per_class={name: ClassScores(float(p[i]), float(r[i]), float(f[i]), int(s[i]))
+                   for i, name in enumerate(label_names)},
+        confusion=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         **ranking_metrics(y_true, proba, labels),
-        "log_loss": float(log_loss(y_true, _normalised(proba), labels=labels)),
-        "ece": expected_calibration_error(y_true, proba),
-        "majority_baseline": {"label": label_names[majority], "accuracy": float(accuracy_score(y_true, baseline)),
-                              "macro_f1": float(f1_score(y_true, baseline, labels=tested, average="macro",
-                                                         zero_division=0))},
-    }
+        log_loss=float(log_loss(y_true, _normalised(proba), labels=labels)),
+        ece=expected_calibration_error(y_true, proba),
+        majority_baseline=Baseline(label_names[majority], float(accuracy_score(y_true, baseline)),
+                                   float(f1_score(y_true, baseline, labels=tested, average="macro", zero_division=0))),
+    )
 
 
 def ranking_metrics(y_true: np.ndarray, proba: np.ndarray, labels: np.ndarray) -> dict:

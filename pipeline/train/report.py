@@ -45,20 +45,22 @@ def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None
     (given the scored rows) the error analysis. `scored_on` names a labelled set that predict scored, instead of the
     run's own test split."""
     names = record.label_names
-    lo, hi = metrics["accuracy_ci95"]
-    flo, fhi = metrics["macro_f1_ci95"]
-    base = metrics["majority_baseline"]
+    lo, hi = metrics.accuracy_ci95
+    flo, fhi = metrics.macro_f1_ci95
+    base = metrics.majority_baseline
     encoder = record.encoder
     settings = f"Model `{encoder.model.name}`, max length {encoder.max_length}, dtype {encoder.dtype}."
+    if record.int8 is not None:
+        settings += f" The {record.int8.describe()}."
     if scored_on is None:
         title, column = f"# {record.head} on {record.pooling} — {record.cache}", "test"
-        about = (f"{settings} Train {record.n_train} rows, dev {record.n_dev}, test {metrics['n_test']}. "
+        about = (f"{settings} Train {record.n_train} rows, dev {record.n_dev}, test {metrics.n_test}. "
                  f"Hyperparameters chosen on {record.selection}: {record.params or 'fixed'}. "
                  f"Trained in {record.train_seconds:.1f}s.")
     else:
         title, column = f"# {record.head} on {record.pooling} — scored on {scored_on}", "scored"
         about = (f"{settings} The run was trained on {record.n_train} rows of {record.cache} (dev {record.n_dev}); "
-                 f"here it scores {metrics['n_test']} labelled rows of {scored_on}. The majority baseline always "
+                 f"here it scores {metrics.n_test} labelled rows of {scored_on}. The majority baseline always "
                  f"predicts the run's most frequent train label.")
     lines = [
         title,
@@ -67,16 +69,16 @@ def run_report(record: RunRecord, metrics: Metrics, scored: Scored | None = None
         "",
         f"| metric | {column} | 95% CI | majority baseline |",
         "|---|---|---|---|",
-        f"| accuracy | {fmt(metrics['accuracy'])} | {fmt(lo)} – {fmt(hi)} | {fmt(base['accuracy'])} |",
-        f"| macro-F1 | {fmt(metrics['macro_f1'])} | {fmt(flo)} – {fmt(fhi)} | {fmt(base['macro_f1'])} |",
-        f"| weighted-F1 | {fmt(metrics['weighted_f1'])} | | |",
-        f"| ROC-AUC | {fmt(metrics['roc_auc'])} | | 0.5 |",
-        f"| average precision | {fmt(metrics['average_precision'])} | | |",
-        f"| log-loss | {fmt(metrics['log_loss'])} | | |",
-        f"| ECE (15 bins) | {fmt(metrics['ece'])} | | |",
+        f"| accuracy | {fmt(metrics.accuracy)} | {fmt(lo)} – {fmt(hi)} | {fmt(base.accuracy)} |",
+        f"| macro-F1 | {fmt(metrics.macro_f1)} | {fmt(flo)} – {fmt(fhi)} | {fmt(base.macro_f1)} |",
+        f"| weighted-F1 | {fmt(metrics.weighted_f1)} | | |",
+        f"| ROC-AUC | {fmt(metrics.roc_auc)} | | 0.5 |",
+        f"| average precision | {fmt(metrics.average_precision)} | | |",
+        f"| log-loss | {fmt(metrics.log_loss)} | | |",
+        f"| ECE (15 bins) | {fmt(metrics.ece)} | | |",
         "",
         *per_class_lines(metrics),
-        *confusion_lines(metrics["confusion"], names),
+        *confusion_lines(metrics.confusion, names),
         "",
         *(error_analysis_lines(scored, names) if scored is not None else []),
     ]
@@ -128,13 +130,13 @@ def _cell(value: str) -> str:
 def per_class_lines(metrics: Metrics) -> list[str]:
     """Per-class scores for the classes with test rows; those without any are named apart, since their zeros are
     not scores and the macro averages leave them out."""
-    untested = metrics.get("no_test_rows", {})
+    untested = metrics.no_test_rows
     lines = ["| class | precision | recall | F1 | support |", "|---|---|---|---|---|",
-             *[f"| {n} | {fmt(c['precision'])} | {fmt(c['recall'])} | {fmt(c['f1'])} | {c['support']} |"
-               for n, c in metrics["per_class"].items() if n not in untested]]
+             *[f"| {n} | {fmt(c.precision)} | {fmt(c.recall)} | {fmt(c.f1)} | {c.support} |"
+               for n, c in metrics.per_class.items() if n not in untested]]
     if untested:
         listed = ", ".join(f"{n} (predicted {k} time{'' if k == 1 else 's'})" for n, k in untested.items())
-        lines += ["", f"No test rows: {listed}. Macro averages cover the {len(metrics['per_class']) - len(untested)} "
+        lines += ["", f"No test rows: {listed}. Macro averages cover the {len(metrics.per_class) - len(untested)} "
                       "classes with test rows only."]
     return [*lines, ""]
 
@@ -205,11 +207,11 @@ def save_figure(fig, path: Path) -> None:
 
 
 def summary_row(record: RunRecord, metrics: Metrics) -> dict:
-    return {"pooling": record.pooling, "head": record.head, "accuracy": metrics["accuracy"],
-            "acc_lo": metrics["accuracy_ci95"][0], "acc_hi": metrics["accuracy_ci95"][1],
-            "macro_f1": metrics["macro_f1"], "f1_lo": metrics["macro_f1_ci95"][0],
-            "f1_hi": metrics["macro_f1_ci95"][1], "roc_auc": metrics["roc_auc"], "log_loss": metrics["log_loss"],
-            "ece": metrics["ece"], "train_s": record.train_seconds, "params": record.params}
+    return {"pooling": record.pooling, "head": record.head, "accuracy": metrics.accuracy,
+            "acc_lo": metrics.accuracy_ci95[0], "acc_hi": metrics.accuracy_ci95[1],
+            "macro_f1": metrics.macro_f1, "f1_lo": metrics.macro_f1_ci95[0],
+            "f1_hi": metrics.macro_f1_ci95[1], "roc_auc": metrics.roc_auc, "log_loss": metrics.log_loss,
+            "ece": metrics.ece, "train_s": record.train_seconds, "params": record.params}
 
 
 def update_summary(path: Path, rows: list[dict]) -> list[dict]:

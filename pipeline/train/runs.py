@@ -13,15 +13,16 @@ and a reader that catches it half-way waits and reads again (paths.read_whole), 
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import EncoderSettings, check_schema
+from pipeline.cache import EncoderSettings, Int8Check
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole, safe_name, writer_lock
+from pipeline.records import JsonRecord, check_schema
 from pipeline.train.head_graph import GraphHead, head_graph
 
 HEAD_FILE = "head.skops"
@@ -41,7 +42,7 @@ RUN_SCHEMA = 2
 
 
 @dataclass(frozen=True)
-class RunRecord:
+class RunRecord(JsonRecord):
     """What a trained head belongs to (run.json): its cache, pooling, labels, the encoder settings that made its
     vectors, and what was chosen. Predict reads it to embed new texts exactly as the training vectors were made."""
 
@@ -62,11 +63,9 @@ class RunRecord:
     head_sha256: str | None = None
     head_classes: list[int] | None = None  # the labels the head saw, its probability columns (None: older runs)
     head_graph_sha256: str | None = None  # of head.onnx, when the head converted to one
+    int8: Int8Check | None = None  # --dtype int8: the guard's cosines to fp32 (the cache's manifest has them too)
     schema: int = RUN_SCHEMA
     record_sha256: str | None = None  # of every other field as written (None: runs made before it existed)
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
     def sealed(self) -> "RunRecord":
         """The record with its own sha256 filled in, as save_run writes it."""
@@ -78,7 +77,9 @@ class RunRecord:
         check_schema(record, path, "`make train` again to retrain the run", current=RUN_SCHEMA, oldest=1)
         _check_record(record, path)
         try:
-            return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"])})
+            int8 = Int8Check(**record["int8"]) if record.get("int8") else None
+            return cls(**{**record, "schema": RUN_SCHEMA, "encoder": EncoderSettings.from_json(record["encoder"]),
+                          "int8": int8})
         except (KeyError, TypeError, ValueError) as exc:
             raise PipelineError(f"{path} is damaged ({type(exc).__name__}: {exc}): retrain with `make train`") from None
 

@@ -118,13 +118,13 @@ def write_run(fitted: Fitted, manifest: Manifest, emb: Embeddings, out: Path, se
                        head_description=HEADS[fitted.head].description, label_names=emb.label_names,
                        encoder=manifest.encoder, model_ref=manifest.model_ref, seed=seed, selection=fitted.selection,
                        params=head_params(fitted.model), n_train=fitted.n_train, n_dev=fitted.n_dev,
-                       train_seconds=fitted.seconds)
+                       train_seconds=fitted.seconds, int8=manifest.int8)
     path = run_dir(out, manifest.name, fitted.pooling, fitted.head, seed)
     record = save_run(path, fitted.model, record, emb.split("train")[0])
-    atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics})
+    atomic_write_json(path / "metrics.json", {**record.to_json(), "metrics": metrics.to_json()})
     tested = emb.splits == "test"
     scored = Scored(emb.ids[tested], None if emb.texts is None else emb.texts[tested], fitted.y_test, fitted.proba)
     atomic_write_bytes(path / "report.md", run_report(record, metrics, scored).encode())
-    confusion_png(path / "confusion.png", metrics["confusion"], emb.label_names,
-                  f"{fitted.head} / {fitted.pooling}: acc {metrics['accuracy']:.3f}")
+    confusion_png(path / "confusion.png", metrics.confusion, emb.label_names,
+                  f"{fitted.head} / {fitted.pooling}: acc {metrics.accuracy:.3f}")
     return summary_row(record, metrics)

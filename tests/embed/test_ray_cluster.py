@@ -13,9 +13,9 @@ import pytest
 
 from pipeline.cache import EmbeddingCache, load_embeddings
 
-import s3_server
 from conftest import sentiment_rows, write_csv
-from s3_server import BUCKET, upload
+from support import s3_server
+from support.s3_server import BUCKET, upload
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bert-pipeline[distributed]'")
 pytestmark = pytest.mark.cluster

@@ -9,11 +9,11 @@ runtime names. A new runtime is one module with its KIND and one line in RUNTIME
 from importlib.util import find_spec
 
 from pipeline.embed.device import device_kind, dtype_name
-from pipeline.embed.runtimes import openvino_graph, torch_eager
+from pipeline.embed.runtimes import int8, openvino_graph, torch_eager
 from pipeline.embed.runtimes.base import ModelSpec, Runtime, RuntimeKind
 from pipeline.errors import PipelineError
 
-RUNTIMES: dict[str, RuntimeKind] = {kind.name: kind for kind in (torch_eager.KIND, openvino_graph.KIND)}
+RUNTIMES: dict[str, RuntimeKind] = {kind.name: kind for kind in (torch_eager.KIND, openvino_graph.KIND, int8.KIND)}
 
 __all__ = ["RUNTIMES", "ModelSpec", "Runtime", "RuntimeKind", "batch_tokens", "pick_runtime", "runtime_here",
            "runtime_supported", "start_runtime"]
@@ -28,12 +28,18 @@ def runtime_supported(name: str, device, dtype, training: bool = False) -> bool:
 
 def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
     """'auto': the best-ranked runtime that runs here (OpenVINO for CPU inference in fp32, or bf16 on x86 CPUs
-    with native bf16, measured faster than PyTorch there; PyTorch everywhere else and always for training). A named
-    runtime must run here, else a one-line error with the fix."""
+    with native bf16, measured faster than PyTorch there; PyTorch everywhere else and always for training; a runtime
+    without a rank only where no ranked one runs: openvino-int8 for --dtype int8). A named runtime must run here, else
+    a one-line error with the fix."""
     requested, device, dtype = (requested or "auto").strip().lower(), str(device), dtype_name(dtype)
     if requested == "auto":
-        ranked = sorted((k for k in RUNTIMES.values() if k.auto_rank is not None), key=lambda k: k.auto_rank)
-        return next(k.name for k in ranked if runtime_supported(k.name, device, dtype, training))
+        ranked = sorted(RUNTIMES.values(), key=lambda k: (k.auto_rank is None, k.auto_rank or 0))
+        found = next((k.name for k in ranked if runtime_supported(k.name, device, dtype, training)), None)
+        if found is None:
+            raise PipelineError(f"no runtime here runs {'training' if training else device_kind(device)} in {dtype}"
+                                f" ({'; '.join(f'{k.name} {k.limits}' for k in ranked)}): use another --dtype or "
+                                "--device, or install what it needs")
+        return found
     kind = RUNTIMES.get(requested)
     if kind is None:
         raise PipelineError(f"unknown --runtime '{requested}': use auto, {', '.join(RUNTIMES)}")
@@ -41,8 +47,9 @@ def pick_runtime(requested: str, device, dtype, training: bool = False) -> str:
         raise PipelineError(f"--runtime {kind.name} needs {kind.package}: pip install {kind.package}, or use "
                             "--runtime torch")
     if not kind.supports(device, dtype, training):
+        other = "torch" if RUNTIMES["torch"].supports(device, dtype, training) else "auto"  # int8: its own runtime
         raise PipelineError(f"--runtime {kind.name} {kind.limits}, not "
-                            f"{'training' if training else f'{device_kind(device)} {dtype}'}: use --runtime torch")
+                            f"{'training' if training else f'{device_kind(device)} {dtype}'}: use --runtime {other}")
     return kind.name
 
 

@@ -75,7 +75,17 @@ def _code_sha256() -> str:
 
 def find(model: ModelIdentity, config: dict) -> KeptGraph | None:
     """The kept graph of this model and config, if its files still hash to what was recorded."""
-    folder = graph_folder(model, config)
+    return find_at(graph_folder(model, config))
+
+
+def keyed_folder(kind: str, key: str) -> Path | None:
+    """Where a graph of another kind (an int8 one) with this key is kept; None when there is no cache folder."""
+    root = user_cache_dir()
+    return None if root is None else root / kind / key
+
+
+def find_at(folder: Path | None) -> KeptGraph | None:
+    """The graph kept in `folder`, if its files still hash to what was recorded."""
     kept = _read(folder) if folder is not None else None
     if kept is not None:
         with contextlib.suppress(OSError):

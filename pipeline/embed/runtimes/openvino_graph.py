@@ -65,7 +65,7 @@ class OpenVINORuntime:
 
     def _graph(self) -> Graph:
         if self.graph is None:
-            self.graph = Graph(self.encoder)
+            self.graph = Graph(*model_of(self.encoder), self.encoder.pad_id, self.encoder.dtype_name)
         return self.graph
 
 
@@ -78,17 +78,16 @@ def _supports(device: str, dtype: str, training: bool) -> bool:
 class Graph:
     """The compiled graph of one encoder, with a queue of parallel inference requests (one per CPU stream)."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, model, names: list[str], kept: kept_graphs.KeptGraph | None, pad_id: int, dtype: str) -> None:
+        """`dtype`: what its float parts run in (an int8 graph's run in fp32)."""
         import openvino as ov
 
-        model, self.names, kept = _model(encoder)
-        self.pad_id = encoder.pad_id
-        precision = PRECISION[encoder.dtype_name]
+        self.names, self.pad_id, precision = names, pad_id, PRECISION[dtype]
         compiled = _compile(model, {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT"}, kept)
         got = compiled.get_property("INFERENCE_PRECISION_HINT")
         if got.get_type_name() != precision:
             raise PipelineError(f"OpenVINO would run this CPU in {got.get_type_name()}, not "
-                                f"{encoder.dtype_name}: use --runtime torch or --dtype fp32")
+                                f"{dtype}: use --runtime torch or --dtype fp32")
         self.queue = ov.AsyncInferQueue(compiled, 0)
 
     def pool(self, input_ids: list[list[int]], poolings: list[str], batches: list[np.ndarray], put: Put) -> None:
@@ -126,7 +125,7 @@ class Graph:
                                 " use --runtime torch") from None
 
 
-def _model(encoder: Encoder):
+def model_of(encoder: Encoder):
     """The graph, its output names and its kept copy (None if it could not be kept). The graph is always read back
     from its files: one fresh from the converter can round a last bit differently, and a rerun (which reads the kept
     copy) must give the very same vectors as the first run. The files are the kept copy when there is one, else a new

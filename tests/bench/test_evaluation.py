@@ -59,7 +59,7 @@ def test_split_protocol_selects_on_train_and_dev_only(seen_rows):
 def test_markdown_puts_published_figures_beside_ours():
     fold = {"accuracy": 0.8, "macro_recall": 0.79, "n": 10, "C": 0.1}
     pools = {p: evaluation.fold_summary([fold] * 10, 1.0) for p in ("cls", "mean", "max")}
-    record = {"model": {"name": "m"}, "tasks": {"mr": {"protocol": "10-fold CV", "poolings": pools}}}
+    record = evaluation.EvalRecord({"name": "m"}, {}, 0, {"mr": {"protocol": "10-fold CV", "poolings": pools}}, {})
     table = evaluation.results_markdown(record)
     assert "| mr | 10-fold CV | 80.00 ± 0.00 | 80.00 ± 0.00 | 80.00 ± 0.00 (max) | 78.68 | 78.66 |" in table
 
@@ -71,7 +71,7 @@ def test_eval_runs_end_to_end_on_a_small_task(tiny_bert, tmp_path):
 
     encoder = load_encoder(str(tiny_bert), EncoderOptions(max_length=32, device="cpu", dtype="fp32"))
     record = evaluation.evaluate(SHARED, encoder, ["mean"], tmp_path / "emb", ["trec"], progress=False)
-    trec = record["tasks"]["trec"]
+    trec = record.tasks["trec"]
     assert trec["classes"] == 6 and trec["rows"] == 5952
     assert len(trec["poolings"]["mean"]["folds"]) == 1 and trec["poolings"]["mean"]["folds"][0]["n"] == 500
     json_path, md_path = evaluation.write_results(tmp_path / "eval", record)
@@ -92,7 +92,7 @@ def test_eval_keeps_each_task_s_scores_and_a_rerun_resumes_from_them(tiny_bert, 
     fitted = []
     original = evaluation.split_scores
     monkeypatch.setattr(evaluation, "split_scores", lambda emb, seed: fitted.append(seed) or original(emb, seed))
-    assert run(0)["tasks"] == first["tasks"] and fitted == [], "same cache and seed: nothing is fitted again"
+    assert run(0).tasks == first.tasks and fitted == [], "same cache and seed: nothing is fitted again"
     run(1)
     assert fitted == [1], "another seed is scored afresh"
     monkeypatch.setattr(evaluation, "SCORES_PROTOCOL", evaluation.SCORES_PROTOCOL + 1)

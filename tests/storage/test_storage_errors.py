@@ -18,8 +18,8 @@ from pipeline.storage import location
 from pipeline.storage.filesystems import s3_filesystem
 from pipeline.storage.lease import LEASE_FILE, Lease
 
-import s3_server
-from s3_server import BUCKET, embed_args, one_line_error
+from support import s3_server
+from support.s3_server import BUCKET, embed_args, one_line_error
 
 server, s3, data = s3_server.server, s3_server.s3, s3_server.data
 

@@ -1,7 +1,7 @@
 """Third reliability round: odd but valid input, resource bombs and silent remotes end in a result or one line,
 quickly, in-process and as the console script."""
 
-# ruff: noqa: F811 - the fixtures imported from reliability_support are test parameters here
+# ruff: noqa: F811 - the fixtures imported from support.reliability are test parameters here
 
 import json
 import os
@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_support import closed_port, one_line_error, project, ws  # noqa: F401 - fixtures and helpers
 
 from conftest import sentiment_rows
+from support.reliability import closed_port, one_line_error, project, ws  # noqa: F401 - fixtures and helpers
 
 # --- tracebacks on odd but valid input --------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ def test_the_console_script_fails_fast_with_one_line(ws, tiny_bert, case):
                     f"127.0.0.1:{closed_port()}"],
             "output-is-input": ["predict", "--input", "new.csv", "--output", "new.csv"],
             "odd-suffix": ["predict", "--text", "good fun", "--output", "x.xlsx"]}[case]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "HF_HUB_OFFLINE": "1"}
     started = time.perf_counter()
     done = subprocess.run([str(script), *args, "--no-progress"], capture_output=True, text=True, timeout=120,
                           env=env)

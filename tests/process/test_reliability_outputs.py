@@ -1,7 +1,7 @@
 """Third reliability round: outputs are what their names say, and nothing is written over that should not be
 (the input, a run's own files, permissions), with export writing all of its files or none."""
 
-# ruff: noqa: F811 - the fixtures imported from reliability_support are test parameters here
+# ruff: noqa: F811 - the fixtures imported from support.reliability are test parameters here
 
 import decimal
 import json
@@ -12,11 +12,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_support import ADDED, one_line_error, project, run_folder, snapshot, ws  # noqa: F401 - fixtures and helpers
 
 from pipeline.paths import atomic_write_bytes
 
 from conftest import sentiment_rows
+from support.reliability import ADDED, one_line_error, project, run_folder, snapshot, ws  # noqa: F401 - fixtures and helpers
 
 # --- writing over things ----------------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from pipeline.predict import load_classifier
 
 from conftest import sentiment_rows, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60  # seconds for a server to answer /health (a cold start on a busy 2-core machine)
 
 

@@ -1,7 +1,7 @@
 """Third reliability round: one short line per error, the smallest option values, and what holds for a text's
 vector and its batch mates (docs/reliability.md)."""
 
-# ruff: noqa: F811 - the fixtures imported from reliability_support are test parameters here
+# ruff: noqa: F811 - the fixtures imported from support.reliability are test parameters here
 
 import json
 from pathlib import Path
@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from reliability_support import one_line_error, project, ws  # noqa: F401 - fixtures and helpers
 
 from conftest import sentiment_rows, write_csv
+from support.reliability import one_line_error, project, ws  # noqa: F401 - fixtures and helpers
 
 # --- messages ---------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Stage two on cached vectors: heads, honest selection, metrics, run artifacts, predict, and their errors."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
 from pipeline.predict import load_encoder_for, predict_texts
 from pipeline.train.heads import HEADS, fit_head, parse_heads
-from pipeline.train.metrics import classification_metrics, expected_calibration_error
+from pipeline.train.metrics import Metrics, classification_metrics, expected_calibration_error
 from pipeline.train.runs import load_run
 from pipeline.train.stage import train_cache
 
@@ -61,14 +62,16 @@ def test_metrics_on_a_known_case():
     y = np.array([0, 0, 1, 1, 2, 2])
     proba = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3
     m = classification_metrics(y, proba, ["neg", "neu", "pos"], y_train=np.array([1, 1, 0]))
-    assert m["accuracy"] == pytest.approx(4 / 6)
-    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
-    assert m["majority_baseline"] == {"label": "neu", "accuracy": pytest.approx(1 / 3),
-                                      "macro_f1": pytest.approx((0 + 0.5 + 0) / 3)}
-    lo, hi = m["accuracy_ci95"]
-    assert lo < m["accuracy"] < hi
-    assert m["per_class"]["neu"]["recall"] == 1.0
-    assert 0.5 <= m["roc_auc"] <= 1.0
+    assert m.accuracy == pytest.approx(4 / 6)
+    assert m.confusion == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m.majority_baseline.label == "neu" and m.majority_baseline.accuracy == pytest.approx(1 / 3)
+    assert m.majority_baseline.macro_f1 == pytest.approx((0 + 0.5 + 0) / 3)
+    lo, hi = m.accuracy_ci95
+    assert lo < m.accuracy < hi
+    assert m.per_class["neu"].recall == 1.0
+    assert 0.5 <= m.roc_auc <= 1.0
+    assert Metrics.from_json(json.loads(json.dumps(m.to_json())), Path("metrics.json")) == m
+    assert m.to_json()["schema"] == Metrics.version() == 1
 
 
 def test_ece_is_zero_when_confidence_equals_accuracy():
@@ -180,3 +183,11 @@ def test_a_head_file_with_foreign_types_is_refused_and_old_pickled_runs_still_lo
     joblib.dump({"model": fit_head("logreg", *blobs()), "label_names": []}, buffer)
     plant(LEGACY_HEAD_FILE, buffer.getvalue())
     assert load_run(run).model.predict(blobs()[0][:5]).shape == (5,)
+
+
+@pytest.mark.parametrize("name", [name for name, head in HEADS.items() if head.onnx])
+def test_every_head_its_entry_says_exports_converts_to_onnx(name):
+    from pipeline.train.head_graph import head_graph
+
+    X = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    assert head_graph(fit_head(name, X, np.arange(60) % 2), X) is not None

@@ -15,8 +15,8 @@ from pipeline.errors import PipelineError
 from pipeline.storage import location
 from pipeline.storage.lease import LEASE_FILE
 
-import s3_server
-from s3_server import BUCKET, embed_args, one_line_error, upload
+from support import s3_server
+from support.s3_server import BUCKET, embed_args, one_line_error, upload
 
 server, s3, data = s3_server.server, s3_server.s3, s3_server.data
 

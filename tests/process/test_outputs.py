@@ -95,13 +95,13 @@ def test_macro_f1_covers_only_the_classes_with_test_rows():
     from pipeline.train.metrics import classification_metrics, macro_f1_batch
 
     m = classification_metrics(Y_TRUE, np.eye(3)[Y_PRED] * 0.9 + 0.1 / 3, ["a", "b", "c"], np.array([0, 1, 2, 2]))
-    assert m["macro_f1"] == pytest.approx(0.65)
-    assert m["macro_classes"] == ["a", "b"] and m["no_test_rows"] == {"c": 1}
+    assert m.macro_f1 == pytest.approx(0.65)
+    assert m.macro_classes == ["a", "b"] and m.no_test_rows == {"c": 1}
     assert macro_f1_batch(Y_TRUE, Y_PRED, [0, 1]) == pytest.approx(0.65)
-    lo, hi = m["macro_f1_ci95"]
+    lo, hi = m.macro_f1_ci95
     assert 0 <= lo <= hi <= 1 and hi > 0.5
-    assert m["majority_baseline"]["macro_f1"] == pytest.approx((0 + 0) / 2)  # majority 'c' is never right
-    assert m["weighted_f1"] == pytest.approx((2 * 0.5 + 3 * 0.8) / 5)
+    assert m.majority_baseline.macro_f1 == pytest.approx((0 + 0) / 2)  # majority 'c' is never right
+    assert m.weighted_f1 == pytest.approx((2 * 0.5 + 3 * 0.8) / 5)
 
 
 def test_the_leaderboard_ranks_on_the_same_macro_f1():
@@ -128,9 +128,9 @@ def test_all_classes_tested_keeps_the_old_numbers_and_tables():
 
     y = np.array([0, 0, 1, 1, 2, 2])
     m = classification_metrics(y, np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.2 / 3, ["neg", "neu", "pos"], y)
-    assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3) and m["no_test_rows"] == {}
+    assert m.macro_f1 == pytest.approx((0.5 + 0.8 + 2 / 3) / 3) and m.no_test_rows == {}
     assert "No test rows" not in "\n".join(per_class_lines(m)) and len(per_class_lines(m)) == 6
-    assert confusion_lines(m["confusion"], ["neg", "neu", "pos"])[2:] == [
+    assert confusion_lines(m.confusion, ["neg", "neu", "pos"])[2:] == [
         "| | neg | neu | pos |", "|---|---|---|---|", "| neg | 1 | 1 | 0 |", "| neu | 0 | 2 | 0 |",
         "| pos | 1 | 0 | 1 |"]
 
@@ -191,15 +191,15 @@ def test_eval_on_a_folder_without_tasks_is_one_line_and_keeps_old_results(tmp_pa
 
 
 def test_write_results_refuses_an_empty_record_and_writes_both_files(tmp_path):
-    from pipeline.bench.senteval import fold_summary, write_results
+    from pipeline.bench.senteval import EvalRecord, fold_summary, write_results
 
     (tmp_path / "results.json").write_text("old")
     with pytest.raises(PipelineError, match="no task was evaluated"):
-        write_results(tmp_path, {"model": {"name": "m"}, "tasks": {}})
+        write_results(tmp_path, EvalRecord({"name": "m"}, {}, 0, {}, {}))
     assert (tmp_path / "results.json").read_text() == "old"
     fold = {"accuracy": 0.8, "macro_recall": 0.8, "n": 10, "C": 1.0}
-    rec = {"model": {"name": "m"}, "tasks": {"mr": {"protocol": "10-fold CV",
-                                                    "poolings": {"mean": fold_summary([fold], 1.0)}}}}
+    rec = EvalRecord({"name": "m"}, {}, 0, {"mr": {"protocol": "10-fold CV",
+                                                  "poolings": {"mean": fold_summary([fold], 1.0)}}}, {})
     assert write_results(tmp_path, rec) == [tmp_path / "results.json", tmp_path / "results.md"]
     assert '"mr"' in (tmp_path / "results.json").read_text() and "| mr |" in (tmp_path / "results.md").read_text()
 

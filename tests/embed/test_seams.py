@@ -25,7 +25,7 @@ from pipeline.train.stage import train_cache
 from conftest import sentiment_rows, write_csv
 
 TEXTS = ["good fun film", "a dull and slow movie, but the actor is witty", "bad"]
-PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
+PIPELINE = Path(__file__).resolve().parents[2] / "pipeline"
 CPU = EncoderOptions(max_length=32, device="cpu", dtype="fp32")
 
 

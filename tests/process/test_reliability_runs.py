@@ -1,16 +1,16 @@
 """Third reliability round: runs of different settings never share a folder, an edited run record is refused like
 an edited head, and readers racing a writer see one whole version."""
 
-# ruff: noqa: F811 - the fixtures imported from reliability_support are test parameters here
+# ruff: noqa: F811 - the fixtures imported from support.reliability are test parameters here
 
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_support import one_line_error, project, run_folder, tiny_record, ws  # noqa: F401 - fixtures and helpers
 
 from conftest import sentiment_rows, write_csv
+from support.reliability import one_line_error, project, run_folder, tiny_record, ws  # noqa: F401 - fixtures and helpers
 
 # --- records that change predictions without a check ------------------------------------------------------------
 

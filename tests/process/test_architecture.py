@@ -1,13 +1,23 @@
 """The house rules the code's layout promises: registries drive the CLI, typed seams check their schema, the train
 stage never loads torch, and a rerun with nothing to compute reads each shard once."""
 
+import ast
 import json
 import subprocess
 import sys
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import pipeline
+from pipeline.bench.leaderboard import LeaderboardRecord
+from pipeline.bench.long_texts import LongTextsRecord
+from pipeline.bench.models import ModelsRecord
+from pipeline.bench.senteval import EvalRecord
+from pipeline.bench.serve_load import ServeRecord
+from pipeline.bench.speed import SpeedRecord
 from pipeline.cache import EmbeddingCache, Manifest, load_embeddings
 from pipeline.data import load_dataset
 from pipeline.embed.encoder import load_encoder
@@ -15,12 +25,19 @@ from pipeline.embed.pooling import DEFAULT_POOLINGS, POOLINGS, parse_poolings
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.stage import embed_dataset
 from pipeline.errors import PipelineError
+from pipeline.finetune.record import FinetuneRecord
+from pipeline.records import SCHEMA_KEY, JsonRecord
 from pipeline.registry import parse_names, parse_sizes
 from pipeline.train.heads import HEADS
-from pipeline.train.runs import load_run
+from pipeline.train.metrics import Metrics
+from pipeline.train.runs import RunRecord, load_run
 from pipeline.train.stage import train_cache
 
 from conftest import sentiment_rows, write_csv, write_tiny_bert
+
+# Every typed JSON record: the cache's manifest, a run, a fine-tune, metrics, and each bench's result.
+RECORDS = [Manifest, RunRecord, FinetuneRecord, Metrics, SpeedRecord, ServeRecord, LongTextsRecord, EvalRecord,
+           ModelsRecord, LeaderboardRecord]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +72,23 @@ def test_cli_help_and_defaults_come_from_the_registries(run_cli):
     assert ",".join(DEFAULT_POOLINGS) in out.replace("\n", "").replace(" ", "")
     code, out, _ = run_cli("bench", "heads", "--help")
     assert all(name in out for name in HEADS)
+
+
+def test_every_help_that_lists_names_lists_its_registry(run_cli):
+    from pipeline.data.benchmarks import TASKS
+    from pipeline.embed.runtimes import RUNTIMES
+    from pipeline.embed.sources import SOURCES
+    from pipeline.embed.stage import ENGINES
+    from pipeline.finetune.settings import METHODS
+    from pipeline.train.heads import onnx_heads
+
+    for command, names in [(["embed"], [*SOURCES, *RUNTIMES, *POOLINGS]), (["finetune"], [*METHODS, *POOLINGS]),
+                           (["eval"], [*TASKS, *SOURCES]), (["bench", "long-texts"], [*POOLINGS, *HEADS]),
+                           (["bench", "speed"], RUNTIMES), (["bench", "models"], [*SOURCES, *HEADS]),
+                           (["predict"], ENGINES), (["export"], onnx_heads())]:
+        code, out, _ = run_cli(*command, "--help")
+        flat = "".join(out.split())  # click wraps long words at hyphens
+        assert code == 0 and [name for name in names if name not in flat] == [], command
 
 
 @pytest.mark.parametrize("spec, message", [(",", "no pooling given"), ("mean,,meen", "unknown pooling 'meen'"),
@@ -230,3 +264,54 @@ def test_shards_published_from_many_threads_keep_the_umask_and_usual_modes(tmp_p
         assert modes == {0o644} and os.umask(0o022) == 0o022
     finally:
         os.umask(before)
+
+
+# --- every JSON record the product writes is typed and carries its schema version -----------------------------------
+
+# What is written with atomic_write_json / write_record and is not a typed record, and why it may stay so.
+UNTYPED_JSON = {
+    "pipeline/bench/scaling.py": "scaling.json is a list of rows, one per size (scripts read it as a list)",
+    "pipeline/bench/senteval.py": "per-task scores kept to resume an eval, keyed by cache, seed and protocol",
+    "pipeline/embed/runtimes/kept_graphs.py": "graph.json beside a kept OpenVINO graph: a cache, checked by sha256",
+    "pipeline/embed/sources/files.py": "the file-hash memo: a cache with its own `version`, dropped when unknown",
+    "pipeline/embed/sources/packaged.py": "where an unpacked PyPI-packaged model came from: a cache, rebuilt if odd",
+    "pipeline/paths.py": "write_record itself: it writes what its callers pass (checked at their calls)",
+    "pipeline/predict/export.py": "the exported graph's meta for its consumers, versioned by the graph's opset",
+}
+
+
+def _json_writes() -> list[tuple[str, ast.Call]]:
+    """(file, call) for every atomic_write_json / write_record call under pipeline/."""
+    root = Path(pipeline.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(node, "func", None)
+            name = getattr(name, "id", getattr(name, "attr", None))
+            if isinstance(node, ast.Call) and name in ("atomic_write_json", "write_record"):
+                found.append((path.relative_to(root.parent).as_posix(), node))
+    return found
+
+
+def _is_record_json(node: ast.expr) -> bool:
+    """`x.to_json()`, or a dict that spreads one (`{**run.to_json(), "metrics": metrics.to_json()}`)."""
+    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "to_json":
+        return True
+    return isinstance(node, ast.Dict) and any(k is None and _is_record_json(v)
+                                              for k, v in zip(node.keys, node.values, strict=True))
+
+
+def test_every_json_record_written_is_a_typed_record_or_named_with_its_reason():
+    writes = _json_writes()
+    untyped = {file for file, call in writes
+               if not _is_record_json(call.args[1 if getattr(call.func, "id", "") == "atomic_write_json" else 2])}
+    assert untyped == set(UNTYPED_JSON), "write a JsonRecord's to_json(), or name the file here with its reason"
+    assert len(writes) >= 12
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda cls: cls.__name__)
+def test_every_record_is_a_frozen_dataclass_with_its_schema_version(record):
+    assert set(JsonRecord.__subclasses__()) == set(RECORDS), "a new record joins RECORDS"
+    assert issubclass(record, JsonRecord) and record.__dataclass_params__.frozen
+    assert isinstance(record.version(), int) and record.version() >= 1
+    assert SCHEMA_KEY in {f.name for f in fields(record)}

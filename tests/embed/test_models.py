@@ -153,7 +153,7 @@ def test_the_real_cli_prints_exactly_one_line_for_models_that_fail_late(tiny_ber
     for model, pattern in ((unknown, CUSTOM_CODE), (short, "--max-length 128 is out of range: use 2..64")):
         proc = subprocess.run([sys.executable, "-m", "pipeline", "embed", "--data", str(data), "--model", str(model),
                                "--out", str(tmp_path / "emb"), "--no-progress"], capture_output=True, text=True,
-                              env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+                              env=env, cwd=Path(__file__).resolve().parents[2], timeout=300)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert lines[0].startswith("error: ") and __import__("re").search(pattern, lines[0]), lines[0]

@@ -127,7 +127,7 @@ CASES = {
                      "unknown pooling 'meen'.*choose from"),
     "unknown device": (["embed", "--data", "in/good.csv", "--device", "tpu", "--model", M], "unknown --device"),
     "CUDA absent": (["embed", "--data", "in/good.csv", "--device", "cuda", "--model", M], "no CUDA GPU"),
-    "unknown dtype": (["embed", "--data", "in/good.csv", "--dtype", "int8", "--model", M], "unknown --dtype"),
+    "unknown dtype": (["embed", "--data", "in/good.csv", "--dtype", "int4", "--model", M], "unknown --dtype"),
     "unknown runtime": (["embed", "--data", "in/good.csv", "--runtime", "tensorrt", "--model", M],
                         "unknown --runtime 'tensorrt': use auto, torch, openvino"),
     "openvino in fp16": (["embed", "--data", "in/good.csv", "--runtime", "openvino", "--dtype", "fp16", "--model", M],

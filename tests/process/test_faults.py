@@ -67,7 +67,7 @@ def embed_cmd(data: Path, out: Path, model: Path) -> list[str]:
 
 def run(args: list[str], killer: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
     prefix = [sys.executable, "-c", KILLER, *map(str, killer)] if killer else [sys.executable, "-m", "pipeline"]
-    return subprocess.run(prefix + args, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    return subprocess.run(prefix + args, capture_output=True, text=True, cwd=Path(__file__).parents[2])
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Shared by the tests/test_reliability_*.py files (the third reliability round): a project with a trained run on
-the tiny model, and small helpers."""
+"""Shared by the tests/process/test_reliability_*.py files (the third reliability round): a project with a trained run
+on the tiny model, and small helpers."""
 
 import socket
 from pathlib import Path
