@@ -117,6 +117,7 @@ class ShardRecord:
     rows: int
     bytes: int
     sha256: str
+    node: str | None = None  # the Ray node that wrote it (for debugging; not in the key); None on the local engine
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class RunStats:
     computed_shards: list[int]
     texts_per_s: float | None
     tokens_per_s: float | None
+    workers: str | None = None  # who computed the shards, e.g. '2 actors on 2 nodes' (Ray); None in this process
 
 
 @dataclass(frozen=True)

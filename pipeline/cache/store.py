@@ -133,6 +133,11 @@ class EmbeddingCache:
         if self._lease:
             self._lease.renew()
 
+    def adopt(self, index: int, record: ShardRecord) -> None:
+        """The record of a shard another process wrote (a Ray actor), kept as if this object had written it: the
+        manifest then takes it as it is while the file is unchanged, instead of reading the shard back to hash it."""
+        self._written[index] = (stamp(self.shard_path(index)), record)
+
     def drop_manifest(self) -> None:
         """Before shards change, the old manifest must go: it would vouch for files that no longer match it."""
         self.manifest_path.unlink(missing_ok=True)

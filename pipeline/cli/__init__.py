@@ -23,6 +23,7 @@ from pipeline.cli.options import (
     model_option,
     pooling_option,
     progress_option,
+    ray_pool_options,
 )
 from pipeline.cli.serve import serve
 from pipeline.cli.use import export, predict
@@ -47,14 +48,15 @@ def cli() -> None:
 @click.option("--engine", default="local", show_default=True, cls=LazyHelpOption, help_text=engines_help(""))
 @click.option("--ray-address", default=None, envvar="RAY_ADDRESS",
               help="Join this Ray cluster (or set RAY_ADDRESS); default: start a local Ray quietly.")
+@ray_pool_options
 @progress_option
-def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, progress) -> None:
+def embed(data, model, pooling, options, shard_rows, out, engine, ray_address, pool, progress) -> None:
     """Stage one: embed every text and cache the chosen poolings (one forward pass for all of them)."""
     from pipeline.embed.aggregate import parse_pooling_names
     from pipeline.embed.stage import embed as embed_stage
 
     result = embed_stage(data, model, parse_pooling_names(pooling), out, options, shard_rows, engine, ray_address,
-                         progress)
+                         progress, pool)
     click.echo(summary_line(result))
     _warn_cut(result.manifest)
 
@@ -91,6 +93,7 @@ def train(data, model, cache, pooling, head, embeddings, out, progress) -> None:
 def summary_line(result) -> str:
     m, run = result.manifest, result.manifest.last_run
     speed = (f"{run.seconds:.1f}s, {run.texts_per_s:.0f} texts/s, {run.tokens_per_s:.0f} tokens/s"
+             f"{f' by {run.workers}' if run.workers else ''}"
              if run.computed_rows else "nothing to compute (cache reused)")
     return (f"embedded {m.rows} rows ({run.computed_rows} computed, {m.rows - run.computed_rows} reused), "
             f"{m.tokens} tokens, {_reading(m)}; {speed}; "

@@ -232,3 +232,25 @@ def find_cache(embeddings, data, model: str):
     ds, identity = data.load(), resolve_model(model).identity
     model_arg = "" if model == "default" else f" MODEL={model}"
     return require_cache(embeddings, ds.name, ds.fingerprint, identity, f"make embed {data.make_args()}{model_arg}")
+
+
+def ray_pool_options(func):
+    """--ray-actors and --ray-cpus-per-actor, handed to the command as `pool: RayPool` (used by --engine ray)."""
+    options = [
+        click.option("--ray-actors", default=None, metavar="N|MIN-MAX",
+                     help="--engine ray: N actors, or autoscale between MIN and MAX [default: as many as the "
+                          "cluster's CPUs fit, GPUs one each]."),
+        click.option("--ray-cpus-per-actor", default=None, type=click.IntRange(min=1),
+                     help="--engine ray: CPUs each actor asks for [default: the smallest node's CPUs, so one actor "
+                          "per node]; no node may have fewer than this for an actor to start there."),
+    ]
+
+    @functools.wraps(func)
+    def wrapper(*args, ray_actors, ray_cpus_per_actor, **kwargs):
+        from pipeline.embed.remote import RayPool, parse_actors
+
+        return func(*args, pool=RayPool(*parse_actors(ray_actors), ray_cpus_per_actor), **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

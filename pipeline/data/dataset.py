@@ -1,6 +1,7 @@
 """A labelled text data set as the pipeline sees it: ids, texts, integer labels with names, and a split per row."""
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,14 +51,38 @@ class ColumnSpec:
     split: str | None = None
 
 
+RANGE_ROWS = 131_072  # rows per hashed range: data up to this size keeps the one-range fingerprint it always had
+
+
 def _fingerprint(ds: Dataset) -> str:
     """A hash of everything about the rows that changes the cached vectors or their meaning."""
+    rows = zip(ds.ids, ds.texts, ds.labels.tolist(), ds.splits.tolist(), strict=True)
+    return combine_ranges([range_digest(ds.label_names, chunk) for chunk in _ranges(rows, len(ds))])
+
+
+def range_digest(label_names: list[str], rows) -> str:
+    """sha256 of one range of rows, each (id, text, label, split), after the label names: the unit that the Ray
+    engine's tasks hash on the cluster, so the driver never sees the texts."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(ds.label_names).encode())
-    for row in zip(ds.ids, ds.texts, ds.labels.tolist(), ds.splits.tolist(), strict=True):
+    digest.update(json.dumps(label_names).encode())
+    for row in rows:
         digest.update(json.dumps(row, ensure_ascii=False).encode())
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def combine_ranges(digests: list[str]) -> str:
+    """The data fingerprint from its ranges' digests, in order: one range is its own digest (so every cache key of
+    data up to RANGE_ROWS rows is the one it had before ranges existed), more are hashed together."""
+    if len(digests) == 1:
+        return digests[0]
+    return hashlib.sha256(("ranges\n" + "\n".join(digests)).encode()).hexdigest()
+
+
+def _ranges(rows, n: int):
+    """`rows` (an iterator) cut into RANGE_ROWS-row lists; one (possibly empty) range at least."""
+    for _ in range(max(1, -(-n // RANGE_ROWS))):
+        yield [(i, t, lab, s) for i, t, lab, s in itertools.islice(rows, RANGE_ROWS)]
 
 
 def load_dataset(path: Path, cols: ColumnSpec = ColumnSpec(), test_size: float = 0.2, seed: int = 0,
@@ -101,20 +126,21 @@ def _looks_like_data(column_name: str) -> bool:
     return " " in column_name.strip() or column_name.strip().lstrip("-").isdigit()
 
 
-def _texts(table: Columns, column: str, path: Path) -> list[str]:
+def _texts(table: Columns, column: str, path: Path, first_row: int = 0) -> list[str]:
     """The text column, all non-empty strings. Numbers, bytes and lists are refused, not converted: in a typed
     format they mean the wrong column was picked or the texts were stored wrongly, and str() of them would make
-    the data's fingerprint depend on how a number or list happens to print."""
+    the data's fingerprint depend on how a number or list happens to print. `first_row`: where the table starts in
+    the file (a Ray block), for the row numbers of the messages."""
     values = _column(table, column, path, "text")
     typed = next(((i, v) for i, v in enumerate(values) if not isinstance(v, str) and not is_missing(v)), None)
     if typed:
         row, value = typed
         raise PipelineError(f"text column '{column}' of {path} holds {stored_type(path, column, value)} "
-                            f"(data row {row + 1}), not strings: store the texts as strings "
+                            f"(data row {first_row + row + 1}), not strings: store the texts as strings "
                             "(decode bytes, join lists), or pick the text column with --text-col")
     bad = [i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()]
     if bad:
-        rows = ", ".join(str(i + 1) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        rows = ", ".join(str(first_row + i + 1) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise PipelineError(f"{len(bad)} empty or whitespace-only text(s) in column '{column}' of {path} "
                             f"(data rows {rows}): remove or fill them")
     return list(values)
@@ -135,9 +161,7 @@ def encode_labels(values: list, column: str = "label") -> tuple[np.ndarray, list
                             "give one label per row, as a word or an integer")
     missing = [i for i, v in enumerate(values) if is_missing(v)]
     if missing:
-        rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise PipelineError(f"{len(missing)} missing label(s) in column '{column}' (data rows {rows}): "
-                            "label every row or drop the unlabelled ones")
+        refuse_missing_labels(missing, column)
     numeric = [_as_int(v) for v in values]
     if all(n is not None for n in numeric):
         names = [str(n) for n in sorted(set(numeric))]
@@ -152,6 +176,13 @@ def encode_labels(values: list, column: str = "label") -> tuple[np.ndarray, list
         names = sorted(set(keys))
     index = {name: i for i, name in enumerate(names)}
     return np.array([index[k] for k in keys], dtype=np.int64), names
+
+
+def refuse_missing_labels(missing: list[int], column: str) -> None:
+    """`missing`: the 0-based rows without a label, in file order."""
+    rows = ", ".join(str(i + 1) for i in missing[:5]) + (" ..." if len(missing) > 5 else "")
+    raise PipelineError(f"{len(missing)} missing label(s) in column '{column}' (data rows {rows}): "
+                        "label every row or drop the unlabelled ones")
 
 
 def _as_int(value: object) -> int | None:
@@ -200,20 +231,29 @@ def _require_train_rows(splits: np.ndarray, column: str) -> None:
 def auto_split(texts: list[str], labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
     """A seeded, stratified train/test split in which identical texts always share a split (no leakage).
     scikit-learn is imported here, not at the top: it is a second of start-up that predicting never needs."""
-    from sklearn.model_selection import train_test_split
-
     if not 0 < test_size < 1:
         raise PipelineError(f"--test-size must be between 0 and 1, got {test_size}")
-    first_label = {}
-    for text, label in zip(texts, labels.tolist(), strict=True):
-        first_label.setdefault(text, label)
-    unique_texts, unique_labels = list(first_label), list(first_label.values())
-    n_test = int(np.ceil(test_size * len(unique_texts)))
-    if len(unique_texts) < 2 or n_test >= len(unique_texts):
-        raise PipelineError(f"too few distinct texts ({len(unique_texts)}) to hold out a test split: "
+    return split_by_keys(np.asarray(texts, dtype=object), labels, test_size, seed)
+
+
+def split_by_keys(keys: np.ndarray, labels: np.ndarray, test_size: float, seed: int) -> np.ndarray:
+    """auto_split over any per-row key that is equal exactly when the texts are (the texts, or digests of them, as
+    the Ray engine's driver holds): the split depends only on the distinct keys' first-seen order and labels.
+    scikit-learn is imported here, not at the top: it is a second of start-up that predicting never needs."""
+    from sklearn.model_selection import train_test_split
+
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # distinct keys in the order their text first appears
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    unique_labels = labels[first[order]].tolist()
+    n_test = int(np.ceil(test_size * len(order)))
+    if len(order) < 2 or n_test >= len(order):
+        raise PipelineError(f"too few distinct texts ({len(order)}) to hold out a test split: "
                             "add rows, or give a split column with --split-col")
     counts = np.bincount(unique_labels)
     stratify = unique_labels if counts[counts > 0].min() >= 2 and n_test >= len(set(unique_labels)) else None
-    _, test_texts = train_test_split(unique_texts, test_size=test_size, random_state=seed, stratify=stratify)
-    test_set = set(test_texts)
-    return np.array(["test" if t in test_set else "train" for t in texts], dtype=object)
+    _, test_rows = train_test_split(np.arange(len(order)), test_size=test_size, random_state=seed, stratify=stratify)
+    is_test = np.zeros(len(order), dtype=bool)
+    is_test[test_rows] = True
+    return np.where(is_test[position[inverse.ravel()]], "test", "train").astype(object)

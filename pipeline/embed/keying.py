@@ -52,8 +52,15 @@ def keyed(encoder: Encoder, ds: Dataset, embeddings: Location, spans: Spans, kee
     chunks = _read(encoder, ds, spans) if keep else {}
     lengths = np.concatenate([_whole_counts(encoder, ds.texts[a:b], chunks.get(i)) for i, (a, b) in enumerate(spans)]
                              or [np.zeros(0, dtype=np.int64)])
+    return from_counts(encoder, lengths, spans, chunks)
+
+
+def from_counts(encoder: Encoder, lengths: np.ndarray, spans: Spans | None = None,
+                chunks: dict[int, Chunk] | None = None) -> Keyed:
+    """How texts with these whole token counts are cached (the Ray engine's read tasks count them on the cluster)."""
+    added = sum(windows.specials(encoder.fast_tokenizer))
     info = windows.long_texts(lengths, encoder.max_length, encoder.reading, added)
-    return Keyed(windows.keyed(encoder.settings(), encoder.reading, lengths, added), info, spans, chunks)
+    return Keyed(windows.keyed(encoder.settings(), encoder.reading, lengths, added), info, spans or [], chunks or {})
 
 
 def _recorded(encoder: Encoder, ds: Dataset, embeddings: Location, added: int, spans: Spans) -> Keyed | None:

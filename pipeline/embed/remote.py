@@ -3,13 +3,36 @@
 tells an unreachable or mistyped address apart in seconds, before Ray is started."""
 
 import os
+import re
 import socket
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from pipeline.errors import PipelineError
 
 CONNECT_TIMEOUT_S = 5.0
 LOCAL = {"", "auto", "local"}  # Ray finds or starts a cluster on this machine itself
+
+
+@dataclass(frozen=True)
+class RayPool:
+    """The actor pool asked for: between `min_actors` and `max_actors` actors of `cpus_per_actor` CPUs each; None
+    means "from the cluster's resources" (one actor per node's worth of CPUs, GPUs one each)."""
+
+    min_actors: int | None = None
+    max_actors: int | None = None
+    cpus_per_actor: int | None = None
+
+
+def parse_actors(text: str | None) -> tuple[int | None, int | None]:
+    """--ray-actors: 'N' (a fixed pool) or 'MIN-MAX' (autoscaling between them)."""
+    if text is None:
+        return None, None
+    match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
+    low, high = (int(match.group(1)), int(match.group(2) or match.group(1))) if match else (0, 0)
+    if not match or low < 1 or high < low:
+        raise PipelineError(f"--ray-actors {text!r} is not N or MIN-MAX with 1 <= MIN <= MAX, e.g. 4 or 2-8")
+    return low, high
 
 
 def check_ray_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:

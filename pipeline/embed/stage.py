@@ -25,13 +25,14 @@ from pipeline.embed import windows
 from pipeline.embed.aggregate import AGGREGATIONS, Fan, Gather, split_name
 from pipeline.embed.calibration import calibrated
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.keying import Keyed, keyed
+from pipeline.embed.keying import Keyed, from_counts, keyed
 from pipeline.embed.pooling import POOLINGS
+from pipeline.embed.remote import RayPool
 from pipeline.embed.settings import EncoderOptions
 from pipeline.embed.shards import Spans, run_local
 from pipeline.embed.sources.files import package_version
 from pipeline.errors import PipelineError
-from pipeline.storage import Location, ensure_writable, require_local
+from pipeline.storage import Location, ensure_writable
 
 DEFAULT_SHARD_ROWS = 4096
 ENGINES = {"local": "this process", "ray": "a Ray Data actor pool (pip install 'bert-pipeline[distributed]')"}
@@ -45,33 +46,38 @@ class EmbedResult:
     computed_shards: list[int]
 
 
-Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], None]
+Runner = Callable[[Dataset, Encoder, EmbeddingCache, Spans, dict, bool], str | None]  # returns who worked, if not here
 
 
 def embed(data: DataSpec, model: str, poolings: list[str], out: Location, options: EncoderOptions = EncoderOptions(),
           shard_rows: int = DEFAULT_SHARD_ROWS, engine: str = "local", ray_address: str | None = None,
-          progress: bool = True) -> EmbedResult:
+          progress: bool = True, pool: RayPool = RayPool()) -> EmbedResult:
     """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
-    file is read by Ray Data and the shards computed by actors, all in one Ray session."""
-    with engine_session(engine, out, ray_address) as (reader, runner):
-        ds = data.load(reader)
+    file is read, checked and fingerprinted by Ray tasks and the shards computed by actors, in one Ray session."""
+    with engine_session(engine, out, ray_address, pool) as (reader, runner, cluster_rows):
+        ds = None if cluster_rows else data.load(reader)
         ensure_writable(out)
-        return embed_dataset(ds, Encoder(options.resolve(model)), poolings, out, shard_rows, progress, runner)
+        encoder = Encoder(options.resolve(model))
+        ds, lengths = cluster_rows(data, encoder) if cluster_rows else (ds, None)
+        known = None if lengths is None else from_counts(encoder, lengths)
+        return embed_dataset(ds, encoder, poolings, out, shard_rows, progress, runner, known)
 
 
 @contextmanager
-def engine_session(engine: str, out: Location, ray_address: str | None) -> Iterator[tuple[Callable, Runner | None]]:
-    """The table reader and shard runner of an engine, inside its session (Ray is imported only for 'ray'); the
-    local runner is None: embed_dataset runs shards in this process, from the chunks keying already read."""
+def engine_session(engine: str, out: Location, ray_address: str | None,
+                   pool: RayPool = RayPool()) -> Iterator[tuple[Callable, Runner | None, Callable | None]]:
+    """The table reader, shard runner and (Ray) row loader of an engine, inside its session (Ray is imported only
+    for 'ray'); the local runner is None: embed_dataset runs shards in this process, from the chunks keying already
+    read."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
     if engine == "local":
-        yield read_table, None
+        yield read_table, None, None
         return
     from pipeline.embed import ray_engine
 
-    with ray_engine.ray_session(require_local(out, "--out of --engine ray"), ray_address):
-        yield ray_engine.read_table_ray, ray_engine.run_actors
+    with ray_engine.ray_session(out, ray_address):
+        yield ray_engine.read_table_ray, partial(ray_engine.run_actors, pool=pool), ray_engine.load_rows
 
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,
@@ -96,13 +102,14 @@ def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings
         spans = spans_of(len(ds), shard_rows)
         verified, listed = verified_shards(store, key, [b - a for a, b in spans])
         target, todo = _plan(store, ds, spans, poolings, verified, listed)
-        started = time.perf_counter()
+        started, workers = time.perf_counter(), None
         if todo:
             store.drop_manifest()
-            (runner or partial(run_local, read=known.chunks if known.spans == spans else {}))(
+            workers = (runner or partial(run_local, read=known.chunks if known.spans == spans else {}))(
                 ds, encoder, store, spans, todo, progress)
         kept = {i: record for i, record in verified.items() if i not in todo}
-        manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started)
+        manifest = _manifest(ds, encoder, store, spans, target, key, todo, kept, time.perf_counter() - started,
+                             workers)
         manifest = replace(manifest, encoder=known.settings, long_texts=known.long_texts, int8=int8)
         store.write_manifest(manifest)
     computed = sum(spans[i][1] - spans[i][0] for i in todo)
@@ -151,14 +158,14 @@ def embed_aggregations(encoder: Encoder, texts: list[str], pooling: str, aggrega
 
 
 def _manifest(ds: Dataset, encoder: Encoder, store: EmbeddingCache, spans: Spans, poolings: list[str], key: str,
-              todo: dict, kept: dict[int, ShardRecord], seconds: float) -> Manifest:
+              todo: dict, kept: dict[int, ShardRecord], seconds: float, workers: str | None) -> Manifest:
     """The finished cache's record; shards kept from the previous manifest keep their records (no rehash)."""
     config = encoder.config
     counts = [_token_counts(store, i) for i in range(len(spans))]
     shards = [kept.get(i) or store.shard_record(i, b - a) for i, (a, b) in enumerate(spans)]
     rows, new_tokens = sum(spans[i][1] - spans[i][0] for i in todo), sum(counts[i][0] for i in todo)
     run = RunStats(seconds, rows, new_tokens, sorted(todo), rows / seconds if rows else None,
-                   new_tokens / seconds if rows else None)
+                   new_tokens / seconds if rows else None, workers)
     return Manifest(
         name=store.path.name, key=key, created=datetime.now(timezone.utc).isoformat(),
         data=DataInfo(ds.name, ds.fingerprint, ds.split_origin, ds.split_counts()),

@@ -85,7 +85,7 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
         every = [*filter(None, written), *report_paths(output)[2:]]
         refuse_overwriting_input(input_path, every)
         refuse_run_files(clf.path, clf.run.record.model_ref, every, "--output")
-    with engine_session(engine, embeddings, ray_address) as (reader, runner):
+    with engine_session(engine, embeddings, ray_address) as (reader, runner, _):
         columns = reader(input_path)
         texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
         _refuse_clashes(columns, clf.label_names, input_path)

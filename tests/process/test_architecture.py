@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pipeline
+from pipeline.bench.driver_memory import DriverMemoryRecord
 from pipeline.bench.leaderboard import LeaderboardRecord
 from pipeline.bench.long_texts import LongTextsRecord
 from pipeline.bench.models import ModelsRecord
@@ -37,7 +38,7 @@ from conftest import sentiment_rows, write_csv, write_tiny_bert
 
 # Every typed JSON record: the cache's manifest, a run, a fine-tune, metrics, and each bench's result.
 RECORDS = [Manifest, RunRecord, FinetuneRecord, Metrics, SpeedRecord, ServeRecord, LongTextsRecord, EvalRecord,
-           ModelsRecord, LeaderboardRecord]
+           ModelsRecord, LeaderboardRecord, DriverMemoryRecord]
 
 
 @pytest.fixture(scope="module")

@@ -136,13 +136,6 @@ def test_rejected_credentials_are_one_line(run_cli, data, tiny_bert, s3, monkeyp
     assert "denied" in err and "the key or secret is wrong" in err and "AWS_SECRET_ACCESS_KEY" in err
 
 
-def test_the_ray_engine_refuses_an_object_store_cache_for_now(run_cli, data, tiny_bert, s3):
-    _, remote_data = data
-    err, _ = one_line_error(run_cli, *embed_args(tiny_bert, remote_data, f"s3://{BUCKET}/ray"), "--engine", "ray")
-    assert "--out of --engine ray cannot be on object storage yet" in err
-    assert not [name for name in s3.objects(BUCKET) if "/ray/" in name]
-
-
 @pytest.mark.parametrize("detail, fix", [
     ("When initiating multiple part upload for key 'y' in bucket 'b': AWS Error NO_SUCH_BUCKET during "
      "CreateMultipartUpload operation: The specified bucket does not exist", "the bucket of s3://b/y does not exist"),
