@@ -67,6 +67,8 @@ def parse_pooling_names(spec: str) -> list[str]:
     """--pooling: registry names or 'all', `P@A` (pooling P, long texts' windows folded by aggregation A, e.g.
     mean@head_tail), and `windows` (mean@A for every other aggregation A). Each part is checked; unknown ones are
     refused with the known names."""
+    if not any(part.strip() for part in spec.split(",")):
+        parse_poolings(spec)  # nothing named: refused with the known names
     names = parse_names(spec, None, "pooling")
     plain = [n for n in names if "@" not in n and n != WINDOWS]
     found = parse_poolings(plain) if plain else []

@@ -44,6 +44,12 @@ class Finished:
         return lines[0]
 
 
+def _ctrl_c_as_on_a_terminal() -> None:
+    """A shell's background job starts with SIGINT ignored, and Python keeps it so: give the child the default, as
+    a terminal's foreground command has, so that the Ctrl-C tests test the program and not how pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Process:
     """One console-script process whose output is read as it comes, with the time of the last byte."""
 
@@ -51,7 +57,8 @@ class Process:
         self.started = time.monotonic()
         self.last_output = self.started
         self.proc = subprocess.Popen([str(CLI), *map(str, args)], cwd=cwd, env=env, stdout=stdout,
-                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                                     stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_ctrl_c_as_on_a_terminal)
         self.chunks = {"out": [], "err": []}
         self.readers = [threading.Thread(target=self._read, args=(stream, name), daemon=True)
                         for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")) if stream]
