@@ -124,6 +124,9 @@ cli.add_command(export)
 cli.add_command(serve)
 
 
+INTERRUPTED = "error: interrupted; finished shards are kept, run the same command to resume"
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2; no tracebacks for them."""
     try:
@@ -131,7 +134,7 @@ def main() -> None:
     except PipelineError as exc:
         _fail(f"error: {exc}", 2)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        _fail("error: interrupted; finished shards are kept, run the same command to resume", 130)
+        _fail(INTERRUPTED, 130)
     except click.ClickException as exc:
         _fail(f"error: {exc.format_message()} (see --help)", exc.exit_code or 2)
     except BrokenPipeError:  # the reader stopped early (`| head`): nothing to say, and nothing more to write
@@ -141,6 +144,19 @@ def main() -> None:
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"error: cannot write{where}: {exc.strerror or exc}; free disk space or fix permissions, then run the "
               "same command (finished work is kept)", 1)
+    except Exception as exc:  # Ctrl-C inside a module's import surfaces as that import's error (e.g. ImportError)
+        if not _caused_by_interrupt(exc):
+            raise
+        _fail(INTERRUPTED, 130)
+
+
+def _caused_by_interrupt(exc: BaseException | None) -> bool:
+    """Whether a KeyboardInterrupt is somewhere in the chain of exceptions that led to `exc`."""
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _fail(line: str, code: int) -> None:
