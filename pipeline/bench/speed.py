@@ -214,12 +214,12 @@ def speed_benchmark(ds: Dataset, ref: ModelRef, options: EncoderOptions = Encode
                model_flops(rows, encoder.model.config))
     ours_mean = embed_texts(encoder, texts, ["mean"])["mean"]
     profile = profile_embed(ds, encoder, list(DEFAULT_POOLINGS))
-    record = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
+    speed = speed_record(results, ours_mean, st_vectors, encoder, peaks, len(texts), int(lengths.sum()), profile)
     if int8 is not None:
         fields = int8_fields(embed_texts(int8, texts, ["mean"])["mean"], st_vectors, results["ours_int8"]["seconds"],
                              results["ours_all"]["seconds"])
-        record = replace(record, **fields, fraction_of_int8_peak=results["ours_int8"]["gflops"] / peaks["int8"])
-    return record
+        speed = replace(speed, **fields, fraction_of_int8_peak=results["ours_int8"]["gflops"] / peaks["int8"])
+    return speed
 
 
 def long_documents(texts: list[str], lengths: np.ndarray, target: int = LONG_DOC_TOKENS) -> list[str]:
