@@ -23,9 +23,8 @@ import numpy as np
 
 from pipeline.cache import EmbeddingCache, ShardRecord
 from pipeline.data import DEMO_NAME, Dataset, DataSpec
-from pipeline.data.tables import Columns
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.ray_rows import Block, ClusterRows, RowNumbers, cluster_rows, read_blocks, texts_of
+from pipeline.embed.ray_rows import Block, ClusterRows, RowNumbers, cluster_rows, texts_of
 from pipeline.embed.remote import RayPool, check_ray_address
 from pipeline.embed.runtimes import runtime_supported
 from pipeline.embed.settings import EncoderConfig
@@ -89,26 +88,15 @@ def ray_session(root: Location, address: str | None = None) -> Iterator[None]:
 def load_rows(spec: DataSpec, encoder: Encoder) -> tuple["Dataset | ClusterRows", np.ndarray | None]:
     """The rows to embed and, for a file read on the cluster, every text's whole token count (counted there). The
     built-in demo set and benchmark folders are small and local: they are read here, as the local engine does; so is
-    the file of a --dtype int8 run, which is calibrated here on its train texts before any actor starts."""
+    the file of a --dtype int8 run still to calibrate, which is calibrated here on its train texts before any actor
+    starts. A spec without a label column (predict's input) gives the texts alone."""
     path = location(spec.data) if spec.data != DEMO_NAME else None
-    if path is None or (isinstance(path, Path) and path.is_dir()) or encoder.config.calibration is not None:
+    calibration = encoder.config.calibration
+    if path is None or (isinstance(path, Path) and path.is_dir()) or (calibration and calibration.graph is None):
         return spec.load(), None
     rows, lengths = cluster_rows(path, spec.columns, spec.test_size, spec.seed, encoder.config.model.spec,
                                  task_options())
     return rows, lengths
-
-
-def read_table_ray(path: Location) -> Columns:
-    """A whole table on the driver, read by Ray Data (predict's input: its columns are written back out)."""
-    import pyarrow as pa
-    import ray
-
-    from pipeline.data import ColumnSpec
-
-    table = pa.concat_tables(ray.get(read_blocks(location(path), ColumnSpec(text="", label=""))))
-    if table.num_rows == 0:
-        raise PipelineError(f"data file has no rows: {path}")
-    return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def task_options() -> dict:
@@ -181,7 +169,7 @@ def _bounds(pool: RayPool, fit: int, shards: int) -> tuple[int, int]:
 
 
 def _put(ds: Dataset, block_rows: int = 4096) -> ClusterRows:
-    """A data set already in this process (predict's input, the demo set) into the object store, by blocks."""
+    """A data set already in this process (the demo set, a benchmark folder) into the object store, by blocks."""
     import pyarrow as pa
     import ray
 
