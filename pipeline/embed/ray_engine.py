@@ -199,17 +199,18 @@ def _start_ray(address: str | None):
     """Join `address` (or RAY_ADDRESS), else start a quiet local Ray; says whether this call started it."""
     try:
         import ray
+        import ray.data  # sets its loggers' levels when imported: quieted below, after that
     except ImportError:
         raise PipelineError("--engine ray needs Ray: pip install 'bert-pipeline[distributed]' "
                             "(or make embed ENGINE=ray)") from None
+    for name in ("ray", "ray.data"):  # a Ray already running in this process too: its read tasks log progress
+        logging.getLogger(name).setLevel(logging.ERROR)
     if address is not None:  # asked for by name: refused at once if nothing answers there, even beside a running Ray
         check_ray_address(address)
     if ray.is_initialized():
         return ray, False
     target = address or os.environ.get("RAY_ADDRESS")
     check_ray_address(target)
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)
