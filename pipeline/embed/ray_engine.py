@@ -124,8 +124,8 @@ def run_actors(ds: "Dataset | ClusterRows", encoder: Encoder, store: EmbeddingCa
     shared = ray.put((rows.labels, rows.splits, None if isinstance(rows.ids, RowNumbers) else list(rows.ids)))
     results = ray.data.from_items([{"shard": i} for i in sorted(todo)], override_num_blocks=len(todo)).map_batches(
         ShardEmbedder, batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(min_size=low, max_size=high),
-        fn_constructor_kwargs={"config": config.to_json(), "cache": str(store.path), "todo": todo, "spans": spans,
-                               "blocks": rows.blocks, "column": rows.text_col, "rows": [shared]},
+        fn_constructor_kwargs={"config": config.to_json(), "cache": str(_whole(store.path)), "todo": todo,
+                               "spans": spans, "blocks": rows.blocks, "column": rows.text_col, "rows": [shared]},
         **per_actor, **task_options(),  # Ray Data restarts a dead actor and retries its shard (max_restarts -1)
     ).take_all()
     for result in results:
@@ -136,6 +136,11 @@ def run_actors(ds: "Dataset | ClusterRows", encoder: Encoder, store: EmbeddingCa
         raise PipelineError(f"Ray wrote shards {written} but {sorted(todo)} were due: run the same command again")
     actors, nodes = len({r["actor"] for r in results}), len({r["node"] for r in results})
     return f"{actors} actor{'s' * (actors != 1)} on {nodes} node{'s' * (nodes != 1)}"
+
+
+def _whole(path: Location) -> Location:
+    """A local cache folder as an absolute path: the actors run in other folders (a cluster's workers in theirs)."""
+    return path.resolve() if isinstance(path, Path) else path
 
 
 def _pool(config: EncoderConfig, pool: RayPool, shards: int) -> tuple[EncoderConfig, dict, tuple[int, int]]:
