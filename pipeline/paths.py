@@ -8,9 +8,10 @@ import re
 import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -32,7 +33,16 @@ def safe_name(name: str, max_len: int = 60) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """The one writer of every output file: readers never see half a file, and a failure changes nothing.
+    """The one writer of every output file: readers never see half a file, and a failure changes nothing (see
+    `atomic_writer`)."""
+    with atomic_writer(path) as handle:
+        handle.write(data)
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes appear at `path` all at once when the block ends, or not at all if it fails, so
+    that a large output can be written piece by piece (predict streams its rows) with the same promise.
 
     Why each case: a regular file (or a new path) is replaced through a temp file and a rename, so a crash or a full
     disk leaves the old file whole; a device, FIFO or socket (/dev/null, /dev/stdout) is written in place, since a
@@ -45,10 +55,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         kind = _existing_kind(path)
         if kind == "folder":
             raise PipelineError(f"{path} is a folder: give a file name (a path inside it or elsewhere)")
-        if kind == "stream":
-            _write_in_place(path, data)
-        else:
-            _replace_file(path.resolve() if path.is_symlink() else path, data)
+        target = path.resolve() if path.is_symlink() else path
+        with _in_place(path) if kind == "stream" else _replacing(target) as handle:
+            yield handle
     except OSError as exc:
         raise PipelineError(_write_error(path, exc)) from None
 
@@ -65,19 +74,21 @@ def _existing_kind(path: Path) -> str:
     return "file" if stat.S_ISREG(mode) else "stream"
 
 
-def _write_in_place(path: Path, data: bytes) -> None:
+@contextmanager
+def _in_place(path: Path) -> Iterator[BinaryIO]:
     """Write to something that is not a regular file, without O_CREAT: if it vanished, fail rather than make a file."""
     fd = os.open(path, os.O_WRONLY)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+        yield handle
 
 
-def _replace_file(path: Path, data: bytes) -> None:
+@contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
     """Temp file in the same folder, fsync, rename over `path`; the temp file never outlives a failure."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         publish(Path(tmp), path)

@@ -83,11 +83,11 @@ def _predict_file(clf, input_path, output, text_col, label_col, embeddings, engi
                           progress)
     table = result.table
     _say_reading(result.cache)
-    if output is None:
+    if table is not None:  # no --output: printed
         _print(clf, table.column(text_col).to_pylist(), _proba(table, clf.label_names))
         return
-    reused = table.num_rows - result.computed_rows
-    click.echo(f"wrote {table.num_rows} predictions to {output} ({result.computed_rows} texts embedded, {reused} "
+    reused = result.rows - result.computed_rows
+    click.echo(f"wrote {result.rows} predictions to {output} ({result.computed_rows} texts embedded, {reused} "
                f"reused from the cache {result.cache})")
     if result.metrics is not None:
         m = result.metrics
@@ -108,7 +108,7 @@ def _say_reading(cache: Path) -> None:
 def _proba(table, names: list[str]):
     import numpy as np
 
-    from pipeline.predict.stage import PROBA_PREFIX
+    from pipeline.predict.stream import PROBA_PREFIX
 
     return np.column_stack([table.column(PROBA_PREFIX + n).to_numpy() for n in names])
 

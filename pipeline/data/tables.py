@@ -6,7 +6,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -83,24 +83,33 @@ def _decode(path: Path, fmt: str) -> str:
 
 
 def _read_delimited(path: Path, text: str, delimiter: str) -> Columns:
-    """Every row must have the header's number of fields: an extra one is an unquoted delimiter inside a text, which
-    would otherwise cut the text short silently."""
+    rows = delimited_rows(path, io.StringIO(text, newline=""), delimiter)
+    header = next(rows)
+    columns: Columns = {name: [] for name in header if name}
+    for row in rows:
+        for name, value in zip(header, row, strict=True):
+            if name:
+                columns[name].append(value)
+    return columns
+
+
+def delimited_rows(path: Path, lines: Iterable[str], delimiter: str) -> Iterator[list[str]]:
+    """The header (names stripped), then every non-blank row, from `lines` as they are read (predict streams a
+    large file this way). Every row must have the header's number of fields: an extra one is an unquoted delimiter
+    inside a text, which would otherwise cut the text short silently."""
     csv.field_size_limit(CSV_FIELD_LIMIT)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    reader = csv.reader(lines, delimiter=delimiter)
     kind = "TSV" if delimiter == "\t" else "CSV"
     try:
         records = _records(reader)
         header = _header(path, records, delimiter)
-        columns: Columns = {name: [] for name in header if name}
+        yield header
         for start, row in records:
             if len(row) != len(header):
                 raise PipelineError(_field_count_message(path, start, reader.line_num, len(row), len(header), kind))
-            for name, value in zip(header, row, strict=True):
-                if name:
-                    columns[name].append(value)
+            yield row
     except csv.Error as exc:
         raise PipelineError(f"cannot parse {path} as {kind} (line {reader.line_num}): {exc}") from None
-    return columns
 
 
 def _records(reader: "Reader") -> Iterator[tuple[int, list[str]]]:

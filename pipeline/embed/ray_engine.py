@@ -23,9 +23,8 @@ import numpy as np
 
 from pipeline.cache import EmbeddingCache, ShardRecord
 from pipeline.data import DEMO_NAME, Dataset, DataSpec
-from pipeline.data.tables import Columns
 from pipeline.embed.encoder import Encoder
-from pipeline.embed.ray_rows import Block, ClusterRows, RowNumbers, cluster_rows, read_blocks, texts_of
+from pipeline.embed.ray_rows import Block, ClusterRows, RowNumbers, cluster_rows, texts_of
 from pipeline.embed.remote import RayPool, check_ray_address
 from pipeline.embed.runtimes import runtime_supported
 from pipeline.embed.settings import EncoderConfig
@@ -89,26 +88,15 @@ def ray_session(root: Location, address: str | None = None) -> Iterator[None]:
 def load_rows(spec: DataSpec, encoder: Encoder) -> tuple["Dataset | ClusterRows", np.ndarray | None]:
     """The rows to embed and, for a file read on the cluster, every text's whole token count (counted there). The
     built-in demo set and benchmark folders are small and local: they are read here, as the local engine does; so is
-    the file of a --dtype int8 run, which is calibrated here on its train texts before any actor starts."""
+    the file of a --dtype int8 run still to calibrate, which is calibrated here on its train texts before any actor
+    starts. A spec without a label column (predict's input) gives the texts alone."""
     path = location(spec.data) if spec.data != DEMO_NAME else None
-    if path is None or (isinstance(path, Path) and path.is_dir()) or encoder.config.calibration is not None:
+    calibration = encoder.config.calibration
+    if path is None or (isinstance(path, Path) and path.is_dir()) or (calibration and calibration.graph is None):
         return spec.load(), None
     rows, lengths = cluster_rows(path, spec.columns, spec.test_size, spec.seed, encoder.config.model.spec,
                                  task_options())
     return rows, lengths
-
-
-def read_table_ray(path: Location) -> Columns:
-    """A whole table on the driver, read by Ray Data (predict's input: its columns are written back out)."""
-    import pyarrow as pa
-    import ray
-
-    from pipeline.data import ColumnSpec
-
-    table = pa.concat_tables(ray.get(read_blocks(location(path), ColumnSpec(text="", label=""))))
-    if table.num_rows == 0:
-        raise PipelineError(f"data file has no rows: {path}")
-    return {name: table.column(name).to_pylist() for name in table.column_names}
 
 
 def task_options() -> dict:
@@ -136,8 +124,8 @@ def run_actors(ds: "Dataset | ClusterRows", encoder: Encoder, store: EmbeddingCa
     shared = ray.put((rows.labels, rows.splits, None if isinstance(rows.ids, RowNumbers) else list(rows.ids)))
     results = ray.data.from_items([{"shard": i} for i in sorted(todo)], override_num_blocks=len(todo)).map_batches(
         ShardEmbedder, batch_size=1, batch_format="pyarrow", compute=ActorPoolStrategy(min_size=low, max_size=high),
-        fn_constructor_kwargs={"config": config.to_json(), "cache": str(store.path), "todo": todo, "spans": spans,
-                               "blocks": rows.blocks, "column": rows.text_col, "rows": [shared]},
+        fn_constructor_kwargs={"config": config.to_json(), "cache": str(_whole(store.path)), "todo": todo,
+                               "spans": spans, "blocks": rows.blocks, "column": rows.text_col, "rows": [shared]},
         **per_actor, **task_options(),  # Ray Data restarts a dead actor and retries its shard (max_restarts -1)
     ).take_all()
     for result in results:
@@ -148,6 +136,11 @@ def run_actors(ds: "Dataset | ClusterRows", encoder: Encoder, store: EmbeddingCa
         raise PipelineError(f"Ray wrote shards {written} but {sorted(todo)} were due: run the same command again")
     actors, nodes = len({r["actor"] for r in results}), len({r["node"] for r in results})
     return f"{actors} actor{'s' * (actors != 1)} on {nodes} node{'s' * (nodes != 1)}"
+
+
+def _whole(path: Location) -> Location:
+    """A local cache folder as an absolute path: the actors run in other folders (a cluster's workers in theirs)."""
+    return path.resolve() if isinstance(path, Path) else path
 
 
 def _pool(config: EncoderConfig, pool: RayPool, shards: int) -> tuple[EncoderConfig, dict, tuple[int, int]]:
@@ -181,7 +174,7 @@ def _bounds(pool: RayPool, fit: int, shards: int) -> tuple[int, int]:
 
 
 def _put(ds: Dataset, block_rows: int = 4096) -> ClusterRows:
-    """A data set already in this process (predict's input, the demo set) into the object store, by blocks."""
+    """A data set already in this process (the demo set, a benchmark folder) into the object store, by blocks."""
     import pyarrow as pa
     import ray
 
@@ -211,17 +204,18 @@ def _start_ray(address: str | None):
     """Join `address` (or RAY_ADDRESS), else start a quiet local Ray; says whether this call started it."""
     try:
         import ray
+        import ray.data  # sets its loggers' levels when imported: quieted below, after that
     except ImportError:
         raise PipelineError("--engine ray needs Ray: pip install 'bert-pipeline[distributed]' "
                             "(or make embed ENGINE=ray)") from None
+    for name in ("ray", "ray.data"):  # a Ray already running in this process too: its read tasks log progress
+        logging.getLogger(name).setLevel(logging.ERROR)
     if address is not None:  # asked for by name: refused at once if nothing answers there, even beside a running Ray
         check_ray_address(address)
     if ray.is_initialized():
         return ray, False
     target = address or os.environ.get("RAY_ADDRESS")
     check_ray_address(target)
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                  configure_logging=True)

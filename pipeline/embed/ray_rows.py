@@ -128,9 +128,9 @@ def scan_block(table, start: int, cols: ColumnSpec, where: Location) -> dict:
     the small per-row record the driver needs. A problem comes back as its message (the driver raises the first)."""
     columns = {name: table.column(name) for name in table.column_names}
     try:
-        values = {c: columns[c].to_pylist() if c in columns else None for c in (cols.text, cols.label)}
+        values = {c: columns[c].to_pylist() if c in columns else None for c in (cols.text, cols.label) if c}
         texts = _texts(_as_columns(columns, cols.text, values), cols.text, where, start)
-        labels = _column(_as_columns(columns, cols.label, values), cols.label, where, "label")
+        labels = _column(_as_columns(columns, cols.label, values), cols.label, where, "label") if cols.label else []
         distinct, local, missing = _label_codes(labels)
         record = {"rows": len(texts), "digests": _digests(texts), "distinct": distinct, "local": local,
                   "missing": [start + i for i in missing]}
@@ -182,7 +182,8 @@ def hash_range(label_names: list[str], ids: list[str], labels: np.ndarray, split
 def cluster_rows(path: Location, cols: ColumnSpec, test_size: float, seed: int, model_spec: str,
                  remote: dict) -> tuple[ClusterRows, np.ndarray]:
     """Read, check, split and fingerprint the file on the cluster; returns the rows and every text's token count.
-    `remote`: the Ray options of the tasks (e.g. the storage variables to pass)."""
+    `remote`: the Ray options of the tasks (e.g. the storage variables to pass). No label column (`cols.label`
+    empty): the texts alone, e.g. predict's input."""
     import ray
 
     refs = read_blocks(path, cols)
@@ -196,10 +197,14 @@ def cluster_rows(path: Location, cols: ColumnSpec, test_size: float, seed: int, 
     for record in records:
         if "error" in record:
             raise PipelineError(record["error"])
-    labels, label_names = _labels(records, cols.label)
-    n = len(labels)
+    n = sum(r["rows"] for r in records)
+    if cols.label:
+        labels, label_names = _labels(records, cols.label)
+        splits, origin = _splits(records, cols, labels, test_size, seed)
+    else:  # texts to predict, as data.unlabelled makes them: one placeholder class, every row in 'test'
+        labels, label_names = np.zeros(n, dtype=np.int64), ["unlabelled"]
+        splits, origin = np.full(n, "test", dtype=object), "unlabelled texts"
     ids = _given_ids(records, cols, path, n)
-    splits, origin = _splits(records, cols, labels, test_size, seed)
     rows = ClusterRows(dataset_name(path), blocks, cols.text, labels, label_names, splits, origin, "", ids)
     task = ray.remote(hash_range).options(**remote)
     parts = ray.get([task.remote(label_names, ids[a:b], labels[a:b], splits[a:b].tolist(), cols.text, model_spec,

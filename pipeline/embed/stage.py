@@ -20,7 +20,7 @@ from pipeline.cache import (
     cache_dir,
     verified_shards,
 )
-from pipeline.data import Dataset, DataSpec, read_table
+from pipeline.data import Dataset, DataSpec
 from pipeline.embed import windows
 from pipeline.embed.aggregate import AGGREGATIONS, Fan, Gather, split_name
 from pipeline.embed.calibration import calibrated
@@ -54,8 +54,8 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Location, option
           progress: bool = True, pool: RayPool = RayPool()) -> EmbedResult:
     """The whole stage: read `data`, load `model`, embed and cache the poolings, on the chosen engine. With Ray, the
     file is read, checked and fingerprinted by Ray tasks and the shards computed by actors, in one Ray session."""
-    with engine_session(engine, out, ray_address, pool) as (reader, runner, cluster_rows):
-        ds = None if cluster_rows else data.load(reader)
+    with engine_session(engine, out, ray_address, pool) as (runner, cluster_rows):
+        ds = None if cluster_rows else data.load()
         ensure_writable(out)
         encoder = Encoder(options.resolve(model))
         ds, lengths = cluster_rows(data, encoder) if cluster_rows else (ds, None)
@@ -65,19 +65,19 @@ def embed(data: DataSpec, model: str, poolings: list[str], out: Location, option
 
 @contextmanager
 def engine_session(engine: str, out: Location, ray_address: str | None,
-                   pool: RayPool = RayPool()) -> Iterator[tuple[Callable, Runner | None, Callable | None]]:
-    """The table reader, shard runner and (Ray) row loader of an engine, inside its session (Ray is imported only
-    for 'ray'); the local runner is None: embed_dataset runs shards in this process, from the chunks keying already
-    read."""
+                   pool: RayPool = RayPool()) -> Iterator[tuple[Runner | None, Callable | None]]:
+    """The shard runner and (Ray) row loader of an engine, inside its session (Ray is imported only for 'ray'); the
+    local ones are None: the rows are read here, and embed_dataset runs shards in this process, from the chunks
+    keying already read."""
     if engine not in ENGINES:
         raise PipelineError(f"unknown engine {engine!r}: choose from {', '.join(ENGINES)}")
     if engine == "local":
-        yield read_table, None, None
+        yield None, None
         return
     from pipeline.embed import ray_engine
 
     with ray_engine.ray_session(out, ray_address):
-        yield ray_engine.read_table_ray, partial(ray_engine.run_actors, pool=pool), ray_engine.load_rows
+        yield partial(ray_engine.run_actors, pool=pool), ray_engine.load_rows
 
 
 def embed_dataset(ds: Dataset, encoder: Encoder, poolings: list[str], embeddings: Location,

@@ -2,7 +2,8 @@
 
 classifier (a run as a scikit-learn-style object: `load_classifier(run).predict(texts)`), stage (a file in, the same
 file with predictions out: embedded into the cache shard by shard, resumable, with a report when it is labelled),
-export (encoder + pooling + head as one ONNX graph, with its tokenizer and label names).
+stream (that output written batch by batch, never whole), output (formats and refusals of an output file), export
+(encoder + pooling + head as one ONNX graph, with its tokenizer and label names).
 """
 
 from pipeline.predict.classifier import Classifier, load_classifier, load_encoder_for, predict_texts

@@ -8,12 +8,16 @@ object storage (a RemotePath) is compared by its URI: it can be no local file, r
 
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError, capped
-from pipeline.storage import Location, RemotePath, arrow_source, write_bytes
+from pipeline.storage import Location, RemotePath, atomic_writer
 
 OUTPUT_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
                   ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -58,40 +62,40 @@ def refuse_run_files(run: Path, model_ref: str, outputs: list[Location], option:
                                 "write to another name or folder")
 
 
-def typed_input(input_path: Location, names: list[str]) -> pa.Table | None:
-    """A Parquet input's own columns, types untouched, for a Parquet output (None for other inputs: their values
-    are text or JSON, and Arrow's inference keeps them as they were read)."""
-    if OUTPUT_FORMATS.get(input_path.suffix.lower()) != "parquet" or not input_path.is_file():
-        return None
-    import pyarrow.parquet as pq
-
-    source, filesystem = arrow_source(input_path)
-    return pq.read_table(source, columns=names, **filesystem)
-
-
 def write_table(path: Location, table: pa.Table) -> None:
-    """Serialise in memory in the suffix's format, then write in one atomic step (a temp file and a rename locally, a
-    temporary object and a move on object storage: storage.write_bytes)."""
+    """A whole table in the suffix's format, in one atomic step (see table_writer)."""
+    with table_writer(path, table.schema) as write:
+        write(table)
+
+
+@contextmanager
+def table_writer(path: Location, schema: pa.Schema) -> Iterator[Callable[[pa.Table], None]]:
+    """A function that appends tables of `schema` to `path` in the suffix's format, published in one atomic step
+    when the block ends (a temp file and a rename locally, a temporary object and a move on object storage:
+    storage.atomic_writer), so an output larger than memory is written as it is made and a failure leaves none."""
     fmt = output_format(path)
-    _refuse_unwritable(path, table, fmt)
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
+    _refuse_unwritable(path, schema, fmt)
+    with atomic_writer(path) as sink:
+        if fmt == "jsonl":
+            yield lambda table: sink.write("".join(json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                                                   for row in table.to_pylist()).encode())
+            return
+        if fmt == "parquet":
+            writer = pq.ParquetWriter(sink, schema)
+            yield writer.write_table
+        else:
+            plain = pa.schema([f.with_type(_plain_type(f.type)) for f in schema], metadata=schema.metadata)
+            writer = pacsv.CSVWriter(sink, plain, write_options=pacsv.WriteOptions(delimiter="\t" if fmt == "tsv"
+                                                                                   else ","))
+            yield lambda table: writer.write_table(table.cast(plain))
+        writer.close()
 
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        payload = sink.getvalue().to_pybytes()
-    elif fmt == "jsonl":
-        payload = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in table.to_pylist()).encode()
-    else:
-        payload = _delimited(table, "\t" if fmt == "tsv" else ",")
-    write_bytes(path, payload)
 
-
-def _refuse_unwritable(path: Path, table: pa.Table, fmt: str) -> None:
+def _refuse_unwritable(path: Location, schema: pa.Schema, fmt: str) -> None:
     """Bytes have no faithful text form, and CSV/TSV cells hold no lists or structs: refuse, naming the columns
     and the formats that hold them, instead of writing something else under the name."""
-    binary = [f.name for f in table.schema if _is_binary(f.type)]
-    nested = [f.name for f in table.schema if pa.types.is_nested(f.type)] if fmt in ("csv", "tsv") else []
+    binary = [f.name for f in schema if _is_binary(f.type)]
+    nested = [f.name for f in schema if pa.types.is_nested(f.type)] if fmt in ("csv", "tsv") else []
     for names, what, fix in ((binary, "bytes", ".parquet"), (nested, "nested values", ".parquet or .jsonl")):
         if names and fmt != "parquet":
             raise PipelineError(f"cannot write {path} as {fmt.upper()}: column(s) {capped(names, 5)} hold {what}; "
@@ -103,17 +107,6 @@ def _is_binary(kind: pa.DataType) -> bool:
     return pa.types.is_binary(value) or pa.types.is_large_binary(value) or pa.types.is_fixed_size_binary(value)
 
 
-def _delimited(table: pa.Table, delimiter: str) -> bytes:
-    import pyarrow.csv as pacsv
-
-    sink = pa.BufferOutputStream()
-    plain = pa.table({f.name: _plain(table.column(f.name)) for f in table.schema})
-    pacsv.write_csv(plain, sink, pacsv.WriteOptions(delimiter=delimiter))
-    return sink.getvalue().to_pybytes()
-
-
-def _plain(column: pa.ChunkedArray) -> pa.ChunkedArray:
+def _plain_type(kind: pa.DataType) -> pa.DataType:
     """A dictionary column as its values: the CSV writer cannot write the dictionary type itself."""
-    if pa.types.is_dictionary(column.type):
-        return column.cast(column.type.value_type)
-    return column
+    return kind.value_type if pa.types.is_dictionary(kind) else kind

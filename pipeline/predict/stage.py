@@ -1,9 +1,12 @@
 """Predict a file: every input row and column kept, predictions added; a labelled file also gets a report.
 
 The texts go through the embed stage itself: they are embedded into the cache for the run's encoder settings
-(sharded, resumable after a kill, a progress bar, `--engine ray`), then the head scores the cache shard by shard, so
-vectors are never all in memory. The output is written in one atomic step; with `label_col`, the train stage's
-metrics and report for this set are written beside it (<output>.report.md, .metrics.json, .confusion.png).
+(sharded, resumable after a kill, a progress bar, `--engine ray`, where the file is read, checked and fingerprinted
+by Ray tasks as embed reads it), then the head scores the cache shard by shard, so vectors are never all in memory.
+The output is then written batch by batch (stream.py): the input read again a batch of rows at a time, each batch
+given its predictions, appended to one stream published atomically at the end; so the driver holds the
+probabilities, not the input or the output. With `label_col`, the train stage's metrics and report for this set are
+written beside it (<output>.report.md, .metrics.json, .confusion.png).
 """
 
 import json
@@ -16,24 +19,24 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.cache import EmbeddingCache, cache_dir, is_complete, pooling_column
-from pipeline.data import Dataset, unlabelled
+from pipeline.data import ColumnSpec, Dataset, DataSpec, read_texts, unlabelled
+from pipeline.data.batches import arrow_column, table_batches, table_schema
 from pipeline.data.dataset import dataset_name, encode_labels
 from pipeline.data.tables import Columns
-from pipeline.embed.keying import keyed
+from pipeline.embed.keying import Keyed, from_counts, keyed
 from pipeline.embed.stage import DEFAULT_SHARD_ROWS, embed_dataset, engine_session, spans_of
 from pipeline.errors import PipelineError, capped
 from pipeline.paths import atomic_write_bytes, atomic_write_json, read_whole
 from pipeline.predict.classifier import Classifier, check_texts
-from pipeline.predict.output import (
-    output_format,
-    refuse_overwriting_input,
-    refuse_run_files,
-    typed_input,
-    write_table,
+from pipeline.predict.output import output_format, refuse_overwriting_input, refuse_run_files
+from pipeline.predict.stream import (
+    CachedTexts,
+    prediction_batches,
+    prediction_columns,
+    with_predictions,
+    write_predictions,
 )
-from pipeline.storage import location, require_local
-
-PREDICTED, CONFIDENCE, PROBA_PREFIX = "predicted_label", "confidence", "p_"
+from pipeline.storage import Location, location, require_local
 
 if TYPE_CHECKING:  # sklearn loads only when a labelled file is scored
     from pipeline.train.metrics import Metrics
@@ -41,19 +44,16 @@ if TYPE_CHECKING:  # sklearn loads only when a labelled file is scored
 
 @dataclass(frozen=True)
 class PredictResult:
-    """What predict_file did: the table it wrote (or would print), the cache it used, and the report if labelled."""
+    """What predict_file did: how many rows it scored, the table it would print (None when written to `output`:
+    an output is never held whole), the cache it used, and the report if labelled."""
 
-    table: pa.Table
-    output: Path | None
-    cache: Path
+    rows: int
+    table: pa.Table | None
+    output: Location | None
+    cache: Location
     computed_rows: int
     metrics: "Metrics | None"
     reports: list[Path]
-
-
-def prediction_columns(label_names: list[str]) -> list[str]:
-    """The columns predict adds: the label, its probability, and one probability per class."""
-    return [PREDICTED, CONFIDENCE, *[PROBA_PREFIX + name for name in label_names]]
 
 
 def report_paths(output: Path) -> list[Path]:
@@ -65,13 +65,32 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
                  label_col: str | None = None, embeddings: Path = Path("artifacts/embeddings"),
                  engine: str = "local", ray_address: str | None = None, shard_rows: int = DEFAULT_SHARD_ROWS,
                  progress: bool = True) -> PredictResult:
-    """Classify every row of `input_path` with `clf`; write `output` (CSV, or Parquet by suffix) if given.
+    """Classify every row of `input_path` with `clf`; write `output` (its suffix picks the format) if given.
 
     Everything that can be refused is checked before anything is written: the output is not a folder, the text (and
     label) column exists and is filled, no input column is named like a prediction column, and every label is one
     the run knows. The texts are then embedded into the cache under `embeddings` (a rerun after a kill resumes there,
     and a second predict of the same file reuses it)."""
     input_path, output = location(input_path), location(output) if output is not None else None
+    _refuse_outputs(clf, input_path, output, label_col)
+    with engine_session(engine, embeddings, ray_address) as (runner, cluster_rows):
+        ds, known = _rows(clf, input_path, text_col, cluster_rows)
+        schema = table_schema(input_path)
+        _refuse_clashes(schema.names, clf.label_names, input_path)
+        y = _labels(input_path, schema, label_col, clf.label_names) if label_col else None
+        cache, computed = embedded(clf, ds, embeddings, shard_rows, progress, runner, known)
+    proba = score_cache(clf, cache)
+    table = None
+    if output is None:
+        table = pa.concat_tables(prediction_batches(input_path, schema, clf.label_names, proba))
+    else:
+        write_predictions(output, input_path, schema, clf.label_names, proba)
+    metrics, reports = (None, []) if y is None else write_report(clf, input_path, output, y, proba, cache)
+    return PredictResult(len(proba), table, output, cache, computed, metrics, reports)
+
+
+def _refuse_outputs(clf: Classifier, input_path: Location, output: Location | None, label_col: str | None) -> None:
+    """What predict writes must be a file it may write: never a folder, the input, or a file of the run."""
     if label_col and output is None:
         raise PipelineError("a labelled predict writes its report beside the output: give --output too")
     if label_col:
@@ -85,32 +104,29 @@ def predict_file(clf: Classifier, input_path: Path, output: Path | None = None, 
         every = [*filter(None, written), *report_paths(output)[2:]]
         refuse_overwriting_input(input_path, every)
         refuse_run_files(clf.path, clf.run.record.model_ref, every, "--output")
-    with engine_session(engine, embeddings, ray_address) as (reader, runner, _):
-        columns = reader(input_path)
-        texts = check_texts(_column(columns, text_col, input_path, "text"), text_col)
-        _refuse_clashes(columns, clf.label_names, input_path)
-        y = _labels(columns, label_col, input_path, clf.label_names) if label_col else None
-        cache, computed = embedded(clf, unlabelled(dataset_name(input_path), texts), embeddings, shard_rows,
-                                   progress, runner)
-    proba = score_cache(clf, cache)
-    typed = typed_input(input_path, list(columns)) if output is not None else None
-    table = output_table(columns, clf.label_names, proba, typed)
-    del columns, typed
-    if output is not None:
-        write_table(output, table)
-    metrics, reports = None, []
-    if y is not None:
-        metrics, reports = write_report(clf, input_path, output, texts, y, proba, cache)
-    return PredictResult(table, output, cache, computed, metrics, reports)
 
 
-def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, progress: bool,
-             runner: Callable) -> tuple[Path, int]:
+def _rows(clf: Classifier, input_path: Location, text_col: str, cluster_rows: Callable | None) -> tuple:
+    """The texts to embed, as the engine reads them: here, with every check of the local reader (the texts alone
+    kept), or on the Ray cluster by its read tasks, as embed reads a file there (the driver gets no text)."""
+    if cluster_rows is None:
+        texts = check_texts(read_texts(input_path, text_col), text_col)
+        return unlabelled(dataset_name(input_path), texts), None
+    if isinstance(input_path, Path) and input_path.is_dir():
+        raise PipelineError(f"--input {input_path} is a folder, not a file: point it at a CSV, TSV, JSONL or "
+                            "Parquet file")
+    ds, lengths = cluster_rows(DataSpec(str(input_path), ColumnSpec(text=text_col, label="")), clf.encoder)
+    return ds, from_counts(clf.encoder, lengths)
+
+
+def embedded(clf: Classifier, ds: Dataset, embeddings: Location, shard_rows: int, progress: bool,
+             runner: Callable | None, known: Keyed | None = None) -> tuple[Location, int]:
     """The finished cache of `ds` for the run's encoder settings, and how many rows were embedded now. A cache whose
     manifest lists the run's pooling and whose every shard still hashes to its record is used as it is (nothing is
-    loaded or written); otherwise the embed stage makes, completes or repairs it."""
+    loaded or written); otherwise the embed stage makes, completes or repairs it. `known`: how the rows are keyed,
+    when their reader already counted their tokens (the Ray engine's tasks)."""
     source, _ = clf.source
-    known = keyed(clf.encoder, ds, embeddings, spans_of(len(ds), shard_rows), keep=runner is None)
+    known = known or keyed(clf.encoder, ds, embeddings, spans_of(len(ds), shard_rows), keep=runner is None)
     key = known.key(ds)  # as embed makes it
     store = EmbeddingCache(cache_dir(embeddings, ds.name, clf.ref.name, key))
     if is_complete(store, key, [source]):
@@ -119,14 +135,12 @@ def embedded(clf: Classifier, ds: Dataset, embeddings: Path, shard_rows: int, pr
     return result.path, result.computed_rows
 
 
-def _column(columns: Columns, name: str, path: Path, role: str) -> list:
-    if name not in columns:
-        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {capped(columns)}): "
-                            f"use --{role}-col")
-    return columns[name]
+def _column_of(names: list[str], name: str, path: Location, role: str) -> None:
+    if name not in names:
+        raise PipelineError(f"no {role} column '{name}' in {path} (columns: {capped(names)}): use --{role}-col")
 
 
-def _refuse_clashes(columns: Columns, label_names: list[str], path: Path) -> None:
+def _refuse_clashes(columns: list[str], label_names: list[str], path: Location) -> None:
     """An input column named like a prediction column would be overwritten: refuse, never replace the user's data."""
     clashes = [name for name in prediction_columns(label_names) if name in columns]
     if clashes:
@@ -134,10 +148,13 @@ def _refuse_clashes(columns: Columns, label_names: list[str], path: Path) -> Non
                             "rename or drop them first (predict never overwrites an input column)")
 
 
-def _labels(columns: Columns, label_col: str, path: Path, names: list[str]) -> np.ndarray:
-    """The label column as indices into the run's label names, read the way training reads labels; labels the run
-    never saw are refused, named (they cannot be scored: no head output means them)."""
-    codes, found = encode_labels(_column(columns, label_col, path, "label"), label_col)
+def _labels(path: Location, schema: pa.Schema, label_col: str, names: list[str]) -> np.ndarray:
+    """The label column as indices into the run's label names, read the way training reads labels (batch by batch:
+    a label per row is all that is kept); labels the run never saw are refused, named (they cannot be scored: no
+    head output means them)."""
+    _column_of(schema.names, label_col, path, "label")
+    values = [v for batch in table_batches(path, schema) for v in batch.column(label_col).to_pylist()]
+    codes, found = encode_labels(values, label_col)
     unseen = [name for name in found if name not in names]
     if unseen:
         raise PipelineError(f"label(s) {capped(map(repr, unseen))} in column '{label_col}' of {path} never occur "
@@ -171,39 +188,24 @@ def _score_store(clf: Classifier, store: EmbeddingCache) -> np.ndarray:
     return proba
 
 
-def output_table(columns: Columns, label_names: list[str], proba: np.ndarray,
-                 typed: pa.Table | None = None) -> pa.Table:
-    """The input's columns in their order (`typed`: as the input stored them, schema metadata included), then the
-    prediction columns; rows in input order."""
-    arrays = {name: typed.column(name) if typed is not None else _arrow(values) for name, values in columns.items()}
-    arrays[PREDICTED] = pa.array([label_names[i] for i in proba.argmax(axis=1)], pa.string())
-    arrays[CONFIDENCE] = pa.array(proba.max(axis=1), pa.float64())
-    for i, name in enumerate(label_names):
-        arrays[PROBA_PREFIX + name] = pa.array(proba[:, i], pa.float64())
-    table = pa.table(arrays)
-    return table.replace_schema_metadata(typed.schema.metadata) if typed is not None else table
+def output_table(columns: Columns, label_names: list[str], proba: np.ndarray) -> pa.Table:
+    """Texts given on the command line (in memory, a few) as a table with their predictions."""
+    return with_predictions(pa.table({name: arrow_column(values) for name, values in columns.items()}), label_names,
+                            proba)
 
 
-def _arrow(values: list) -> pa.Array:
-    """A column as Arrow, its type inferred; a column mixing types (possible in JSON Lines) is kept as text."""
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
-        return pa.array([None if v is None else v if isinstance(v, str) else json.dumps(v, default=str)
-                         for v in values], pa.string())
-
-
-def write_report(clf: Classifier, input_path: Path, output: Path, texts: list[str], y: np.ndarray, proba: np.ndarray,
-                 cache: Path) -> tuple["Metrics", list[Path]]:
-    """The train stage's metrics and report for this labelled set, beside the output. (Their modules load
-    scikit-learn and matplotlib, a second of start-up that unlabelled predictions do without.)"""
+def write_report(clf: Classifier, input_path: Location, output: Path, y: np.ndarray, proba: np.ndarray,
+                 cache: Location) -> tuple["Metrics", list[Path]]:
+    """The train stage's metrics and report for this labelled set, beside the output; the texts it quotes are read
+    from the cache. (Their modules load scikit-learn and matplotlib, a second of start-up that unlabelled
+    predictions do without.)"""
     from pipeline.train.metrics import classification_metrics
     from pipeline.train.report import Scored, confusion_png, run_report
 
     names, record = clf.label_names, clf.run.record
     majority = _train_majority(clf, y)
     metrics = classification_metrics(y, proba, names, np.array([majority]), record.seed)
-    scored = Scored(np.arange(1, len(y) + 1), np.asarray(texts, dtype=object), y, proba)
+    scored = Scored(np.arange(1, len(y) + 1), CachedTexts(cache), y, proba)
     report, metrics_path, png = paths = report_paths(output)
     atomic_write_json(metrics_path, {**record.to_json(), "run": str(clf.path), "scored_on": str(input_path),
                                      "cache_scored": str(cache), "metrics": metrics.to_json()})

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -17,14 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.paths import atomic_write_bytes, file_stamp
+from pipeline.paths import atomic_writer as local_writer
 from pipeline.paths import ensure_writable as ensure_local_writable
+from pipeline.paths import file_stamp
 from pipeline.storage.remote import REMOTE_SCHEMES, RemotePath, remote_path
 
 Location = Path | RemotePath
 
-__all__ = ["Location", "RemotePath", "arrow_source", "ensure_writable", "is_uri", "location", "require_local",
-           "publish_parquet", "stamp", "write_bytes", "write_json"]
+__all__ = ["Location", "RemotePath", "arrow_source", "atomic_writer", "ensure_writable", "is_uri", "location",
+           "require_local", "publish_parquet", "stamp", "write_bytes", "write_json"]
 
 
 def is_uri(target: object) -> bool:
@@ -70,10 +72,14 @@ def ensure_writable(folder: Location) -> Location:
 
 def write_bytes(path: Location, data: bytes) -> None:
     """Atomic publication either way: a temp file and a rename locally, a temp object and a move remotely."""
-    if isinstance(path, Path):
-        atomic_write_bytes(path, data)
-    else:
-        path.write_bytes(data)
+    with atomic_writer(path) as out:
+        out.write(data)
+
+
+def atomic_writer(path: Location) -> AbstractContextManager:
+    """A binary stream whose bytes appear at `path` all at once when the block ends (nothing on failure): a temp
+    file and a rename locally, a temporary object (a multipart upload on S3) and a move remotely."""
+    return local_writer(path) if isinstance(path, Path) else path.writer()
 
 
 def write_json(path: Location, record: object, sort_keys: bool = False) -> None:

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import PipelineError, first_line
@@ -139,14 +140,20 @@ class RemotePath:
         return self.read_bytes().decode(encoding)
 
     def write_bytes(self, data: bytes) -> None:
-        """Publish atomically: upload under a temporary name, then move it over the final name, so a reader sees
-        the old object or the new one, never part of one (on HDFS a file being written is visible; on S3 and GCS an
-        interrupted upload leaves only the temporary object). The temporary object never outlives a failure."""
+        with self.writer() as out:
+            out.write(data)
+
+    @contextmanager
+    def writer(self) -> Iterator["pa.NativeFile"]:
+        """A stream published atomically when the block ends: uploaded under a temporary name (in parts, as S3's
+        multipart upload, for a large one), then moved over the final name, so a reader sees the old object or the
+        new one, never part of one (on HDFS a file being written is visible; on S3 and GCS an interrupted upload
+        leaves only the temporary object). The temporary object never outlives a failure."""
         tmp = self.parent / f".{self.name}.{uuid.uuid4().hex[:12]}.tmp"
         with storage_errors(str(self), "write"):
             try:
                 with self.fs.open_output_stream(tmp.key) as out:
-                    out.write(data)
+                    yield out
                 self.fs.move(tmp.key, self.key)
             except BaseException:
                 _quietly_delete(tmp)

@@ -61,13 +61,16 @@ def test_ray_resume_recomputes_only_the_missing_shard(local_ray, setup):
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "jsonl", "parquet"])
-def test_ray_data_reads_files_into_the_same_dataset(local_ray, tmp_path, fmt):
+def test_ray_tasks_read_files_into_the_local_rows(local_ray, tiny_bert, tmp_path, fmt):
+    """Labelled (embed) and without labels (predict's input: data.unlabelled's rows), the rows the read tasks make
+    are the local reader's: texts, labels, splits and the fingerprint that keys the cache."""
     import json
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.embed.ray_engine import read_table_ray
+    from pipeline.data import ColumnSpec, unlabelled
+    from pipeline.embed.ray_rows import cluster_rows, texts_of
 
     rows = sentiment_rows(50) + [('quoted, "with" comma', "positive")]
     path = tmp_path / f"d.{fmt}"
@@ -80,8 +83,12 @@ def test_ray_data_reads_files_into_the_same_dataset(local_ray, tmp_path, fmt):
     else:
         pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab for _, lab in rows]}), path)
     local = load_dataset(path)
-    via_ray = load_dataset(path, reader=read_table_ray)
-    assert via_ray.texts == local.texts and via_ray.fingerprint == local.fingerprint
+    for cols, want in ((ColumnSpec(), local), (ColumnSpec(label=""), unlabelled(local.name, local.texts))):
+        got, lengths = cluster_rows(path, cols, 0.2, 0, str(tiny_bert), {})
+        texts = texts_of(got.blocks, ray.get([b.ref for b in got.blocks]), "text", 0, len(got))
+        assert texts == want.texts and got.fingerprint == want.fingerprint and len(lengths) == len(want)
+        assert (got.labels == want.labels).all() and (got.splits == want.splits).all()
+        assert got.label_names == want.label_names and got.split_origin == want.split_origin
 
 
 def test_cli_ray_engine_end_to_end(local_ray, tiny_bert, tmp_path, run_cli):

@@ -1,21 +1,31 @@
 """The embed stage on a real two-node Ray cluster (ray.cluster_utils.Cluster on 127.0.0.1, 1 CPU per node) with the
 data and the cache on a real S3-compatible server (moto, server mode): the cache equals the local engine's, both
-nodes wrote shards, nothing lands in the local cache folder, an actor killed mid-run changes nothing, and a cluster
-without the CPUs for one actor is refused in one line."""
+nodes wrote shards, nothing lands in the local cache folder, an actor killed mid-run changes nothing, predict reads
+its input from the server and writes its output there as the local engine does, and a cluster without the CPUs for
+one actor is refused in one line, and so is bad storage input on the Ray side (an unreachable endpoint, no
+credentials, a bucket that does not exist, no write permission), each by the console script joined to the cluster:
+exit 2, one line, nothing written."""
 
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cache import EmbeddingCache, load_embeddings
+from pipeline.storage import location
 
 from conftest import sentiment_rows, write_csv
 from support import s3_server
-from support.s3_server import BUCKET, upload
+from support.s3_server import BUCKET, embed_args, upload
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'bert-pipeline[distributed]'")
 pytestmark = pytest.mark.cluster
@@ -133,3 +143,71 @@ def test_a_cluster_without_the_cpus_for_one_actor_is_one_line(run_cli, files, ti
     code, _, err = run_cli(*args(tiny_bert, remote_data, root, "--engine", "ray", "--ray-cpus-per-actor", "2"))
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "no node of the Ray cluster has 2 CPU(s) for one actor (largest node: 1 CPUs)" in err
+
+
+def test_predict_reads_s3_and_writes_s3_on_the_cluster_like_the_local_engine(run_cli, files, tiny_bert, tmp_path, s3):
+    local, remote_data, root = files
+    cache = local_cache(run_cli, tiny_bert, local, "50")
+    assert run_cli("train", "--cache", str(cache), "--out", "runs", "--model", str(tiny_bert), "--no-progress")[0] == 0
+    [run] = Path("runs").glob("*/mean/logreg")
+    prefix = f"s3://{BUCKET}/{tmp_path.name}"
+    predict = ["predict", "--run", str(run), "--shard-rows", "50", "--no-progress"]
+    for suffix in (".csv", ".parquet"):
+        code, out, err = run_cli(*predict, "--input", remote_data, "--output", f"{prefix}/scored{suffix}",
+                                 "--embeddings", f"{prefix}/emb", "--engine", "ray")
+        assert code == 0, err
+        assert f"wrote 300 predictions to {prefix}/scored{suffix}" in out
+        code, _, err = run_cli(*predict, "--input", str(local), "--output", f"scored{suffix}", "--embeddings",
+                               "emb-local")
+        assert code == 0, err
+        remote = location(f"{prefix}/scored{suffix}").read_bytes()
+        if suffix == ".csv":
+            assert remote == Path(f"scored{suffix}").read_bytes(), "the local engine's output, byte for byte"
+        else:
+            assert pq.read_table(pa.BufferReader(remote)).equals(pq.read_table(f"scored{suffix}"))
+    assert not Path("artifacts").exists(), "nothing in the default local cache folder"
+    assert [n for n in s3.objects(BUCKET) if f"{tmp_path.name}/emb/" in n and n.endswith("_manifest.json")]
+    assert not [name for name in s3.objects(BUCKET) if name.endswith(".tmp")]
+
+
+def console(cluster, *args: str, **env: str) -> str:
+    """`bert-pipeline ...` in its own process, joined to the cluster (RAY_ADDRESS) with this process's storage
+    settings changed by `env` (a None value unsets one); asserts a one-line refusal and returns it."""
+    given = {**os.environ, "RAY_ADDRESS": cluster.address, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", **env}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in given.items() if v is not None})
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr and not done.stdout
+    return done.stderr
+
+
+@pytest.fixture
+def ray_embed(files, tiny_bert, s3, tmp_path):
+    """The arguments of an `embed --engine ray` of the server's data into a new prefix; checks after the test that
+    nothing was written: no object under the prefix, no local cache folder."""
+    _, remote_data, root = files
+    before = [n for n in s3.objects(BUCKET) if f"{tmp_path.name}/cache" in n]
+    yield lambda data=remote_data, out=root: [*embed_args(tiny_bert, data, out), "--engine", "ray"]
+    assert [n for n in s3.objects(BUCKET) if f"{tmp_path.name}/cache" in n] == before
+    assert not Path("artifacts").exists()
+
+
+def test_ray_side_storage_refusals_are_one_line_and_write_nothing(cluster, ray_embed, s3):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    err = console(cluster, *ray_embed(), AWS_ENDPOINT_URL=f"http://127.0.0.1:{closed}")
+    assert "cannot reach the object store" in err and f"127.0.0.1:{closed}" in err
+    err = console(cluster, *ray_embed(), AWS_ACCESS_KEY_ID=None, AWS_SECRET_ACCESS_KEY=None, AWS_PROFILE=None)
+    assert "no S3 credentials" in err
+    err = console(cluster, *ray_embed(out="s3://no-such-bucket/cache"))
+    assert "the bucket of s3://no-such-bucket/cache does not exist" in err
+    err = console(cluster, *ray_embed(data="s3://no-such-bucket/rows.csv"))
+    assert "data file not found: s3://no-such-bucket/rows.csv" in err
+    key, secret = s3.read_only_user(BUCKET)
+    s3.require_auth(True)
+    try:
+        err = console(cluster, *ray_embed(), AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
+    finally:
+        s3.require_auth(False)
+    assert "is denied: these credentials may not write it" in err
