@@ -133,30 +133,24 @@ class Encoder:
         truncated = np.array([len(e.overflowing) > 0 for e in encoded], dtype=bool)
         return Tokenized([e.ids for e in encoded], truncated)
 
-    def batches(self, lengths: np.ndarray, spread: bool = False) -> list[np.ndarray]:
-        """Row indices in token-budget batches, longest first. `spread`: rows that fit fewer batches than the
-        runtime has streams are split smaller, so that every stream gets one (a server's few texts at a time: on 2
-        CPU streams a 23-text batch ran at half the speed of two smaller ones). The cached stage does not spread, so
-        its vectors do not depend on how many rows a chunk happens to have."""
-        batches = token_batches(lengths, self.batch_tokens)
-        streams = self.runtime.streams() if spread and len(lengths) > 1 else 1
-        if len(batches) >= streams:
-            return batches
-        return token_batches(lengths, -(-len(lengths) // streams) * int(lengths.max()))
+    def batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Row indices in token-budget batches, longest first."""
+        return token_batches(lengths, self.batch_tokens)
 
     def encode(self, tokens: Tokenized | Chunk, poolings: list[str], done: Callable[[int], object] = lambda n: None,
-               clock: Clock = untimed, sink=None, spread: bool = False) -> dict:
+               clock: Clock = untimed, sink=None, soon: bool = False) -> dict:
         """Every requested pooling of tokenised rows, from one forward pass per batch, back in input order: the one
         path from tokens to vectors. A Chunk's windows of a long text are folded into its row (aggregate.Gather).
         `done(n)` after each batch, n texts finished; `clock` (the bench's profile) times each step the runtime
         takes; `sink` (with put(rows, arrays) and result()) replaces the default one (bench long-texts' Fan);
-        `spread`: see batches."""
+        `soon`: a few texts wanted now (the server, predict --text; see Runtime.encode). The cached stage never
+        asks, so its vectors do not depend on how many rows a chunk happens to have."""
         if sink is None:
             sink = Gather(tokens, done) if isinstance(tokens, Chunk) else InOrder(len(tokens.input_ids), done)
         bases = list(dict.fromkeys(split_name(p)[0] for p in poolings))  # mean@head_tail is mean, folded its way
         put = sink.put if bases == poolings else (
             lambda rows, arrays: sink.put(rows, {p: arrays[split_name(p)[0]] for p in poolings}))
-        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths, spread), bases, put, clock)
+        self.runtime.encode(tokens.input_ids, self.batches(tokens.lengths), bases, put, clock, soon)
         return sink.result()
 
     def forward(self, input_ids: list[list[int]], hidden_states: bool = False) -> EncoderOutput:

@@ -142,10 +142,10 @@ def _disk_errors(store: EmbeddingCache) -> Iterator[None]:
 
 
 def embed_texts(encoder: Encoder, texts: list[str], poolings: list[str]) -> dict[str, np.ndarray]:
-    """Vectors of a few texts in memory (no cache), e.g. for predict and the server: the cached stage's path, with
-    the rows spread over the runtime's streams (Encoder.batches)."""
+    """Vectors of a few texts in memory (no cache), e.g. for predict and the server: the cached stage's path, asked
+    `soon` (Runtime.encode)."""
     windows.check_size(texts)
-    return encoder.encode(encoder.read(texts), poolings, spread=True)
+    return encoder.encode(encoder.read(texts), poolings, soon=True)
 
 
 def embed_aggregations(encoder: Encoder, texts: list[str], pooling: str, aggregations: list[str]) -> dict:

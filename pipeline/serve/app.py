@@ -70,10 +70,12 @@ class Service:
         await asyncio.to_thread(self.batcher.stop, 5.0)  # by now uvicorn drained (or, after --grace, cancelled) all
 
     async def warm_up(self) -> None:
-        """One request through the whole path; a failure is logged in one line and stops the server."""
+        """Requests of one and of two texts through the whole path (the runtime may run them in different compiled
+        forms: see Runtime.encode's `soon`); a failure is logged in one line and stops the server."""
         start = time.perf_counter()
         try:
             await self.batcher.submit([WARM_UP_TEXT])
+            await self.batcher.submit([WARM_UP_TEXT, WARM_UP_TEXT])
         except Exception as exc:
             self.failure = f"the model failed its warm-up ({type(exc).__name__}: {first_line(exc)})"
             log.error("error: %s", self.failure)

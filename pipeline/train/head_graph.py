@@ -59,6 +59,9 @@ class GraphHead:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: its warnings are not the user's business
+        # One thread: a head is a few small matmuls (microseconds a row), while a pool's workers spin after each call
+        # and take CPU from the encoder running beside them (the server scores a batch while the next one encodes)
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.classes_ = np.asarray(classes)

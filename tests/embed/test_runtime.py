@@ -116,16 +116,27 @@ def test_openvino_gives_pytorchs_vectors_for_every_pooling(tiny_bert):
         np.testing.assert_allclose(got[name], want[name], atol=2e-5, rtol=1e-4, err_msg=name)
 
 
-def test_a_few_texts_are_spread_over_every_stream_and_keep_their_vectors(tiny_bert):
-    """Predict's and the server's few texts fill every OpenVINO stream; the cached stage's batches stay as they were."""
-    ov_run, torch_run, texts = load(tiny_bert, "openvino"), load(tiny_bert, "torch"), TEXTS * 4
-    lengths = ov_run.read(texts).lengths
-    assert len(ov_run.batches(lengths)) == 1 and len(torch_run.batches(lengths, spread=True)) == 1
-    assert len(ov_run.batches(lengths, spread=True)) == min(ov_run.runtime.streams(), len(texts)) > 1
-    spread = embed_texts(ov_run, texts, ["mean", "max"])
+def test_a_few_texts_wanted_now_fill_every_stream_one_text_runs_on_every_core_and_vectors_stay(tiny_bert, monkeypatch):
+    """Predict's and the server's few texts run in short batches, at least one per OpenVINO stream; one text runs as
+    one request on every core (the LATENCY hint); the cached stage's batches stay as they were; same vectors."""
+    from pipeline.embed.runtimes import openvino_graph
+
+    ov_run, texts = load(tiny_bert, "openvino"), TEXTS * 4
+    seen = []
+    monkeypatch.setattr(openvino_graph.Graph, "pool", lambda self, ids, poolings, batches, put, pool=
+                        openvino_graph.Graph.pool: seen.append((self, [len(b) for b in batches])) or
+                        pool(self, ids, poolings, batches, put))
+    soon = embed_texts(ov_run, texts, ["mean", "max"])
     plain = ov_run.encode(ov_run.read(texts), ["mean", "max"])
+    one = embed_texts(ov_run, texts[:1], ["mean"])
+    graphs = ov_run.runtime.graphs
+    streams = len(graphs["THROUGHPUT"].queue)
+    assert [graph for graph, _ in seen] == [graphs["THROUGHPUT"], graphs["THROUGHPUT"], graphs["LATENCY"]]
+    assert len(seen[1][1]) == 1 and len(seen[0][1]) >= streams > 1 and seen[2][1] == [1]
+    assert len(graphs["LATENCY"].queue) == 1
     for name in plain:
-        np.testing.assert_allclose(spread[name], plain[name], atol=1e-6, rtol=0, err_msg=name)
+        np.testing.assert_allclose(soon[name], plain[name], atol=1e-6, rtol=0, err_msg=name)
+    np.testing.assert_allclose(one["mean"], plain["mean"][:1], atol=1e-6, rtol=0)
 
 
 @pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="bf16 on CPU needs AVX512-BF16 or AMX")

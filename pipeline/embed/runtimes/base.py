@@ -48,13 +48,12 @@ class Runtime(Protocol):
         """The model's spec and fast tokenizer (`tokenizers.Tokenizer`) when this runtime has them without loading
         the model (a kept graph); None: the encoder loads the model and reads them off it."""
 
-    def streams(self) -> int:
-        """How many batches it runs at once: a few texts split into this many batches keep every stream busy."""
-
     def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
-               clock: Clock = untimed) -> None:
+               clock: Clock = untimed, soon: bool = False) -> None:
         """Every pooling of the rows, batch by batch (`batches` hold row indices): each batch's float32 vectors go
-        to `put`, one call at a time (in any order of batches). `clock` times each step (the bench's profile)."""
+        to `put`, one call at a time (in any order of batches). `clock` times each step (the bench's profile).
+        `soon`: a few texts wanted now (the server, predict --text): the runtime may batch and run them its fastest
+        way for that, with the same vectors (to float rounding)."""
 
 
 @dataclass(frozen=True)

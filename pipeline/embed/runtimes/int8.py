@@ -42,19 +42,19 @@ class Int8Runtime(OpenVINORuntime):
     the fp32 graph's spec and tokenizer, so that the stage can tokenise the calibration texts without the model."""
 
     def __init__(self, encoder: Encoder) -> None:
-        self.encoder, self.graph = encoder, None
+        self.encoder, self.graphs = encoder, {}
         key = encoder.config.calibration.graph
         self.kept = kept_graphs.find(encoder.ref.identity, encoder.raw_config) if key is None else _kept(key)
 
-    def _graph(self) -> Graph:
+    def _graph(self, hint: str) -> Graph:
         if self.encoder.config.calibration.graph is None:
             raise PipelineError("the int8 graph is not calibrated yet: embed with --dtype int8 first")
-        if self.graph is None:
+        if hint not in self.graphs:
             import openvino as ov
 
-            self.graph = Graph(ov.Core().read_model(self.kept.xml), self.kept.info.names, self.kept,
-                               self.encoder.pad_id, FLOAT_PARTS)
-        return self.graph
+            self.graphs[hint] = Graph(ov.Core().read_model(self.kept.xml), self.kept.info.names, self.kept,
+                                      self.encoder.pad_id, FLOAT_PARTS, hint)
+        return self.graphs[hint]
 
 
 def _kept(key: str) -> kept_graphs.KeptGraph:

@@ -19,11 +19,9 @@ class TorchRuntime:
     def model_free(self) -> None:
         return None  # PyTorch needs the model itself
 
-    def streams(self) -> int:
-        return 1  # one batch after the other (on a CPU, PyTorch's threads share each matmul)
-
     def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
-               clock: Clock = untimed) -> None:
+               clock: Clock = untimed, soon: bool = False) -> None:
+        """Batch after batch (on a CPU, PyTorch's threads share each matmul; `soon` changes nothing)."""
         hidden = any(POOLINGS[p].needs_hidden_states for p in poolings)
         for rows in batches:
             inputs = clock("pad + copy to device", self.encoder.prepare, [input_ids[i] for i in rows])
