@@ -7,6 +7,7 @@ asks for picks; everything else reads the resolved EncoderConfig. A CPU-only sta
 with a kept graph) then never pays for `import torch` (about 1 s).
 """
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -147,6 +148,14 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     per_cpu = [frozenset(value.split()) for key, _, value in (line.partition(":") for line in text.splitlines())
                if key.strip().lower() in ("flags", "features")]
     return frozenset.intersection(*per_cpu) if per_cpu else frozenset()  # what every core has
+
+
+def cpu_threads_cap() -> int | None:
+    """The CPU threads this process was given, when it was given a number: OMP_NUM_THREADS, which torch follows and
+    Ray sets to an actor's CPUs. None: every core. Without it, an OpenVINO graph in a 1-CPU Ray actor used every core
+    of its node, so two such actors on one node ran no faster than one."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def torch_dtype(name: str):

@@ -139,6 +139,18 @@ def test_a_few_texts_wanted_now_fill_every_stream_one_text_runs_on_every_core_an
     np.testing.assert_allclose(one["mean"], plain["mean"][:1], atol=1e-6, rtol=0)
 
 
+def test_a_process_given_a_number_of_threads_runs_its_graph_on_that_many_unpinned(tiny_bert, monkeypatch):
+    """OMP_NUM_THREADS (Ray sets it to an actor's CPUs) caps OpenVINO as it caps torch: a 1-CPU actor used every core
+    of its node, so a second actor on another local node gained nothing."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    ov_run = load(tiny_bert, "openvino")
+    embed_texts(ov_run, TEXTS, ["mean"])
+    compiled = ov_run.runtime.graphs["THROUGHPUT"].queue
+    assert len(compiled) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
+    assert dev.cpu_threads_cap() is None
+
+
 @pytest.mark.skipif(not dev.cpu_has_native_bf16(), reason="bf16 on CPU needs AVX512-BF16 or AMX")
 def test_openvino_in_bf16_stays_within_bf16_of_pytorch(tiny_bert):
     fp32 = embed_texts(load(tiny_bert, "torch"), TEXTS, ["mean"])["mean"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.embed.batching import pad_ids, token_batches
-from pipeline.embed.device import cpu_runs_bf16_natively, device_kind
+from pipeline.embed.device import cpu_runs_bf16_natively, cpu_threads_cap, device_kind
 from pipeline.embed.loading import quiet_conversion, tokenizer_json
 from pipeline.embed.pooling import POOLINGS
 from pipeline.embed.runtimes import kept_graphs
@@ -100,7 +100,11 @@ class Graph:
         import openvino as ov
 
         self.names, self.pad_id, precision = names, pad_id, PRECISION[dtype]
-        compiled = _compile(model, {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}, kept)
+        config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
+        if (threads := cpu_threads_cap()) is not None:  # a share of the machine: its threads, and no pinning (two
+            # processes would pin theirs to the same first cores)
+            config.update({"INFERENCE_NUM_THREADS": threads, "ENABLE_CPU_PINNING": False})
+        compiled = _compile(model, config, kept)
         got = compiled.get_property("INFERENCE_PRECISION_HINT")
         if got.get_type_name() != precision:
             raise PipelineError(f"OpenVINO would run this CPU in {got.get_type_name()}, not "
