@@ -20,7 +20,7 @@ from typing import TextIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.data.tables import _json_object, delimited_rows, detect_format
+from pipeline.data.tables import delimited_rows, detect_format, json_object
 from pipeline.errors import PipelineError
 from pipeline.storage import Location
 
@@ -112,7 +112,7 @@ def _json_records(path: Location, lines: TextIO) -> Iterator[dict]:
     """The file's objects, line by line (split on '\\n' only, as read_table does), blank lines skipped."""
     for number, line in enumerate(lines, start=1):
         if line.strip():
-            yield _json_object(path, number, line)
+            yield json_object(path, number, line)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:

@@ -160,13 +160,13 @@ def _field_count_message(path: Path, start: int, end: int, got: int, want: int, 
 def _read_jsonl(path: Path, text: str) -> Columns:
     """JSON Lines, split on '\\n' only: str.splitlines() would also break a line at U+2028 or NEL inside a text."""
     refuse_single_document(path, text)
-    records = [_json_object(path, number, line)
+    records = [json_object(path, number, line)
                for number, line in enumerate(text.split("\n"), start=1) if line.strip()]
     names = list(dict.fromkeys(key for record in records for key in record))
     return {name: [record.get(name) for record in records] for name in names}
 
 
-def _json_object(path: Path, number: int, line: str) -> dict:
+def json_object(path: Path, number: int, line: str) -> dict:
     try:
         record = json.loads(line, object_pairs_hook=lambda pairs: _unique_keys(path, number, pairs))
     except json.JSONDecodeError as exc:
