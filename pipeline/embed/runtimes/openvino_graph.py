@@ -62,10 +62,10 @@ class OpenVINORuntime:
 
     def encode(self, input_ids: list[list[int]], batches: list[np.ndarray], poolings: list[str], put: Put,
                clock: Clock = untimed, soon: bool = False) -> None:
-        rows = np.concatenate(batches) if batches else np.empty(0, dtype=np.int64)
-        graph = self._graph(LATENCY if soon and len(rows) == 1 else THROUGHPUT)
-        if soon and len(rows) > 1:
-            batches = _soon_batches(input_ids, rows, len(graph.queue))
+        rows = sum(map(len, batches)) if soon else 0
+        graph = self._graph(LATENCY if rows == 1 else THROUGHPUT)
+        if rows > 1:
+            batches = _soon_batches(input_ids, np.concatenate(batches), len(graph.queue))
         try:
             clock(STEP, graph.pool, input_ids, poolings, batches, put)
         except PipelineError:
